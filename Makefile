@@ -1,0 +1,25 @@
+# Diffusers Studio: one-command setup, run, test and benchmark.
+# The environment lives outside the clone (scripts/env_path.sh), keyed by the
+# requirement files' hash; the first run builds it (a few minutes).
+
+SHELL := /bin/bash
+ENV_DIR := $(shell bash scripts/env_path.sh)
+PY := $(ENV_DIR)/venv/bin/python
+COMFYUI_PATH ?= $(ENV_DIR)/comfyui
+export COMFYUI_PATH
+export HF_HUB_OFFLINE := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: env run test bench
+
+env:
+	@bash scripts/setup_env.sh
+
+run: env
+	@$(PY) scripts/run_comfyui.py
+
+test: env
+	@$(PY) -m pytest tests $(PYTEST_ARGS)
+
+bench: env
+	@$(PY) -m pytest tests/benchmarks -s -p no:cacheprovider $(PYTEST_ARGS)

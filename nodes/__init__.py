@@ -1,0 +1,1 @@
+"""The pack's ComfyUI nodes; `extension.py` lists them and registers routes."""

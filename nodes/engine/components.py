@@ -1,0 +1,100 @@
+"""The values that travel on the pack's sockets.
+
+They are plain frozen dataclasses so that ComfyUI's output cache can hold them
+between prompts without anyone mutating them: a node that wants a variant (a
+LoRA, an IP-Adapter, a ControlNet) returns a new value with a longer `patches`
+tuple instead of changing the cached modules. The sampler applies the patches
+for one run and restores everything afterwards.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional
+
+import torch
+
+SD1 = "sd1"
+SDXL = "sdxl"
+FAMILIES = (SD1, SDXL)
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """DS_MODEL: the denoiser of one checkpoint plus what sampling needs."""
+
+    family: str
+    name: str
+    unet: Any  # diffusers UNet2DConditionModel
+    scheduler_config: dict
+    dtype: torch.dtype
+    # The checkpoint VAE's scaling_factor: LATENT sockets hold unscaled latents
+    # (ComfyUI's convention) and the sampler scales them into the UNet's space.
+    latent_scaling_factor: float = 0.18215
+    vae_scale_factor: int = 8
+    patches: tuple = ()
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    def with_patch(self, patch: Any) -> "ModelBundle":
+        return replace(self, patches=self.patches + (patch,))
+
+
+@dataclass(frozen=True)
+class TextEncoderBundle:
+    """DS_TEXT_ENCODER: one (SD1.x) or two (SDXL) tokenizer/encoder pairs."""
+
+    family: str
+    name: str
+    tokenizers: tuple
+    text_encoders: tuple
+    patches: tuple = ()
+
+
+@dataclass(frozen=True)
+class VAEBundle:
+    """DS_VAE: the autoencoder; latents on sockets are unscaled (ComfyUI's way)."""
+
+    family: str
+    name: str
+    vae: Any  # diffusers AutoencoderKL
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def shift_factor(self) -> float:
+        return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def downscale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """DS_CONDITIONING: the encoded prompt of one text.
+
+    `embeds` is [1, 77*k, D] for k chunks of 75 tokens. `empty_chunk` is the
+    encoding of an empty 77-token chunk, used by the sampler to pad the shorter
+    of the positive and negative prompts to the same length (as A1111 does).
+    `pooled` is set for SDXL. `size_conditioning` optionally overrides SDXL's
+    micro-conditioning (original size, crop top-left, target size); None means
+    "the size being generated, no crop", as diffusers defaults.
+    """
+
+    family: str
+    embeds: torch.Tensor
+    empty_chunk: torch.Tensor
+    pooled: Optional[torch.Tensor] = None
+    size_conditioning: Optional[dict] = None
+    extras: tuple = field(default=())
+
+    def with_extra(self, extra: Any) -> "Conditioning":
+        return replace(self, extras=self.extras + (extra,))
