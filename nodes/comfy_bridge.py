@@ -1,0 +1,177 @@
+"""The one place that touches ComfyUI internals.
+
+Everything the engine needs from ComfyUI arrives through here as plain values
+and callbacks: model paths resolved through `folder_paths` (never a raw path
+from a widget), the device ComfyUI chose, ComfyUI's model management (so that
+"Unload models", `POST /free` and ComfyUI's own memory planning see our
+diffusers modules), the progress bar, latent previews and the interrupt flag.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable, Iterable, Optional
+
+import torch
+
+import comfy
+import comfy.model_management as model_management
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+
+log = logging.getLogger(__name__)
+
+DIFFUSERS_FOLDER = "diffusers"
+CHECKPOINTS_FOLDER = "checkpoints"
+SINGLE_FILE_SUFFIXES = (".safetensors", ".sft")
+
+
+# ---------------------------------------------------------------- model files
+def _diffusers_folders() -> list[str]:
+    """Diffusers-layout model folders (those with a model_index.json), by name."""
+    names = []
+    for root in folder_paths.get_folder_paths(DIFFUSERS_FOLDER):
+        if not os.path.isdir(root):
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            if "model_index.json" in filenames:
+                names.append(os.path.relpath(dirpath, root).replace(os.sep, "/"))
+                dirnames[:] = []  # a pipeline's subfolders are not models
+            dirnames.sort()
+    return names
+
+
+def _checkpoint_files() -> list[str]:
+    return [
+        name
+        for name in folder_paths.get_filename_list(CHECKPOINTS_FOLDER)
+        if name.lower().endswith(SINGLE_FILE_SUFFIXES)
+    ]
+
+
+def model_names() -> list[str]:
+    """What DSLoadModel offers: diffusers folders, then single-file checkpoints."""
+    return sorted(set(_diffusers_folders())) + sorted(set(_checkpoint_files()))
+
+
+def resolve_model_path(name: str) -> str:
+    """The full path of a listed model; anything not listed is refused.
+
+    Only names that the listing itself produced are accepted, so a name with
+    `..`, an absolute path or a symlink trick cannot reach outside ComfyUI's
+    model folders.
+    """
+    if name in _diffusers_folders():
+        for root in folder_paths.get_folder_paths(DIFFUSERS_FOLDER):
+            candidate = os.path.join(root, *name.split("/"))
+            if os.path.isfile(os.path.join(candidate, "model_index.json")):
+                return candidate
+    if name in _checkpoint_files():
+        path = folder_paths.get_full_path(CHECKPOINTS_FOLDER, name)
+        if path:
+            return path
+    raise ValueError(unknown_model_message(name))
+
+
+def unknown_model_message(name: str) -> str:
+    available = model_names()
+    shown = ", ".join(available[:10]) + (" ..." if len(available) > 10 else "")
+    return (
+        f"model_name: '{name}' is not a model in ComfyUI's models/{CHECKPOINTS_FOLDER} "
+        f"(.safetensors) or models/{DIFFUSERS_FOLDER} (diffusers folders). "
+        f"Available: {shown or 'none'}. Put the file there and refresh (press R in the editor)."
+    )
+
+
+def tokenizer_dir() -> str:
+    """The CLIP BPE tokenizer files that ComfyUI ships (used for single files)."""
+    return os.path.join(os.path.dirname(comfy.__file__), "sd1_tokenizer")
+
+
+# ------------------------------------------------------------------- devices
+def compute_device() -> torch.device:
+    return model_management.get_torch_device()
+
+
+def offload_device() -> torch.device:
+    return model_management.unet_offload_device()
+
+
+# ---------------------------------------------------------- model management
+class _Holder(torch.nn.Module):
+    """Wraps a diffusers/transformers module for ComfyUI's ModelPatcher.
+
+    ModelPatcher writes a few attributes onto the model it manages (`device`
+    among them), which diffusers' ModelMixin exposes as a read-only property;
+    the holder takes those writes while the weights are moved in place, so the
+    module inside the pack's bundles follows ComfyUI's loads and unloads.
+    """
+
+    def __init__(self, module: torch.nn.Module, device: torch.device):
+        super().__init__()
+        self.module = module
+        self.device = device
+
+
+def patcher_for(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
+    """The ModelPatcher that registers `module` with ComfyUI's model management.
+
+    It is stored on the module itself: the reference cycle dies with the
+    module when ComfyUI drops its cached outputs (POST /free), and every
+    bundle that shares the module shares its patcher.
+    """
+    patcher = module.__dict__.get("_ds_patcher")
+    if patcher is None:
+        current = next(module.parameters()).device
+        size = comfy.model_management.module_size(module)
+        patcher = comfy.model_patcher.ModelPatcher(
+            _Holder(module, current), load_device=compute_device(), offload_device=offload_device(), size=size
+        )
+        module.__dict__["_ds_patcher"] = patcher
+    return patcher
+
+
+def load_to_compute_device(modules: Iterable[torch.nn.Module], memory_required: int = 0) -> None:
+    """Ask ComfyUI to make room for and load these modules on its device."""
+    patchers = [patcher_for(m) for m in modules if m is not None]
+    model_management.load_models_gpu(patchers, memory_required=memory_required)
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+# -------------------------------------------------------- progress and cancel
+def raise_if_interrupted() -> None:
+    """ComfyUI's Cancel: raises its InterruptProcessingException at a step."""
+    model_management.throw_exception_if_processing_interrupted()
+
+
+def _latent_format(family: str):
+    import comfy.latent_formats as formats
+
+    return formats.SDXL() if family == "sdxl" else formats.SD15()
+
+
+def step_reporter(total_steps: int, family: str, device: torch.device) -> Callable[[int, int, torch.Tensor], None]:
+    """A progress bar that advances every step and carries a latent preview."""
+    import latent_preview
+
+    bar = comfy.utils.ProgressBar(total_steps)
+    try:
+        previewer = latent_preview.get_previewer(device, _latent_format(family))
+    except Exception:  # a preview is a nicety; never fail a run for it
+        log.debug("latent previews unavailable", exc_info=True)
+        previewer = None
+
+    def report(step: int, total: int, x0: Optional[torch.Tensor]) -> None:
+        preview = None
+        if previewer is not None and x0 is not None:
+            try:
+                preview = previewer.decode_latent_to_preview_image("JPEG", x0[:1].float())
+            except Exception:
+                log.debug("latent preview failed", exc_info=True)
+        bar.update_absolute(step + 1, total, preview)
+
+    return report

@@ -1,0 +1,45 @@
+"""Node-layer tests: ComfyUI importable as a library, models in a temp folder.
+
+ComfyUI's modules (folder_paths, comfy.model_management, comfy_api) are
+imported from COMFYUI_PATH without starting a server; its argument parsing is
+off by default when imported this way, so it takes its defaults (the CPU here).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+
+def _comfy_on_path() -> None:
+    root = os.environ.get("COMFYUI_PATH")
+    if not root:
+        pytest.skip("COMFYUI_PATH is not set: run through `make test`", allow_module_level=True)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+_comfy_on_path()
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory):
+    """A models folder with the tiny models, registered with folder_paths."""
+    import folder_paths
+    import ldm_export
+    import tiny_models
+
+    root = tmp_path_factory.mktemp("models")
+    checkpoints = root / "checkpoints"
+    diffusers_dir = root / "diffusers"
+    checkpoints.mkdir()
+    diffusers_dir.mkdir()
+    ldm_export.save_sd1_single_file(tiny_models.tiny_sd1_components(0), checkpoints / "tiny-sd15.safetensors")
+    ldm_export.save_sdxl_single_file(tiny_models.tiny_sdxl_components(0), checkpoints / "tiny-sdxl.safetensors")
+    ldm_export.save_diffusers_folder(tiny_models.sd1_pipeline(0), diffusers_dir / "tiny-sd15")
+    (checkpoints / "not-a-model.safetensors").write_bytes(b"this is not a safetensors file")
+    folder_paths.add_model_folder_path("checkpoints", str(checkpoints), is_default=True)
+    folder_paths.add_model_folder_path("diffusers", str(diffusers_dir), is_default=True)
+    folder_paths.filename_list_cache.clear()
+    return root
