@@ -18,6 +18,12 @@ def _comfy_on_path() -> None:
         pytest.skip("COMFYUI_PATH is not set: run through `make test`", allow_module_level=True)
     if root not in sys.path:
         sys.path.insert(0, root)
+    import torch
+    from comfy.cli_args import args
+
+    # As `main.py --cpu` would: without it ComfyUI asks CUDA for a device.
+    if not torch.cuda.is_available():
+        args.cpu = True
 
 
 _comfy_on_path()

@@ -1,0 +1,309 @@
+"""Prompt text to Conditioning: A1111-style chunks and emphasis on CLIP.
+
+CLIP sees 77 tokens at a time (BOS + 75 + EOS). Like the A1111 web UI, a longer
+prompt is cut into chunks of 75 tokens, each wrapped and encoded on its own, and
+the chunk encodings are concatenated along the sequence ([1, 77*k, D]); the
+UNet's cross-attention takes any sequence length. For a prompt that fits in one
+chunk and has no emphasis the result is bit-identical to diffusers'
+`encode_prompt`, so the sampler can reproduce the diffusers pipelines exactly.
+
+Decisions, each A1111's unless said otherwise:
+
+- Emphasis: each prompt token's embedding is multiplied by its weight, then the
+  chunk is rescaled so that its mean equals the unweighted chunk's mean
+  (A1111's "Original" emphasis). It is done per chunk and per text encoder,
+  which also keeps the mean of the whole tensor. A chunk whose weights are all
+  1.0 is left untouched (no rescale), so plain prompts stay bit-identical.
+  Our addition: when the weighted mean is ~0 (below 1e-5 of the mean absolute
+  value, e.g. an untrained LayerNorm's output) the ratio would be rounding
+  noise, so that chunk is weighted but not rescaled; A1111 divides anyway.
+- Chunking: when a chunk is full and the next token is not a comma, the tokens
+  after the chunk's last comma move to the next chunk if that comma is at most
+  `COMMA_BACKTRACK` (20, A1111's default) tokens back; otherwise the chunk is
+  cut where it is full (possibly mid-word, as in A1111). `BREAK` ends a chunk.
+- Padding: each chunk is BOS + tokens + EOS + the tokenizer's own pad token,
+  exactly what `tokenizer(text, padding="max_length", max_length=77)` gives.
+- clip_skip counts as in A1111 (1 = last layer). SD1: 1 is the encoder's
+  output, n > 1 is hidden_states[-n] through the final layer norm (diffusers'
+  clip_skip = n - 1). SDXL: both encoders give hidden_states[-(n + 1)] without
+  the final layer norm (1 = penultimate, as diffusers' SDXL), concatenated on
+  the feature axis; pooled is the second encoder's projection (text_embeds) of
+  the first chunk, unweighted.
+- SDXL's two tokenizers are run separately (their pad tokens differ). Should
+  they ever cut a prompt into different numbers of chunks, the shorter side is
+  padded with empty chunks and a warning is logged.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import torch
+
+from .components import FAMILIES, SD1, SDXL, Conditioning, TextEncoderBundle
+from .prompt_weights import parse_prompt_chunks
+
+logger = logging.getLogger(__name__)
+
+CHUNK_TOKENS = 75
+WINDOW_TOKENS = CHUNK_TOKENS + 2  # + BOS + EOS: CLIP's 77 positions
+COMMA_BACKTRACK = 20
+_DEGENERATE_MEAN = 1e-5  # |mean| below this share of mean |value| is rounding noise
+_ENCODER_COUNT = {SD1: 1, SDXL: 2}
+
+
+@dataclass(frozen=True)
+class TokenChunk:
+    """Up to 75 prompt token ids (no specials) with one weight per token."""
+
+    ids: Tuple[int, ...] = ()
+    weights: Tuple[float, ...] = ()
+
+
+def tokenize_prompt(tokenizer, text: str) -> List[TokenChunk]:
+    """Cut a prompt into 75-token chunks carrying per-token emphasis weights.
+
+    Each weighted run is tokenized on its own without special tokens (A1111
+    does the same; run boundaries fall on bracket edges, which are word edges
+    in practice). Always returns at least one chunk; an empty prompt is one
+    empty chunk.
+    """
+    comma_id = tokenizer.get_vocab().get(",</w>")
+    chunks: List[TokenChunk] = []
+    ids: List[int] = []
+    weights: List[float] = []
+    last_comma = -1
+
+    def close_chunk() -> None:
+        nonlocal ids, weights, last_comma
+        chunks.append(TokenChunk(tuple(ids), tuple(weights)))
+        ids, weights, last_comma = [], [], -1
+
+    for forced_index, runs in enumerate(parse_prompt_chunks(text)):
+        if forced_index:  # a BREAK
+            close_chunk()
+        texts = [run_text for run_text, _ in runs]
+        # verbose=False: a long run is expected here, no "longer than 77" warning.
+        encoded = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)
+        for run_ids, (_, weight) in zip(encoded["input_ids"] if texts else [], runs):
+            for token in run_ids:
+                if token == comma_id:
+                    last_comma = len(ids)
+                elif (
+                    len(ids) == CHUNK_TOKENS
+                    and last_comma != -1
+                    and len(ids) - last_comma <= COMMA_BACKTRACK
+                ):
+                    # Move the words after the last comma to the next chunk.
+                    keep = last_comma + 1
+                    moved_ids, moved_weights = ids[keep:], weights[keep:]
+                    ids, weights = ids[:keep], weights[:keep]
+                    close_chunk()
+                    ids, weights = moved_ids, moved_weights
+                if len(ids) == CHUNK_TOKENS:
+                    close_chunk()
+                ids.append(token)
+                weights.append(float(weight))
+    if ids or not chunks:
+        close_chunk()
+    return chunks
+
+
+def chunk_input_ids(tokenizer, chunk: TokenChunk) -> torch.Tensor:
+    """[1, 77] ids: BOS + tokens + EOS + padding with the tokenizer's pad id."""
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    ids = [bos, *chunk.ids, eos]
+    ids += [pad] * (WINDOW_TOKENS - len(ids))
+    return torch.tensor([ids], dtype=torch.long)
+
+
+def chunk_weights(chunk: TokenChunk) -> torch.Tensor:
+    """[77] float32 weights aligned with `chunk_input_ids` (specials are 1.0)."""
+    weights = [1.0, *chunk.weights, 1.0]
+    weights += [1.0] * (WINDOW_TOKENS - len(weights))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Scale each token's embedding by its weight, keeping the chunk's mean.
+
+    Without the rescale a heavy weight would also shift the whole chunk's
+    magnitude, which the UNet reads as a different prompt; A1111 restores the
+    original mean so that emphasis only moves attention between tokens. The
+    arithmetic is done in float32 so half-precision encoders lose nothing.
+    """
+    if bool((weights == 1.0).all()):
+        return hidden
+    values = hidden.float()
+    original_mean = values.mean()
+    values = values * weights.to(values.device).reshape(1, -1, 1)
+    new_mean = values.mean()
+    # A mean that is zero up to float rounding (a LayerNorm output with its
+    # initial affine, for instance) would make the ratio pure noise; A1111
+    # divides anyway, we leave such a chunk unrescaled (its mean is ~0 both ways).
+    if torch.isfinite(new_mean) and new_mean.abs() > _DEGENERATE_MEAN * values.abs().mean():
+        values = values * (original_mean / new_mean)
+    else:
+        logger.debug("Prompt emphasis: chunk mean %s is ~0; not rescaled", new_mean.item())
+    return values.to(hidden.dtype)
+
+
+def encoder_device(encoder) -> torch.device:
+    """Where the encoder's inputs must go (its offload hook's device if any)."""
+    try:
+        from diffusers.utils.torch_utils import get_module_execution_device
+    except ImportError:  # older diffusers: the weights' device
+        return next(encoder.parameters()).device
+    return get_module_execution_device(encoder)
+
+
+@contextlib.contextmanager
+def patches_applied(bundle: TextEncoderBundle) -> Iterator[None]:
+    """Apply the bundle's patches (e.g. LoRA on the text encoders) for one encode.
+
+    The place where text-encoder patches take effect and are undone afterwards,
+    so that the cached encoders are never left modified. No patch kind is
+    implemented yet: they are logged and ignored.
+    """
+    if bundle.patches:
+        logger.warning(
+            "Text encoder %r carries %d patch(es) that text encoding does not apply yet",
+            bundle.name,
+            len(bundle.patches),
+        )
+    yield
+
+
+def _final_layer_norm(encoder):
+    """CLIP's final LayerNorm, wherever this transformers version keeps it.
+
+    transformers 5.6 flattened CLIPTextModel (no `text_model` wrapper), which
+    breaks diffusers' own clip_skip path (huggingface/diffusers#14124).
+    """
+    return getattr(encoder, "text_model", encoder).final_layer_norm
+
+
+def _layer_output(family: str, encoder, ids: torch.Tensor, clip_skip: int):
+    """One encoder on one chunk: (hidden states [1, 77, D], pooled or None)."""
+    if family == SD1:
+        if clip_skip == 1:
+            return encoder(ids)[0], None
+        output = encoder(ids, output_hidden_states=True)
+        return _final_layer_norm(encoder)(output.hidden_states[-clip_skip]), None
+    output = encoder(ids, output_hidden_states=True)
+    pooled = getattr(output, "text_embeds", None)
+    if pooled is None:
+        pooled = getattr(output, "pooler_output", None)
+    return output.hidden_states[-(clip_skip + 1)], pooled
+
+
+def _encode_chunk(
+    bundle: TextEncoderBundle, chunks: Sequence[TokenChunk], clip_skip: int
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Encode the same chunk index with every encoder; concatenate features."""
+    parts = []
+    pooled = None
+    for tokenizer, encoder, chunk in zip(bundle.tokenizers, bundle.text_encoders, chunks):
+        ids = chunk_input_ids(tokenizer, chunk).to(encoder_device(encoder))
+        hidden, pooled = _layer_output(bundle.family, encoder, ids, clip_skip)
+        parts.append(apply_emphasis(hidden, chunk_weights(chunk)))
+    if len(parts) == 1:
+        return parts[0], pooled
+    return torch.cat([part.to(parts[-1].device) for part in parts], dim=-1), pooled
+
+
+def _check(bundle: TextEncoderBundle, text, clip_skip) -> None:
+    if bundle.family not in FAMILIES:
+        raise ValueError(
+            f"text_encoder: family {bundle.family!r} is not supported; expected one of {FAMILIES}"
+        )
+    expected = _ENCODER_COUNT[bundle.family]
+    if len(bundle.text_encoders) != expected or len(bundle.tokenizers) != expected:
+        raise ValueError(
+            f"text_encoder: a {bundle.family} text encoder needs {expected} tokenizer/encoder "
+            f"pair(s), got {len(bundle.tokenizers)} tokenizer(s) and "
+            f"{len(bundle.text_encoders)} encoder(s); reload the checkpoint"
+        )
+    if not isinstance(text, str):
+        raise ValueError(f"text: expected a string, got {type(text).__name__}")
+    layers = min(int(encoder.config.num_hidden_layers) for encoder in bundle.text_encoders)
+    if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or not 1 <= clip_skip <= layers:
+        raise ValueError(
+            f"clip_skip: got {clip_skip!r}; use an integer from 1 (last layer, no skip) "
+            f"to {layers} (1 = last layer, 2 = penultimate, ...)"
+        )
+
+
+def _aligned_chunks(bundle: TextEncoderBundle, text: str) -> List[Tuple[TokenChunk, ...]]:
+    """Per chunk index, one TokenChunk per tokenizer (padded to equal counts)."""
+    per_tokenizer = [tokenize_prompt(tokenizer, text) for tokenizer in bundle.tokenizers]
+    count = max(len(chunks) for chunks in per_tokenizer)
+    if any(len(chunks) != count for chunks in per_tokenizer):
+        logger.warning(
+            "The tokenizers of %r cut the prompt into %s chunks; padding with empty chunks",
+            bundle.name,
+            [len(chunks) for chunks in per_tokenizer],
+        )
+        per_tokenizer = [chunks + [TokenChunk()] * (count - len(chunks)) for chunks in per_tokenizer]
+    return list(zip(*per_tokenizer))
+
+
+def encode_prompt(text_encoder: TextEncoderBundle, text: str, *, clip_skip: int = 1) -> Conditioning:
+    """Encode one prompt (A1111 emphasis, BREAK, any length) into Conditioning.
+
+    Returns embeds [1, 77*k, D] for k chunks, `empty_chunk` [1, 77, D] (the
+    empty prompt, for the sampler to pad the shorter of positive/negative) and,
+    for SDXL, pooled [1, P] from the first chunk. Tensors stay on the (last)
+    encoder's device in its dtype.
+    """
+    _check(text_encoder, text, clip_skip)
+    chunk_rows = _aligned_chunks(text_encoder, text)
+    last_encoder = text_encoder.text_encoders[-1]
+    device, dtype = encoder_device(last_encoder), last_encoder.dtype
+    with torch.no_grad(), patches_applied(text_encoder):
+        encoded = []
+        pooled = None
+        for index, row in enumerate(chunk_rows):
+            hidden, chunk_pooled = _encode_chunk(text_encoder, row, clip_skip)
+            encoded.append(hidden)
+            if index == 0:
+                pooled = chunk_pooled
+        empty_row = tuple(TokenChunk() for _ in text_encoder.tokenizers)
+        if len(chunk_rows) == 1 and chunk_rows[0] == empty_row:
+            empty = encoded[0]
+        else:
+            empty, _ = _encode_chunk(text_encoder, empty_row, clip_skip)
+    embeds = encoded[0] if len(encoded) == 1 else torch.cat(encoded, dim=1)
+    if text_encoder.family == SDXL:
+        if pooled is None:
+            raise ValueError(
+                f"text_encoder: the second SDXL encoder of {text_encoder.name!r} gives no pooled "
+                "output; it must be a CLIPTextModelWithProjection"
+            )
+        pooled = pooled.to(device=device, dtype=dtype)
+    else:
+        pooled = None
+    return Conditioning(
+        family=text_encoder.family,
+        embeds=embeds.to(device=device, dtype=dtype),
+        empty_chunk=empty.to(device=device, dtype=dtype),
+        pooled=pooled,
+    )
+
+
+__all__ = [
+    "CHUNK_TOKENS",
+    "COMMA_BACKTRACK",
+    "WINDOW_TOKENS",
+    "TokenChunk",
+    "apply_emphasis",
+    "chunk_input_ids",
+    "chunk_weights",
+    "encode_prompt",
+    "encoder_device",
+    "patches_applied",
+    "tokenize_prompt",
+]
