@@ -18,8 +18,9 @@ env:
 run: env
 	@$(PY) scripts/run_comfyui.py
 
+# PYTEST_ARGS replaces the default selection, e.g. PYTEST_ARGS="tests/unit -q".
 test: env
-	@$(PY) -m pytest tests $(PYTEST_ARGS)
+	@$(PY) -m pytest $(or $(PYTEST_ARGS),tests)
 
 bench: env
-	@$(PY) -m pytest tests/benchmarks -s -p no:cacheprovider $(PYTEST_ARGS)
+	@$(PY) -m pytest tests/benchmarks -s -p no:cacheprovider -m bench $(PYTEST_ARGS)

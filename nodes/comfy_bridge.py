@@ -14,7 +14,6 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
-import comfy
 import comfy.model_management as model_management
 import comfy.model_patcher
 import comfy.utils
@@ -86,7 +85,9 @@ def unknown_model_message(name: str) -> str:
 
 def tokenizer_dir() -> str:
     """The CLIP BPE tokenizer files that ComfyUI ships (used for single files)."""
-    return os.path.join(os.path.dirname(comfy.__file__), "sd1_tokenizer")
+    # `comfy` is a namespace package in some trees (no __file__), so locate it
+    # from folder_paths, which always sits at the root of the ComfyUI tree.
+    return os.path.join(os.path.dirname(os.path.abspath(folder_paths.__file__)), "comfy", "sd1_tokenizer")
 
 
 # ------------------------------------------------------------------- devices

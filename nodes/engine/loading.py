@@ -1,0 +1,411 @@
+"""Load a checkpoint (diffusers folder or single .safetensors file) into bundles.
+
+`load_checkpoint` is the one entry point the node layer calls. It returns the
+three socket values of a model loader (DS_MODEL, DS_TEXT_ENCODER, DS_VAE) with
+every module in eval mode and frozen, on the requested device and dtype.
+
+Everything is offline: each `from_pretrained` passes `local_files_only=True`,
+single files are converted from their own tensors plus the configs bundled
+under `configs/`, and no pickle file is ever opened (see `single_file.py`).
+Every predictable mistake raises `ModelLoadError` (a ValueError) whose message
+names the file, what was found and what to do.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import NamedTuple
+
+import torch
+
+from . import families, single_file
+from .components import SD1, SDXL, ModelBundle, TextEncoderBundle, VAEBundle
+from .families import ModelLoadError
+from .single_file import label
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CheckpointCache",
+    "ModelLoadError",
+    "checkpoint_cache",
+    "clip_tokenizer",
+    "load_checkpoint",
+    "resolve_dtype",
+]
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+_SD1_PIPELINES = {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"}
+_SDXL_PIPELINES = {
+    "StableDiffusionXLPipeline",
+    "StableDiffusionXLImg2ImgPipeline",
+    "StableDiffusionXLInpaintPipeline",
+}
+# Component folder -> what it must hold, per family.
+_FOLDER_COMPONENTS = {
+    SD1: ("unet", "vae", "text_encoder", "tokenizer"),
+    SDXL: ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"),
+}
+
+Loaded = tuple  # (ModelBundle, TextEncoderBundle, VAEBundle)
+
+
+# --------------------------------------------------------------------- dtype
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str) -> torch.dtype:
+    """"auto" is float16 on CUDA (the usual inference precision), float32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        if dtype in DTYPES.values():
+            return dtype
+    elif dtype == "auto":
+        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    elif dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}")
+
+
+def _normalise_device(device: torch.device | str) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+# --------------------------------------------------------------------- cache
+
+
+class CacheKey(NamedTuple):
+    realpath: str
+    fingerprint: tuple
+    dtype: str
+    device: str
+    tokenizer_dir: str
+
+
+class CheckpointCache:
+    """Loaded checkpoints, keyed by file identity, dtype, device and tokenizer.
+
+    Why: ComfyUI re-runs a loader node whenever its output cache misses (a
+    second loader node names the same checkpoint, the HTTP API queues a new
+    graph). Loading a full SDXL file takes tens of seconds and doubles memory
+    while both copies live, so the same file (same real path, size and mtime)
+    with the same dtype and device gives back the very same bundles. The
+    modules are never mutated by the pack (adapters are values, see
+    components.py), so sharing them is safe.
+
+    The cache holds only weak references: the strong ones belong to whoever
+    uses the bundles, in practice ComfyUI's own node-output cache. When ComfyUI
+    drops its outputs ("Free model and node cache", POST /free, or a loader
+    switched to another checkpoint) nothing here keeps the weights alive, so
+    memory goes back as it does for ComfyUI's native loaders. A changed file
+    (new size or mtime) is a new key, and its stale entry is dropped when the
+    new one is stored.
+    """
+
+    def __init__(self):
+        self._entries: dict[CacheKey, tuple] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: CacheKey) -> Loaded | None:
+        with self._lock:
+            refs = self._entries.get(key)
+            values = tuple(ref() for ref in refs) if refs else None
+            if values is None or any(v is None for v in values):
+                self._entries.pop(key, None)
+                return None
+            return values
+
+    def put(self, key: CacheKey, value: Loaded) -> None:
+        with self._lock:
+            stale = [k for k in self._entries if k._replace(fingerprint=key.fingerprint) == key and k != key]
+            for k in stale:
+                del self._entries[k]
+            self._entries[key] = tuple(weakref.ref(v) for v in value)
+
+    def drop(self, path: str | os.PathLike) -> int:
+        """Forget every entry of `path` (any dtype/device); returns how many."""
+        realpath = os.path.realpath(os.fspath(path))
+        with self._lock:
+            keys = [k for k in self._entries if k.realpath == realpath]
+            for k in keys:
+                del self._entries[k]
+            return len(keys)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        """How many entries are still alive."""
+        with self._lock:
+            return sum(all(ref() is not None for ref in refs) for refs in self._entries.values())
+
+
+checkpoint_cache = CheckpointCache()
+
+
+def _stat(path: str) -> tuple:
+    st = os.stat(path)
+    return (st.st_size, st.st_mtime_ns)
+
+
+def _fingerprint(path: str) -> tuple:
+    """Size and mtime of the file, or of every file a diffusers folder loads."""
+    if not os.path.isdir(path):
+        return _stat(path)
+    parts = []
+    for entry in sorted(os.listdir(path)):
+        full = os.path.join(path, entry)
+        if os.path.isdir(full):
+            parts.extend((entry, f, _stat(os.path.join(full, f))) for f in sorted(os.listdir(full)))
+        else:
+            parts.append((entry, _stat(full)))
+    return tuple(parts)
+
+
+# ---------------------------------------------------------------- tokenizers
+
+
+def clip_tokenizer(directory: str | os.PathLike, *, pad_token: str | None = None):
+    """A CLIP tokenizer from a vocab folder (e.g. ComfyUI's comfy/sd1_tokenizer).
+
+    model_max_length is forced to 77, CLIP's real window (ComfyUI's copy says
+    8192). SDXL's second tokenizer pads with "!" like the real tokenizer_2.
+    """
+    from transformers import CLIPTokenizer
+
+    kwargs = {"model_max_length": 77, "local_files_only": True}
+    if pad_token is not None:
+        kwargs["pad_token"] = pad_token
+    return CLIPTokenizer.from_pretrained(os.fspath(directory), **kwargs)
+
+
+# --------------------------------------------------------------------- entry
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    dtype: str = "auto",
+    tokenizer_dir: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    use_cache: bool = True,
+) -> tuple[ModelBundle, TextEncoderBundle, VAEBundle]:
+    """Load an SD1.x / SDXL checkpoint as (DS_MODEL, DS_TEXT_ENCODER, DS_VAE).
+
+    path: a diffusers pipeline folder (with model_index.json) or a single
+    .safetensors checkpoint in the original LDM/A1111 layout.
+    dtype: "auto" (float16 on CUDA, float32 otherwise), "float32", "float16"
+    or "bfloat16".
+    tokenizer_dir: the CLIP vocabulary used for single files (ComfyUI's
+    comfy/sd1_tokenizer); diffusers folders bring their own tokenizers.
+    use_cache: give back the cached bundles of an identical earlier load
+    (see `CheckpointCache`).
+    """
+    path = os.fspath(path)
+    device = _normalise_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    if not os.path.exists(path):
+        raise ModelLoadError(
+            f"Checkpoint {label(path)!r} was not found. Check that the file or folder still exists: a "
+            ".safetensors checkpoint belongs in models/checkpoints, a diffusers folder in "
+            "models/diffusers; refresh the model list and select it again."
+        )
+    is_folder = os.path.isdir(path)
+    if not is_folder:
+        single_file.check_suffix(path)
+
+    key = CacheKey(
+        realpath=os.path.realpath(path),
+        fingerprint=_fingerprint(path),
+        dtype=str(torch_dtype),
+        device=str(device),
+        tokenizer_dir="" if is_folder else os.path.realpath(os.fspath(tokenizer_dir)),
+    )
+    if use_cache:
+        cached = checkpoint_cache.get(key)
+        if cached is not None:
+            logger.debug("Checkpoint %s served from the cache", label(path))
+            return cached
+
+    started = time.perf_counter()
+    if is_folder:
+        loaded = _load_diffusers_folder(path, torch_dtype, device)
+    else:
+        loaded = _load_single_file(path, torch_dtype, device, os.fspath(tokenizer_dir))
+    logger.info(
+        "Loaded %s checkpoint %s (%s, %s) in %.1f s",
+        loaded[0].family, label(path), torch_dtype, device, time.perf_counter() - started,
+    )
+    if use_cache:
+        checkpoint_cache.put(key, loaded)
+    return loaded
+
+
+def _bundles(family, name, unet, vae, text_encoders, tokenizers, scheduler_config, dtype) -> Loaded:
+    model = ModelBundle(
+        family=family,
+        name=name,
+        unet=unet,
+        scheduler_config=scheduler_config,
+        dtype=dtype,
+        latent_scaling_factor=float(vae.config.scaling_factor),
+        vae_scale_factor=2 ** (len(vae.config.block_out_channels) - 1),
+    )
+    text = TextEncoderBundle(family=family, name=name, tokenizers=tuple(tokenizers), text_encoders=tuple(text_encoders))
+    return model, text, VAEBundle(family=family, name=name, vae=vae)
+
+
+# --------------------------------------------------------------- single file
+
+
+def _load_single_file(path: str, dtype: torch.dtype, device: torch.device, tokenizer_dir: str) -> Loaded:
+    models = single_file.load_single_file(path, dtype=dtype, device=device)
+    # Checked after the file so that a bad file is reported as such first.
+    if not os.path.isfile(os.path.join(tokenizer_dir, "vocab.json")):
+        raise ModelLoadError(
+            f"Checkpoint {label(path)!r} needs the CLIP tokenizer files, but {tokenizer_dir!r} has no "
+            "vocab.json. Pass ComfyUI's comfy/sd1_tokenizer folder as tokenizer_dir."
+        )
+    tokenizers = [clip_tokenizer(tokenizer_dir)]
+    if models.family == SDXL:
+        tokenizers.append(clip_tokenizer(tokenizer_dir, pad_token="!"))
+    return _bundles(
+        models.family,
+        label(path),
+        models.unet,
+        models.vae,
+        models.text_encoders,
+        tokenizers,
+        families.scheduler_config(models.family),
+        dtype,
+    )
+
+
+# ----------------------------------------------------------- diffusers folder
+
+
+def _dtype_kwarg(dtype: torch.dtype) -> dict:
+    """transformers renamed `torch_dtype` to `dtype` in 4.56."""
+    import transformers
+    from packaging.version import Version
+
+    if Version(transformers.__version__).release >= (4, 56):
+        return {"dtype": dtype}
+    return {"torch_dtype": dtype}
+
+
+def _read_model_index(path: str) -> dict:
+    index_path = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index_path):
+        raise ModelLoadError(
+            f"Folder {label(path)!r} has no model_index.json, so it is not a diffusers pipeline folder. "
+            "Select a folder saved with save_pretrained (it holds model_index.json, unet/, vae/, "
+            "text_encoder/, tokenizer/ ...) or a single .safetensors checkpoint."
+        )
+    try:
+        with open(index_path, encoding="utf-8") as fh:
+            index = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"Folder {label(path)!r}: model_index.json could not be read ({exc}). Repair or re-download it."
+        ) from exc
+    if not isinstance(index, dict):
+        raise ModelLoadError(
+            f"Folder {label(path)!r}: model_index.json is not a JSON object. Repair or re-download it."
+        )
+    return index
+
+
+def _folder_family(path: str, index: dict) -> str:
+    name = label(path)
+    cls = index.get("_class_name")
+    has = lambda comp: isinstance(index.get(comp), list) and index[comp][0] is not None  # noqa: E731
+    if cls in _SDXL_PIPELINES or (cls not in _SD1_PIPELINES and has("text_encoder_2")):
+        if not has("text_encoder"):
+            raise ModelLoadError(
+                f"Folder {name!r} is an SDXL refiner-style pipeline (no first text encoder); only SDXL "
+                "base models are supported. " + families.SUPPORTED_SUMMARY
+            )
+        return SDXL
+    if cls in _SD1_PIPELINES:
+        return SD1
+    raise ModelLoadError(
+        f"Folder {name!r} is a diffusers folder for {cls or 'an unknown pipeline'}, which Diffusers Studio "
+        "cannot load. " + families.SUPPORTED_SUMMARY
+    )
+
+
+def _check_components(path: str, index: dict, family: str) -> None:
+    name = label(path)
+    for component in _FOLDER_COMPONENTS[family]:
+        folder = os.path.join(path, component)
+        entry = index.get(component)
+        if not (isinstance(entry, list) and entry and entry[0] is not None) or not os.path.isdir(folder):
+            raise ModelLoadError(
+                f"Folder {name!r} has no {component!r} component (model_index.json entry: {entry!r}, "
+                f"folder present: {os.path.isdir(folder)}). A {families.FAMILY_LABELS[family]} pipeline "
+                f"needs {', '.join(_FOLDER_COMPONENTS[family])}: re-download or re-save the folder."
+            )
+
+
+def _from_pretrained(path: str, component: str, loader, **kwargs):
+    try:
+        return loader(os.path.join(path, component), local_files_only=True, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise ModelLoadError(
+            f"Folder {label(path)!r}: its {component!r} component could not be loaded ({exc}). "
+            "Its files are missing or damaged: re-download or re-save the folder."
+        ) from exc
+
+
+def _folder_scheduler_config(path: str, family: str) -> dict:
+    config_path = os.path.join(path, "scheduler", "scheduler_config.json")
+    if not os.path.isfile(config_path):
+        logger.warning(
+            "Folder %s has no scheduler/scheduler_config.json; using the %s reference scheduler config",
+            label(path), family,
+        )
+        return families.scheduler_config(family)
+    try:
+        with open(config_path, encoding="utf-8") as fh:
+            return dict(json.load(fh))
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelLoadError(
+            f"Folder {label(path)!r}: scheduler/scheduler_config.json could not be read ({exc}). "
+            "Repair or re-download it."
+        ) from exc
+
+
+def _load_diffusers_folder(path: str, dtype: torch.dtype, device: torch.device) -> Loaded:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    index = _read_model_index(path)
+    family = _folder_family(path, index)
+    _check_components(path, index, family)
+    logger.info("Loading %s diffusers folder %s", family, label(path))
+
+    unet = _from_pretrained(path, "unet", UNet2DConditionModel.from_pretrained, torch_dtype=dtype)
+    vae = _from_pretrained(path, "vae", AutoencoderKL.from_pretrained, torch_dtype=dtype)
+    text_encoders = [_from_pretrained(path, "text_encoder", CLIPTextModel.from_pretrained, **_dtype_kwarg(dtype))]
+    tokenizers = [_from_pretrained(path, "tokenizer", CLIPTokenizer.from_pretrained)]
+    if family == SDXL:
+        text_encoders.append(
+            _from_pretrained(path, "text_encoder_2", CLIPTextModelWithProjection.from_pretrained, **_dtype_kwarg(dtype))
+        )
+        tokenizers.append(_from_pretrained(path, "tokenizer_2", CLIPTokenizer.from_pretrained))
+
+    for module in (unet, vae, *text_encoders):
+        module.to(device)
+        module.eval()
+        module.requires_grad_(False)
+    return _bundles(
+        family, label(path), unet, vae, text_encoders, tokenizers, _folder_scheduler_config(path, family), dtype
+    )
