@@ -1,0 +1,492 @@
+"""The denoising loop: diffusers' StableDiffusion[XL] / Img2Img loop, written once.
+
+One function covers text-to-image, image-to-image (denoise < 1) and partial
+runs (start_step / end_step, for refiners and hires passes, as ComfyUI's
+KSamplerAdvanced). Each branch does what the matching diffusers pipeline
+does, in the same order and with the same random draws, so that with the same
+components, seed, scheduler, steps and guidance the result equals the
+pipeline's (the unit tests check this to 1e-4).
+
+The engine keeps no state between calls and never mutates the model: the
+scheduler is built fresh for every run from the checkpoint's configuration,
+and the UNet is only called. LATENT values come in and go out unscaled
+(ComfyUI's convention); the loop works in the UNet's scaled space.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .components import SDXL, Conditioning, ModelBundle
+from .noise import generators_for, initial_noise, seed_plan
+from .schedulers import make_scheduler
+
+logger = logging.getLogger(__name__)
+
+OnStep = Callable[[int, int, torch.Tensor], None]
+
+
+# --------------------------------------------------------------------------
+# input checks (diffusers' check_inputs style: name the input, value and fix)
+# --------------------------------------------------------------------------
+
+
+def _model_label(model: ModelBundle) -> str:
+    return f"DS model {model.name!r} ({model.family})"
+
+
+def _check_latent(model: ModelBundle, latent: dict) -> torch.Tensor:
+    if not isinstance(latent, dict) or "samples" not in latent:
+        raise ValueError("latent_image must be a LATENT: a dict with a 'samples' tensor")
+    samples = latent["samples"]
+    if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
+        shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
+        raise ValueError(
+            f"latent_image samples must be a [batch, channels, height, width] tensor, got {shape}"
+        )
+    channels = int(samples.shape[1])
+    expected = model.latent_channels
+    if channels != expected:
+        out_channels = int(getattr(model.unet.config, "out_channels", expected))
+        if expected == out_channels + 5 and channels == out_channels:
+            raise ValueError(
+                f"{_model_label(model)} is an inpainting model ({expected} input channels): "
+                "it needs a mask and a masked image, which this sampler does not pass yet; "
+                "use a regular checkpoint, or the inpaint node when it is available"
+            )
+        raise ValueError(
+            f"latent_image has {channels} channels, {_model_label(model)} expects {expected}: "
+            "encode the image with this model's VAE (or use an empty latent made for it)"
+        )
+    return samples
+
+
+def _check_conditioning(model: ModelBundle, cond: Conditioning, which: str) -> None:
+    if cond.family != model.family:
+        raise ValueError(
+            f"{which} conditioning was encoded for {cond.family}, but {_model_label(model)} "
+            f"is {model.family}: encode the prompt with the text encoder of the same checkpoint"
+        )
+    expected = getattr(model.unet.config, "cross_attention_dim", None)
+    if isinstance(expected, int) and int(cond.embeds.shape[-1]) != expected:
+        raise ValueError(
+            f"{which} conditioning has {int(cond.embeds.shape[-1])}-wide embeddings, "
+            f"{_model_label(model)} expects {expected}: encode the prompt with this "
+            "checkpoint's text encoder"
+        )
+    if model.family == SDXL and cond.pooled is None:
+        raise ValueError(
+            f"{which} conditioning has no pooled embedding, which {_model_label(model)} needs: "
+            "encode the prompt with an SDXL text encoder"
+        )
+
+
+def _check_numbers(steps: int, denoise: float, start_step: int, end_step: Optional[int]) -> None:
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a whole number of at least 1, got {steps}")
+    if not 0.0 <= denoise <= 1.0:
+        raise ValueError(
+            f"denoise must be between 0 and 1, got {denoise}: 1 repaints everything, "
+            "lower values keep more of the input latent"
+        )
+    if start_step < 0:
+        raise ValueError(f"start_step must be 0 or more, got {start_step}")
+    if end_step is not None and start_step >= end_step:
+        raise ValueError(
+            f"start_step ({start_step}) must be lower than end_step ({end_step}): "
+            "the run covers the steps from start_step up to, not including, end_step"
+        )
+    if start_step >= steps:
+        raise ValueError(
+            f"start_step ({start_step}) must be lower than steps ({steps}): there is nothing "
+            "left to denoise; lower start_step or raise steps"
+        )
+    if start_step > 0 and denoise < 1.0:
+        raise ValueError(
+            f"denoise ({denoise}) and start_step ({start_step}) both skip the start of the "
+            "schedule: set denoise to 1.0 when continuing a partial run with start_step"
+        )
+
+
+# --------------------------------------------------------------------------
+# preparation
+# --------------------------------------------------------------------------
+
+
+def _pad_to_same_length(pos: Conditioning, neg: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad the shorter prompt with its own empty 77-token chunks (A1111's rule)."""
+    a, b = pos.embeds, neg.embeds
+
+    def pad(cond: Conditioning, emb: torch.Tensor, length: int, which: str) -> torch.Tensor:
+        chunk = cond.empty_chunk.to(emb.device, emb.dtype)
+        missing = length - int(emb.shape[1])
+        if missing % int(chunk.shape[1]) != 0:
+            raise ValueError(
+                f"{which} conditioning is {int(emb.shape[1])} tokens long and cannot be padded "
+                f"to {length} with {int(chunk.shape[1])}-token chunks: encode both prompts "
+                "with the same text encoder"
+            )
+        reps = missing // int(chunk.shape[1])
+        chunk = chunk.expand(emb.shape[0], -1, -1)
+        return torch.cat([emb] + [chunk] * reps, dim=1)
+
+    if a.shape[1] < b.shape[1]:
+        a = pad(pos, a, int(b.shape[1]), "positive")
+    elif b.shape[1] < a.shape[1]:
+        b = pad(neg, b, int(a.shape[1]), "negative")
+    return a, b
+
+
+def _per_sample(t: torch.Tensor, batch: int, what: str) -> torch.Tensor:
+    """Repeat a batch-1 tensor to `batch` rows (diffusers' num_images_per_prompt)."""
+    if t.shape[0] == batch:
+        return t
+    if t.shape[0] == 1:
+        return t.repeat(batch, *([1] * (t.ndim - 1)))
+    raise ValueError(f"{what} has batch {t.shape[0]} but the latent batch is {batch}")
+
+
+def _time_ids(cond: Conditioning, pixel_size: tuple[int, int]) -> list[int]:
+    """SDXL micro-conditioning: original size + crop top-left + target size."""
+    sc = cond.size_conditioning or {}
+    original = tuple(int(v) for v in sc.get("original_size", pixel_size))
+    crop = tuple(int(v) for v in sc.get("crop", (0, 0)))
+    target = tuple(int(v) for v in sc.get("target_size", pixel_size))
+    return list(original + crop + target)
+
+
+def _check_sdxl_embedding(model: ModelBundle, pooled_dim: int) -> None:
+    unet = model.unet
+    time_dim = getattr(unet.config, "addition_time_embed_dim", None)
+    linear = getattr(getattr(unet, "add_embedding", None), "linear_1", None)
+    if time_dim is None or linear is None:
+        return
+    passed = int(time_dim) * 6 + pooled_dim
+    if passed != int(linear.in_features):
+        raise ValueError(
+            f"{_model_label(model)} expects {int(linear.in_features)} values of pooled + size "
+            f"conditioning but the conditioning gives {passed}: encode the prompt with this "
+            "checkpoint's text encoders"
+        )
+
+
+def _guidance_embedding(w: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """diffusers' get_guidance_scale_embedding, for guidance-distilled (LCM) UNets."""
+    w = w * 1000.0
+    half = dim // 2
+    emb = torch.log(torch.tensor(10000.0)) / (half - 1)
+    emb = torch.exp(torch.arange(half, dtype=dtype) * -emb)
+    emb = w.to(dtype)[:, None] * emb[None, :]
+    emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=1)
+    if dim % 2 == 1:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+@dataclass
+class _UNetInputs:
+    """Everything the UNet gets besides the latents and the timestep."""
+
+    embeds: torch.Tensor
+    added_cond_kwargs: Optional[dict]
+    timestep_cond: Optional[torch.Tensor]
+    do_cfg: bool
+
+
+def _unet_inputs(
+    model: ModelBundle,
+    positive: Conditioning,
+    negative: Optional[Conditioning],
+    cfg: float,
+    batch: int,
+    pixel_size: tuple[int, int],
+    device: torch.device,
+) -> _UNetInputs:
+    """Text embeddings (and SDXL's added conditioning) batched as diffusers does.
+
+    The CFG batch is [negative x B, positive x B], diffusers' order. cfg == 1
+    (or a guidance-distilled UNet) runs the positive alone: the negative's
+    term would cancel out exactly, so the second half of the batch is waste.
+    """
+    dtype = model.dtype
+    time_cond_dim = getattr(model.unet.config, "time_cond_proj_dim", None)
+    do_cfg = cfg != 1.0 and time_cond_dim is None
+    if do_cfg and negative is None:
+        raise ValueError(f"cfg is {cfg} but no negative conditioning was given: connect one or set cfg to 1")
+
+    if do_cfg:
+        pos_e, neg_e = _pad_to_same_length(positive, negative)
+        embeds = torch.cat([_per_sample(neg_e, batch, "negative"), _per_sample(pos_e, batch, "positive")])
+    else:
+        embeds = _per_sample(positive.embeds, batch, "positive")
+    embeds = embeds.to(device=device, dtype=dtype)
+
+    added = None
+    if model.family == SDXL or getattr(model.unet.config, "addition_embed_type", None) == "text_time":
+        _check_sdxl_embedding(model, int(positive.pooled.shape[-1]))
+        conds = [negative, positive] if do_cfg else [positive]
+        text_embeds = torch.cat([_per_sample(c.pooled, batch, "pooled") for c in conds])
+        time_ids = torch.cat(
+            [torch.tensor([_time_ids(c, pixel_size)], dtype=dtype).repeat(batch, 1) for c in conds]
+        )
+        added = {
+            "text_embeds": text_embeds.to(device=device, dtype=dtype),
+            "time_ids": time_ids.to(device=device),
+        }
+
+    timestep_cond = None
+    if time_cond_dim is not None:
+        w = torch.tensor(cfg - 1.0).repeat(batch)
+        timestep_cond = _guidance_embedding(w, int(time_cond_dim), dtype).to(device=device, dtype=dtype)
+    return _UNetInputs(embeds, added, timestep_cond, do_cfg)
+
+
+def _step_kwargs(scheduler, generators: list[torch.Generator], eta: float = 0.0) -> dict:
+    """diffusers' prepare_extra_step_kwargs: eta and generator when step takes them."""
+    params = set(inspect.signature(scheduler.step).parameters)
+    out = {}
+    if "eta" in params:
+        out["eta"] = eta
+    if "generator" in params:
+        out["generator"] = generators
+    return out
+
+
+def _prepare_mask(mask: torch.Tensor, batch: int, size: tuple[int, int], device, dtype) -> torch.Tensor:
+    """ComfyUI's noise_mask at latent size: [B,1,h,w], 1 = repaint, 0 = keep.
+
+    Resized bilinearly as ComfyUI does; a mask already at latent size passes
+    through unchanged (so callers wanting diffusers' binarised nearest-neighbour
+    mask can prepare it themselves).
+    """
+    m = mask.to(dtype=torch.float32)
+    m = m.reshape(-1, 1, m.shape[-2], m.shape[-1])
+    if tuple(m.shape[-2:]) != size:
+        m = F.interpolate(m, size=size, mode="bilinear")
+    if m.shape[0] != batch:
+        if batch % m.shape[0] != 0:
+            raise ValueError(
+                f"latent noise_mask has batch {m.shape[0]}, which does not divide the latent batch {batch}: "
+                "use one mask or one per sample"
+            )
+        m = m.repeat(batch // m.shape[0], 1, 1, 1)
+    return m.to(device=device, dtype=dtype)
+
+
+@dataclass
+class _Plan:
+    """Which part of the schedule a run covers, and how it starts."""
+
+    full: torch.Tensor  # the whole schedule for `steps`
+    timesteps: torch.Tensor  # the part this run covers
+    first_index: int  # index of timesteps[0] in full
+    order: int
+    total: int  # steps in this run (UNet calls / order)
+    is_txt2img: bool
+
+
+def _plan(scheduler, steps, denoise, start_step, end_step, samples, device) -> Optional[_Plan]:
+    """Set the scheduler's timesteps and pick this run's slice of them.
+
+    denoise < 1 keeps the last int(steps * denoise) steps (diffusers'
+    get_timesteps, including its rounding down); start_step/end_step cut the
+    full schedule as KSamplerAdvanced does. None when nothing is left to run.
+    """
+    scheduler.set_timesteps(steps, device=device)
+    order = int(getattr(scheduler, "order", 1))
+    full = scheduler.timesteps
+    end = steps if end_step is None else min(int(end_step), steps)
+    init_timestep = min(int(steps * denoise), steps)
+    t_start = max(steps - init_timestep, 0)
+    begin = max(int(start_step), t_start)
+    if begin >= end:
+        logger.warning(
+            "denoise %s of %s steps rounds down to no step at all: returning the input unchanged "
+            "(raise steps or denoise)", denoise, steps,
+        )
+        return None
+    # A run to the end takes the schedule's tail as is: PLMS's schedule has
+    # one more timestep than steps (diffusers runs them all).
+    timesteps = full[begin * order :] if end == steps else full[begin * order : end * order]
+    is_txt2img = start_step == 0 and denoise == 1.0 and not bool(samples.any())
+    if not is_txt2img and hasattr(scheduler, "set_begin_index"):
+        # Img2img and continued runs start mid-schedule (diffusers does this in
+        # get_timesteps); txt2img leaves it unset, exactly as its pipeline does.
+        scheduler.set_begin_index(begin * order)
+    return _Plan(full, timesteps, begin * order, order, end - begin, is_txt2img)
+
+
+def _unet_device(unet) -> torch.device:
+    try:
+        return next(unet.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device(getattr(unet, "device", "cpu"))
+
+
+# --------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sample(
+    model: ModelBundle,
+    positive: Conditioning,
+    negative: Optional[Conditioning],
+    latent: dict,
+    *,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    schedule: str = "normal",
+    denoise: float = 1.0,
+    start_step: int = 0,
+    end_step: Optional[int] = None,
+    variation_seed: int = 0,
+    variation_strength: float = 0.0,
+    batch_seed_mode: str = "increment",
+    device=None,
+    on_step: Optional[OnStep] = None,
+    should_stop: Optional[Callable[[], None]] = None,
+) -> dict:
+    """Denoise `latent` with `model`, guided by `positive` / `negative`.
+
+    Returns a new LATENT dict (other keys copied) whose "samples" are unscaled,
+    float32, on the CPU.
+
+    - Text-to-image when the input is all zeros, denoise is 1 and start_step 0:
+      latents = noise * init_noise_sigma (StableDiffusionPipeline).
+    - Otherwise image-to-image (StableDiffusionImg2ImgPipeline): the last
+      int(steps * denoise) steps of the schedule, starting from the input
+      noised to the first of them. denoise 0 returns the input untouched.
+    - start_step / end_step run only steps [start_step, end_step) of the full
+      schedule. start_step > 0 adds no noise (the input carries the leftover
+      noise of an earlier partial run); end_step < steps returns the
+      latents with their leftover noise, for the next pass.
+    - Seeds: sample i uses seed + i ("increment", or + batch_index[i] when the
+      latent has ComfyUI's batch_index) or seed ("fixed"), one CPU generator
+      each; variation_seed / variation_strength mix in a second noise the A1111
+      way (see noise.py).
+    - `should_stop()` is called before every UNet evaluation and cancels the
+      run by raising; `on_step(i, total, x0)` is called after each of the
+      `total` steps with the predicted clean latents (scaled UNet space) when
+      the scheduler gives them, else the current latents, for previews.
+    - A "noise_mask" in the latent (1 = repaint) keeps the unmasked area at
+      the input, re-noised to each step's level (diffusers' inpaint pipeline
+      for 4-channel UNets).
+    """
+    samples = _check_latent(model, latent)
+    _check_conditioning(model, positive, "positive")
+    if negative is not None:
+        _check_conditioning(model, negative, "negative")
+    _check_numbers(steps, denoise, start_step, end_step)
+    steps = int(steps)
+    scheduler = make_scheduler(model.scheduler_config, sampler_name, schedule)
+    batch = int(samples.shape[0])
+    seeds, variation_seeds = seed_plan(
+        seed, batch, batch_seed_mode, latent.get("batch_index"), variation_seed, variation_strength
+    )
+
+    if denoise == 0.0:
+        logger.info("denoise is 0: returning the input latent unchanged")
+        return dict(latent)
+
+    device = torch.device(device) if device is not None else _unet_device(model.unet)
+    dtype = model.dtype
+    scale = float(model.latent_scaling_factor)
+
+    plan = _plan(scheduler, steps, denoise, start_step, end_step, samples, device)
+    if plan is None:
+        return dict(latent)
+    timesteps, full, order, total = plan.timesteps, plan.full, plan.order, plan.total
+    logger.debug(
+        "sampling %s of %s steps with %s/%s, cfg %s, %s", total, steps, sampler_name, schedule, cfg,
+        "txt2img" if plan.is_txt2img else "img2img/continue",
+    )
+
+    # ---- starting latents (same draws as diffusers' prepare_latents)
+    h, w = int(samples.shape[-2]), int(samples.shape[-1])
+    shape = (batch, int(samples.shape[1]), h, w)
+    generators = generators_for(seeds)
+    variation_generators = generators_for(variation_seeds) if variation_seeds else None
+    init_latents = samples.to(device=device, dtype=dtype) * scale
+    mask = latent.get("noise_mask")
+    noise = None
+    if start_step == 0 or mask is not None:
+        noise = initial_noise(
+            shape, generators, device=device, dtype=dtype,
+            variation_generators=variation_generators, variation_strength=variation_strength,
+        )
+    if plan.is_txt2img:
+        latents = noise * scheduler.init_noise_sigma
+    elif start_step == 0:
+        latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(batch))
+    else:
+        latents = init_latents
+    if mask is not None:
+        mask = _prepare_mask(mask, batch, (h, w), device, dtype)
+
+    if hasattr(scheduler, "noise_sampler_seed"):
+        # DPM++ SDE's Brownian tree draws from its own seed (random when
+        # unset); one seed per sample makes it reproducible, as in A1111.
+        scheduler.noise_sampler_seed = list(seeds)
+
+    pixel_size = (h * model.vae_scale_factor, w * model.vae_scale_factor)
+    inputs = _unet_inputs(model, positive, negative, cfg, batch, pixel_size, device)
+    extra = _step_kwargs(scheduler, generators)
+    warmup = len(timesteps) - total * order
+    reported = 0
+
+    for i, t in enumerate(timesteps):
+        if should_stop is not None:
+            should_stop()
+        x_in = torch.cat([latents] * 2) if inputs.do_cfg else latents
+        x_in = scheduler.scale_model_input(x_in, t)
+        noise_pred = model.unet(
+            x_in,
+            t,
+            encoder_hidden_states=inputs.embeds,
+            timestep_cond=inputs.timestep_cond,
+            added_cond_kwargs=inputs.added_cond_kwargs,
+            return_dict=False,
+        )[0]
+        if inputs.do_cfg:
+            uncond, cond = noise_pred.chunk(2)
+            noise_pred = uncond + cfg * (cond - uncond)
+
+        out = scheduler.step(noise_pred, t, latents, **extra, return_dict=True)
+        latents = out.prev_sample
+        if latents.dtype != dtype:
+            latents = latents.to(dtype)
+
+        if mask is not None:
+            latents = _blend_masked(scheduler, latents, init_latents, noise, mask, full, plan.first_index + i)
+
+        if i == len(timesteps) - 1 or ((i + 1) > warmup and (i + 1) % order == 0):
+            if on_step is not None:
+                x0 = getattr(out, "pred_original_sample", None)
+                on_step(reported, total, x0 if x0 is not None else latents)
+            reported += 1
+
+    result = dict(latent)
+    result["samples"] = (latents / scale).to(device="cpu", dtype=torch.float32)
+    return result
+
+
+def _blend_masked(scheduler, latents, init_latents, noise, mask, full, index) -> torch.Tensor:
+    """Keep the unmasked area at the input, noised to the next step's level.
+
+    diffusers' inpaint pipeline (4-channel UNet branch); the next timestep is
+    taken from the full schedule so that a partial run (end_step) hands on
+    latents whose kept area carries the same leftover noise as the rest.
+    """
+    proper = init_latents
+    if index < len(full) - 1:
+        proper = scheduler.add_noise(init_latents, noise, full[index + 1 : index + 2])
+    return (1 - mask) * proper + mask * latents
