@@ -5,7 +5,7 @@ from comfy_api.latest import io
 
 from . import comfy_bridge
 from .engine.sampling import sample
-from .engine.schedulers import SAMPLER_NAMES, SCHEDULE_TYPES
+from .engine.schedulers import SAMPLER_NAMES, SCHEDULE_TYPES, canonical_name_or_none
 from .types import DSConditioning, DSModel, category
 
 BATCH_SEED_MODES = ["increment", "fixed"]
@@ -58,7 +58,8 @@ class DSSampler(io.ComfyNode):
                     "sampler_name",
                     options=SAMPLER_NAMES,
                     default="Euler a",
-                    tooltip="The sampler, by its A1111 name, mapped to the matching diffusers scheduler.",
+                    tooltip="The sampler, by its A1111 name, mapped to the matching diffusers scheduler "
+                    "(PLMS is diffusers' PNDM).",
                 ),
                 io.Combo.Input(
                     "schedule",
@@ -121,7 +122,7 @@ class DSSampler(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, sampler_name: str, schedule: str, batch_seed_mode: str) -> bool | str:
-        if sampler_name not in SAMPLER_NAMES:
+        if canonical_name_or_none(sampler_name) is None:
             return f"sampler_name: '{sampler_name}' is not one of {SAMPLER_NAMES}."
         if schedule not in SCHEDULE_TYPES:
             return f"schedule: '{schedule}' is not one of {SCHEDULE_TYPES}."

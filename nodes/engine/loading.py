@@ -249,6 +249,11 @@ def load_checkpoint(
 
 
 def _bundles(family, name, unet, vae, text_encoders, tokenizers, scheduler_config, dtype) -> Loaded:
+    if dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        # The SDXL VAE overflows in float16 (black or NaN images); diffusers
+        # upcasts it around every decode. Keeping it float32 once is the same
+        # result without changing a shared module's dtype at each call.
+        vae = vae.to(torch.float32)
     model = ModelBundle(
         family=family,
         name=name,
