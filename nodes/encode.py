@@ -53,3 +53,6 @@ class DSTextEncode(io.ComfyNode):
     def execute(cls, text_encoder, text: str, clip_skip: int = 1) -> io.NodeOutput:
         comfy_bridge.load_to_compute_device(text_encoder.text_encoders)
         return io.NodeOutput(encode_prompt(text_encoder, text, clip_skip=clip_skip))
+
+
+NODES = [DSTextEncode]

@@ -1,16 +1,22 @@
-"""The extension object ComfyUI loads: the list of every node of the pack."""
+"""The extension object ComfyUI loads: every node of the pack, its routes.
+
+Each concept module exports `NODES`, the node classes it defines; this file
+only gathers them, so a new concept is one import line here.
+"""
 from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from .encode import DSTextEncode
-from .loaders import DSLoadModel
-from .sample import DSSampler
-from .vae import DSVAEDecode, DSVAEEncode
+from . import encode, loaders, routes, sample, vae
 
-NODES: list[type[io.ComfyNode]] = [DSLoadModel, DSTextEncode, DSSampler, DSVAEEncode, DSVAEDecode]
+CONCEPT_MODULES = [loaders, encode, sample, vae]
+
+NODES: list[type[io.ComfyNode]] = [node for module in CONCEPT_MODULES for node in module.NODES]
 
 
 class DiffusersStudioExtension(ComfyExtension):
+    async def on_load(self) -> None:
+        routes.register()
+
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return list(NODES)

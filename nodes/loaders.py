@@ -75,3 +75,6 @@ class DSLoadModel(io.ComfyNode):
             device=comfy_bridge.offload_device(),
         )
         return io.NodeOutput(model, text_encoder, vae)
+
+
+NODES = [DSLoadModel]

@@ -174,3 +174,5 @@ class DSSampler(io.ComfyNode):
         )
         return io.NodeOutput(result)
 
+
+NODES = [DSSampler]

@@ -65,3 +65,6 @@ class DSVAEEncode(io.ComfyNode):
         comfy_bridge.load_to_compute_device([vae.vae])
         latents = vae_codec.encode(vae, pixels, tiled=tiled, tile_size=tile_size)
         return io.NodeOutput({"samples": latents})
+
+
+NODES = [DSVAEDecode, DSVAEEncode]

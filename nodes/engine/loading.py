@@ -141,6 +141,23 @@ class CheckpointCache:
         with self._lock:
             self._entries.clear()
 
+    def describe(self) -> list[dict]:
+        """The live entries: file, family, dtype, device (for a status route)."""
+        out = []
+        with self._lock:
+            entries = list(self._entries.items())
+        for key, refs in entries:
+            values = [ref() for ref in refs]
+            if any(v is None for v in values):
+                continue
+            model = values[0]
+            device = next(model.unet.parameters()).device
+            out.append(
+                {"path": key.realpath, "name": model.name, "family": model.family,
+                 "dtype": key.dtype, "device": str(device)}
+            )
+        return out
+
     def __len__(self) -> int:
         """How many entries are still alive."""
         with self._lock:
@@ -249,9 +266,9 @@ def load_checkpoint(
 
 
 def _bundles(family, name, unet, vae, text_encoders, tokenizers, scheduler_config, dtype) -> Loaded:
-    if dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
-        # The SDXL VAE overflows in float16 (black or NaN images); diffusers
-        # upcasts it around every decode. Keeping it float32 once is the same
+    if family == SDXL and dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        # The SDXL VAE overflows in float16 (black or NaN images); diffusers'
+        # SDXL pipelines upcast it around every decode. Keeping it float32 once is the same
         # result without changing a shared module's dtype at each call.
         vae = vae.to(torch.float32)
     model = ModelBundle(

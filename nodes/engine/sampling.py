@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from . import hooks as hooks_mod
 from .components import SDXL, Conditioning, ModelBundle
 from .noise import generators_for, initial_noise, seed_plan
 from .schedulers import make_scheduler
@@ -442,37 +443,63 @@ def sample(
     extra = _step_kwargs(scheduler, generators)
     warmup = len(timesteps) - total * order
     reported = 0
+    bound = hooks_mod.collect(model, positive, negative, latent)
+    run = hooks_mod.RunContext(
+        model=model, batch=batch, do_cfg=inputs.do_cfg, device=device, dtype=dtype, latent_size=(h, w),
+        pixel_size=pixel_size, timesteps=timesteps, total_steps=len(full), first_index=plan.first_index,
+        scheduler=scheduler, cfg=cfg, encoder_hidden_states=inputs.embeds,
+        added_cond_kwargs=inputs.added_cond_kwargs,
+    )
+    begun = []
+    try:
+        for b in bound:
+            b.hook.begin(run, b.role)
+            begun.append(b)
+        for i, t in enumerate(timesteps):
+            if should_stop is not None:
+                should_stop()
+            x_in = torch.cat([latents] * 2) if inputs.do_cfg else latents
+            x_in = scheduler.scale_model_input(x_in, t)
+            step = hooks_mod.StepContext(
+                index=i, timestep=t, progress=(plan.first_index + i) / max(len(full), 1), latents=latents,
+                x_in=x_in, encoder_hidden_states=inputs.embeds,
+                added_cond_kwargs=dict(inputs.added_cond_kwargs) if inputs.added_cond_kwargs else None,
+            )
+            for b in bound:
+                b.hook.before_unet(step, run, b.role)
+            noise_pred = model.unet(
+                step.x_in,
+                t,
+                encoder_hidden_states=step.encoder_hidden_states,
+                timestep_cond=inputs.timestep_cond,
+                added_cond_kwargs=step.added_cond_kwargs,
+                return_dict=False,
+                **step.unet_kwargs(),
+            )[0]
+            if inputs.do_cfg:
+                uncond, cond = noise_pred.chunk(2)
+                noise_pred = uncond + cfg * (cond - uncond)
 
-    for i, t in enumerate(timesteps):
-        if should_stop is not None:
-            should_stop()
-        x_in = torch.cat([latents] * 2) if inputs.do_cfg else latents
-        x_in = scheduler.scale_model_input(x_in, t)
-        noise_pred = model.unet(
-            x_in,
-            t,
-            encoder_hidden_states=inputs.embeds,
-            timestep_cond=inputs.timestep_cond,
-            added_cond_kwargs=inputs.added_cond_kwargs,
-            return_dict=False,
-        )[0]
-        if inputs.do_cfg:
-            uncond, cond = noise_pred.chunk(2)
-            noise_pred = uncond + cfg * (cond - uncond)
+            out = scheduler.step(noise_pred, t, latents, **extra, return_dict=True)
+            latents = out.prev_sample
+            if latents.dtype != dtype:
+                latents = latents.to(dtype)
 
-        out = scheduler.step(noise_pred, t, latents, **extra, return_dict=True)
-        latents = out.prev_sample
-        if latents.dtype != dtype:
-            latents = latents.to(dtype)
+            if mask is not None:
+                latents = _blend_masked(scheduler, latents, init_latents, noise, mask, full, plan.first_index + i)
+            for b in bound:
+                latents = b.hook.after_step(latents, step, run, b.role)
 
-        if mask is not None:
-            latents = _blend_masked(scheduler, latents, init_latents, noise, mask, full, plan.first_index + i)
-
-        if i == len(timesteps) - 1 or ((i + 1) > warmup and (i + 1) % order == 0):
-            if on_step is not None:
-                x0 = getattr(out, "pred_original_sample", None)
-                on_step(reported, total, x0 if x0 is not None else latents)
-            reported += 1
+            if i == len(timesteps) - 1 or ((i + 1) > warmup and (i + 1) % order == 0):
+                if on_step is not None:
+                    x0 = getattr(out, "pred_original_sample", None)
+                    on_step(reported, total, x0 if x0 is not None else latents)
+                reported += 1
+    finally:
+        # Restore in reverse order, even on Cancel: cached modules must come
+        # out of a run exactly as they went in.
+        for b in reversed(begun):
+            b.hook.end()
 
     result = dict(latent)
     result["samples"] = (latents / scale).to(device="cpu", dtype=torch.float32)

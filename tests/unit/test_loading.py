@@ -177,6 +177,14 @@ def test_float16_load(exported):
     assert torch.equal(model.unet.conv_in.weight, want)
 
 
+def test_float16_sdxl_keeps_its_vae_float32(exported):
+    """The SDXL VAE overflows in float16 (its config says force_upcast)."""
+    model, _, vae = _load(exported[SDXL]["file"], dtype="float16")
+    assert model.dtype == torch.float16
+    assert {p.dtype for p in model.unet.parameters()} == {torch.float16}
+    assert {p.dtype for p in vae.vae.parameters()} == {torch.float32}
+
+
 def test_unknown_dtype_is_refused(exported):
     with pytest.raises(ValueError, match="dtype"):
         _load(exported[SD1]["file"], dtype="float64")
