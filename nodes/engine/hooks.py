@@ -6,9 +6,13 @@ what one UNet call sees. Each is a value attached to a socket value (a
 "ds_hooks" list) that implements `SamplingHook`. The sampler collects them,
 calls `begin` once before the loop (install attention processors, set LoRA
 scales), `before_unet` before every UNet evaluation (add ControlNet residuals,
-replace the UNet input, add cross-attention kwargs), `after_step` after every
-scheduler step, and `end` always, even on Cancel or error (restore
-everything). So one pass composes all of them, and a following run without
+replace the UNet input, add cross-attention kwargs, widen the batch),
+`after_unet` on the raw noise prediction (fold a widened batch back),
+`after_step` after every scheduler step, and `end` always, even on Cancel or
+error (restore everything). Hooks run in ascending `order` (then attachment
+order); a hook that widens the UNet batch (regional prompts add rows) uses a
+negative order so that the others see the final batch, described row by row
+in `StepContext.row_roles`. So one pass composes all of them, and a following run without
 them sees the untouched modules.
 """
 from __future__ import annotations
@@ -60,6 +64,9 @@ class StepContext:
     cross_attention_kwargs: dict = field(default_factory=dict)
     down_residuals: Optional[list] = None
     mid_residual: Optional[torch.Tensor] = None
+    # One entry per row of x_in: NEGATIVE or POSITIVE (which half of CFG the
+    # row belongs to). A hook that adds rows appends their roles here.
+    row_roles: list = field(default_factory=list)
 
     def add_residuals(self, down: list, mid: torch.Tensor) -> None:
         """Sum ControlNet-style residuals into this call (several units add up)."""
@@ -83,11 +90,17 @@ class StepContext:
 class SamplingHook:
     """Base class: override what you need; every method defaults to nothing."""
 
+    order: int = 0  # lower runs first; batch-widening hooks use a negative order
+
     def begin(self, run: RunContext, role: str) -> None:
         pass
 
     def before_unet(self, step: StepContext, run: RunContext, role: str) -> None:
         pass
+
+    def after_unet(self, noise_pred: torch.Tensor, step: StepContext, run: RunContext, role: str) -> torch.Tensor:
+        """The UNet output for step.x_in's rows; return it with the rows CFG expects."""
+        return noise_pred
 
     def after_step(self, latents: torch.Tensor, step: StepContext, run: RunContext, role: str) -> torch.Tensor:
         return latents
@@ -131,4 +144,4 @@ def collect(model, positive, negative, latent: dict) -> list[BoundHook]:
             add(extra, NEGATIVE)
     for hook in latent.get("ds_hooks", ()) or ():
         add(hook, LATENT)
-    return bound
+    return sorted(bound, key=lambda b: getattr(b.hook, "order", 0))  # stable: ties keep attachment order

@@ -464,6 +464,7 @@ def sample(
                 index=i, timestep=t, progress=(plan.first_index + i) / max(len(full), 1), latents=latents,
                 x_in=x_in, encoder_hidden_states=inputs.embeds,
                 added_cond_kwargs=dict(inputs.added_cond_kwargs) if inputs.added_cond_kwargs else None,
+                row_roles=([hooks_mod.NEGATIVE] * batch if inputs.do_cfg else []) + [hooks_mod.POSITIVE] * batch,
             )
             for b in bound:
                 b.hook.before_unet(step, run, b.role)
@@ -476,6 +477,8 @@ def sample(
                 return_dict=False,
                 **step.unet_kwargs(),
             )[0]
+            for b in reversed(bound):
+                noise_pred = b.hook.after_unet(noise_pred, step, run, b.role)
             if inputs.do_cfg:
                 uncond, cond = noise_pred.chunk(2)
                 noise_pred = uncond + cfg * (cond - uncond)

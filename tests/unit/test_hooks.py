@@ -99,3 +99,37 @@ def test_socket_values_are_not_mutated_by_attaching_hooks(tiny):
     assert model.patches == () and len(patched.patches) == 1
     assert pos.with_extra(Recorder()).extras != pos.extras == ()
     assert replace(model) == model
+
+
+class Widen(hooks.SamplingHook):
+    """Adds a copy of the positive rows, then averages them back (a no-op)."""
+
+    order = -10
+
+    def before_unet(self, step, run, role):
+        self.seen_roles = list(step.row_roles)
+        b = run.batch
+        step.x_in = torch.cat([step.x_in, step.x_in[-b:]])
+        step.encoder_hidden_states = torch.cat([step.encoder_hidden_states, step.encoder_hidden_states[-b:]])
+        step.row_roles = step.row_roles + [hooks.POSITIVE] * b
+
+    def after_unet(self, noise_pred, step, run, role):
+        b = run.batch
+        extra = noise_pred[-b:]
+        base = noise_pred[:-b]
+        return torch.cat([base[:-b], (base[-b:] + extra) / 2])
+
+
+class SeesRows(hooks.SamplingHook):
+    def before_unet(self, step, run, role):
+        self.rows = (step.x_in.shape[0], list(step.row_roles))
+
+
+def test_a_widening_hook_runs_first_and_others_see_the_wide_batch(tiny):
+    model, pos, neg = tiny
+    plain = _run(model, pos, neg)
+    seer, widen = SeesRows(), Widen()
+    widened = _run(model.with_patch(seer).with_patch(widen), pos, neg)
+    assert widen.seen_roles == [hooks.NEGATIVE, hooks.POSITIVE]
+    assert seer.rows == (3, [hooks.NEGATIVE, hooks.POSITIVE, hooks.POSITIVE])
+    assert (widened - plain).abs().max() <= 1e-5
