@@ -80,8 +80,23 @@ def write_tiny_models(models_dir: Path, seed: int = 0) -> list[Path]:
         log.warning("tests/ldm_export.py not found: writing only the diffusers folder %s", folder)
         sd1.save_pretrained(str(folder), safe_serialization=True)
         written.append(folder)
+    written += write_concept_models(models_dir, seed)
     for path in written:
         log.info("wrote tiny model %s", path)
+    return written
+
+
+def write_concept_models(models_dir: Path, seed: int = 0) -> list[Path]:
+    """Tiny adapter files (ControlNets, IP-Adapters, LoRAs, ...) for the workflows.
+
+    Each concept adds a module `tests/harness/models_<concept>.py` with a
+    function `write(models_dir: Path, seed: int) -> list[Path]`; every such
+    module is called here, so adding a concept never edits this file.
+    """
+    written: list[Path] = []
+    for path in sorted(Path(__file__).resolve().parent.glob("models_*.py")):
+        module = importlib.import_module(f"{__package__}.{path.stem}")
+        written += list(module.write(Path(models_dir), seed))
     return written
 
 
