@@ -19,4 +19,7 @@ class DiffusersStudioExtension(ComfyExtension):
         routes.register()
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        # ComfyUI 0.3.75 never calls on_load; this runs before the server adds
+        # its routes, so registering here works on old and new versions alike.
+        routes.register()
         return list(NODES)
