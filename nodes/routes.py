@@ -32,4 +32,7 @@ def register() -> None:
     from server import PromptServer
 
     PromptServer.instance.routes.get("/diffusers_studio/models")(loaded_models)
+    from . import a1111
+
+    a1111.register(PromptServer.instance.routes)
     _registered = True
