@@ -55,10 +55,15 @@ def _check_latent(model: ModelBundle, latent: dict) -> torch.Tensor:
     if channels != expected:
         out_channels = int(getattr(model.unet.config, "out_channels", expected))
         if expected == out_channels + 5 and channels == out_channels:
+            # An inpainting UNet: a hook (Diffusers Inpaint's) appends the mask
+            # and the masked image latents to every UNet input.
+            extra = sum(int(getattr(h, "unet_extra_channels", 0)) for h in latent.get("ds_hooks") or ())
+            if channels + extra == expected:
+                return samples
             raise ValueError(
                 f"{_model_label(model)} is an inpainting model ({expected} input channels): "
-                "it needs a mask and a masked image, which this sampler does not pass yet; "
-                "use a regular checkpoint, or the inpaint node when it is available"
+                "it needs a mask and a masked image: make its latent with Diffusers Inpaint "
+                "(DSInpaint) from the image and the mask, or use a regular checkpoint"
             )
         raise ValueError(
             f"latent_image has {channels} channels, {_model_label(model)} expects {expected}: "
@@ -291,7 +296,7 @@ class _Plan:
     is_txt2img: bool
 
 
-def _plan(scheduler, steps, denoise, start_step, end_step, samples, device) -> Optional[_Plan]:
+def _plan(scheduler, steps, denoise, start_step, end_step, samples, device, has_mask=False) -> Optional[_Plan]:
     """Set the scheduler's timesteps and pick this run's slice of them.
 
     denoise < 1 keeps the last int(steps * denoise) steps (diffusers'
@@ -314,7 +319,10 @@ def _plan(scheduler, steps, denoise, start_step, end_step, samples, device) -> O
     # A run to the end takes the schedule's tail as is: PLMS's schedule has
     # one more timestep than steps (diffusers runs them all).
     timesteps = full[begin * order :] if end == steps else full[begin * order : end * order]
-    is_txt2img = start_step == 0 and denoise == 1.0 and not bool(samples.any())
+    # Pure noise start: an empty latent (text-to-image), or a masked latent at
+    # full strength (diffusers' inpaint pipelines' is_strength_max), so
+    # nothing of the original inside the mask leaks into the result.
+    is_txt2img = start_step == 0 and denoise == 1.0 and (has_mask or not bool(samples.any()))
     if not is_txt2img and hasattr(scheduler, "set_begin_index"):
         # Img2img and continued runs start mid-schedule (diffusers does this in
         # get_timesteps); txt2img leaves it unset, exactly as its pipeline does.
@@ -362,7 +370,8 @@ def sample(
     float32, on the CPU.
 
     - Text-to-image when the input is all zeros, denoise is 1 and start_step 0:
-      latents = noise * init_noise_sigma (StableDiffusionPipeline).
+      latents = noise * init_noise_sigma (StableDiffusionPipeline); also for
+      a masked latent at denoise 1 (the inpaint pipelines' full strength).
     - Otherwise image-to-image (StableDiffusionImg2ImgPipeline): the last
       int(steps * denoise) steps of the schedule, starting from the input
       noised to the first of them. denoise 0 returns the input untouched.
@@ -402,7 +411,8 @@ def sample(
     dtype = model.dtype
     scale = float(model.latent_scaling_factor)
 
-    plan = _plan(scheduler, steps, denoise, start_step, end_step, samples, device)
+    repaints = "noise_mask" in latent or any(getattr(h, "repaints", False) for h in latent.get("ds_hooks", ()) or ())
+    plan = _plan(scheduler, steps, denoise, start_step, end_step, samples, device, repaints)
     if plan is None:
         return dict(latent)
     timesteps, full, order, total = plan.timesteps, plan.full, plan.order, plan.total
