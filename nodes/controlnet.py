@@ -1,0 +1,313 @@
+"""ControlNet nodes: load, apply (chainable) and two weight-free hint preprocessors."""
+from __future__ import annotations
+
+import os
+
+from comfy_api.latest import io
+
+from . import comfy_bridge
+from .engine import hint_preprocessors
+from .engine.controlnet import apply_controlnet
+from .engine.controlnet_loading import WEIGHT_SUFFIXES, is_controlnet_folder, load_controlnet
+from .types import DSConditioning, category
+
+# The pack's ControlNet socket (lead: move to types.py with the other DS_* types).
+DSControlNet = io.Custom("DS_CONTROLNET")
+
+CONTROLNET_FOLDER = "controlnet"
+DTYPES = ["auto", "float32", "float16", "bfloat16"]
+
+
+# --------------------------------------------------------------- model files
+# Lead: these three belong in comfy_bridge (the one module touching
+# folder_paths); they are here only because that file is shared.
+def _folder_paths():
+    import folder_paths
+
+    return folder_paths
+
+
+def _controlnet_folders() -> dict[str, str]:
+    """Diffusers ControlNet folders under models/controlnet, name -> path."""
+    found: dict[str, str] = {}
+    for root in _folder_paths().get_folder_paths(CONTROLNET_FOLDER):
+        if not os.path.isdir(root):
+            continue
+        for dirpath, dirnames, _files in os.walk(root, followlinks=True):
+            dirnames.sort()
+            if dirpath != root and is_controlnet_folder(dirpath):
+                found.setdefault(os.path.relpath(dirpath, root).replace(os.sep, "/"), dirpath)
+                dirnames[:] = []
+    return found
+
+
+def controlnet_names() -> list[str]:
+    """What Load ControlNet offers: diffusers folders, then weight files (not those inside folders)."""
+    folders = _controlnet_folders()
+    files = [
+        name
+        for name in _folder_paths().get_filename_list(CONTROLNET_FOLDER)
+        if name.lower().endswith(WEIGHT_SUFFIXES) and not any(name.startswith(f + "/") for f in folders)
+    ]
+    return sorted(folders) + sorted(set(files))
+
+
+def resolve_controlnet_path(name: str) -> str:
+    """The full path of a listed ControlNet; a name the listing did not produce is refused."""
+    folders = _controlnet_folders()
+    if name in folders:
+        return folders[name]
+    if name in controlnet_names():
+        path = _folder_paths().get_full_path(CONTROLNET_FOLDER, name)
+        if path:
+            return path
+    raise ValueError(unknown_controlnet_message(name))
+
+
+def unknown_controlnet_message(name: str) -> str:
+    available = controlnet_names()
+    shown = ", ".join(available[:10]) + (" ..." if len(available) > 10 else "")
+    return (
+        f"control_net_name: '{name}' is not a ControlNet in ComfyUI's models/{CONTROLNET_FOLDER} "
+        f"(single files or diffusers folders). Available: {shown or 'none'}. Put the file there and "
+        "refresh (press R in the editor)."
+    )
+
+
+# --------------------------------------------------------------------- nodes
+
+
+class DSLoadControlNet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DSLoadControlNet",
+            display_name="Load ControlNet",
+            category=category("controlnet"),
+            description=(
+                "Loads an SD1.x or SDXL ControlNet from models/controlnet: a single file (lllyasviel's "
+                "control_v11* releases or diffusers weights) or a diffusers ControlNet folder. Works "
+                "offline; the family (SD1.x or SDXL) is read from the weights."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "control_net_name",
+                    options=controlnet_names(),
+                    tooltip="The ControlNet, from models/controlnet. Use one made for the model's family "
+                    "(e.g. control_v11p_sd15_canny for SD1.5, controlnet-canny-sdxl-1.0 for SDXL).",
+                ),
+                io.Combo.Input(
+                    "dtype",
+                    options=DTYPES,
+                    default="auto",
+                    tooltip="Weight precision. auto: float16 on a GPU, float32 on the CPU.",
+                ),
+            ],
+            outputs=[
+                DSControlNet.Output(
+                    display_name="CONTROL_NET", tooltip="The ControlNet, for Apply ControlNet."
+                )
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, control_net_name: str, dtype: str) -> bool | str:
+        # V3 combo values are not checked by ComfyUI 0.3.75.
+        if control_net_name not in controlnet_names():
+            return unknown_controlnet_message(control_net_name)
+        if dtype not in DTYPES:
+            return f"dtype: '{dtype}' is not one of {DTYPES}."
+        return True
+
+    @classmethod
+    def execute(cls, control_net_name: str, dtype: str = "auto") -> io.NodeOutput:
+        path = resolve_controlnet_path(control_net_name)
+        if dtype == "auto":
+            dtype = "float16" if comfy_bridge.compute_device().type == "cuda" else "float32"
+        bundle = load_controlnet(path, dtype=dtype, device=comfy_bridge.offload_device())
+        return io.NodeOutput(bundle)
+
+
+class DSApplyControlNet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DSApplyControlNet",
+            display_name="Apply ControlNet",
+            category=category("controlnet"),
+            description=(
+                "Guides the image's structure with a ControlNet and a hint image (edges, line art, depth, "
+                "pose). Returns the prompts with the ControlNet attached; chain several for "
+                "multi-ControlNet, each with its own image, strength and step window. Matches diffusers' "
+                "StableDiffusion(XL)ControlNetPipeline."
+            ),
+            inputs=[
+                DSConditioning.Input("positive", tooltip="The positive prompt (Diffusers Text Encode)."),
+                DSConditioning.Input("negative", tooltip="The negative prompt (Diffusers Text Encode)."),
+                DSControlNet.Input("control_net", tooltip="The ControlNet (Load ControlNet)."),
+                io.Image.Input(
+                    "image",
+                    tooltip="The hint image, e.g. from Canny Edges. Resized to the generated size as "
+                    "diffusers does, so any size works.",
+                ),
+                io.Float.Input(
+                    "strength",
+                    default=1.0,
+                    min=0.0,
+                    max=10.0,
+                    step=0.01,
+                    tooltip="How strongly the ControlNet steers (diffusers' controlnet_conditioning_scale); "
+                    "0 turns it off.",
+                ),
+                io.Float.Input(
+                    "start_percent",
+                    default=0.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.001,
+                    tooltip="Fraction of the steps after which the ControlNet starts acting "
+                    "(diffusers' control_guidance_start).",
+                ),
+                io.Float.Input(
+                    "end_percent",
+                    default=1.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.001,
+                    tooltip="Fraction of the steps after which the ControlNet stops acting "
+                    "(diffusers' control_guidance_end); lower it to let the last steps refine freely.",
+                ),
+                io.Boolean.Input(
+                    "guess_mode",
+                    default=False,
+                    tooltip="Guess mode: the ControlNet sees only the positive prompt and tries to "
+                    "recognise the hint even without a prompt (use with cfg 3-5).",
+                ),
+                io.Mask.Input(
+                    "mask",
+                    optional=True,
+                    tooltip="Optional: limits the ControlNet to the white area of the mask (resized to "
+                    "the image). An all-black mask turns it off.",
+                ),
+            ],
+            outputs=[
+                DSConditioning.Output(
+                    display_name="positive", tooltip="The positive prompt with the ControlNet attached."
+                ),
+                DSConditioning.Output(
+                    display_name="negative", tooltip="The negative prompt with the ControlNet attached."
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        positive,
+        negative,
+        control_net,
+        image,
+        strength: float = 1.0,
+        start_percent: float = 0.0,
+        end_percent: float = 1.0,
+        guess_mode: bool = False,
+        mask=None,
+    ) -> io.NodeOutput:
+        pos, neg = apply_controlnet(
+            positive,
+            negative,
+            control_net,
+            image,
+            strength=strength,
+            start_percent=start_percent,
+            end_percent=end_percent,
+            mask=mask,
+            guess_mode=guess_mode,
+            load_modules=comfy_bridge.load_to_compute_device,
+        )
+        return io.NodeOutput(pos, neg)
+
+
+class DSCannyEdges(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DSCannyEdges",
+            display_name="Canny Edges",
+            category=category("controlnet"),
+            description=(
+                "Turns a picture into a Canny edge map (white edges on black), the hint a canny "
+                "ControlNet expects. Needs no downloaded model."
+            ),
+            inputs=[
+                io.Image.Input("image", tooltip="The picture to take the edges of."),
+                io.Int.Input(
+                    "low_threshold",
+                    default=100,
+                    min=0,
+                    max=255,
+                    tooltip="Gradient strength (0-255) above which a pixel may continue an edge.",
+                ),
+                io.Int.Input(
+                    "high_threshold",
+                    default=200,
+                    min=0,
+                    max=255,
+                    tooltip="Gradient strength (0-255) above which a pixel starts an edge; higher "
+                    "keeps fewer, stronger edges.",
+                ),
+            ],
+            outputs=[io.Image.Output(tooltip="The edge map, for Apply ControlNet (and Preview Image).")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, low_threshold: int, high_threshold: int) -> bool | str:
+        if low_threshold > high_threshold:
+            return (
+                f"low_threshold ({low_threshold}) must not be above high_threshold ({high_threshold}): "
+                "swap them (typical: 100 and 200)."
+            )
+        return True
+
+    @classmethod
+    def execute(cls, image, low_threshold: int = 100, high_threshold: int = 200) -> io.NodeOutput:
+        return io.NodeOutput(hint_preprocessors.canny_edges(image, low_threshold, high_threshold))
+
+
+class DSLineArtThreshold(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DSLineArtThreshold",
+            display_name="Line Art Threshold",
+            category=category("controlnet"),
+            description=(
+                "Turns a drawing or scan into clean white lines on black, the hint a lineart or "
+                "scribble ControlNet expects, by a brightness threshold. Needs no downloaded model."
+            ),
+            inputs=[
+                io.Image.Input("image", tooltip="The drawing (e.g. pencil on paper)."),
+                io.Float.Input(
+                    "threshold",
+                    default=0.5,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Brightness (0-1) that separates lines from the background.",
+                ),
+                io.Boolean.Input(
+                    "lines_are_dark",
+                    default=True,
+                    tooltip="On: dark lines on a light ground (pixels darker than the threshold are "
+                    "lines). Off: light lines on a dark ground.",
+                ),
+            ],
+            outputs=[io.Image.Output(tooltip="The line art, for Apply ControlNet (and Preview Image).")],
+        )
+
+    @classmethod
+    def execute(cls, image, threshold: float = 0.5, lines_are_dark: bool = True) -> io.NodeOutput:
+        return io.NodeOutput(hint_preprocessors.line_art_threshold(image, threshold, lines_are_dark))
+
+
+NODES = [DSLoadControlNet, DSApplyControlNet, DSCannyEdges, DSLineArtThreshold]
