@@ -1,0 +1,315 @@
+"""IP-Adapter nodes: load an adapter with its image encoder, encode, apply (stackable)."""
+from __future__ import annotations
+
+import os
+
+from comfy_api.latest import io
+
+from . import comfy_bridge
+from .engine.image_encoder import load_image_encoder
+from .engine.ip_adapter import WEIGHT_MODES, apply_ip_adapter
+from .engine.ip_adapter_loading import load_ip_adapter
+from .engine.loading import resolve_dtype
+from .types import DSModel, category
+
+# The pack's IP-Adapter sockets (lead: move to types.py with the other DS_* types).
+DSIPAdapter = io.Custom("DS_IP_ADAPTER")
+DSImageEmbeds = io.Custom("DS_IMAGE_EMBEDS")
+
+IPADAPTER_FOLDER = "ipadapter"
+CLIP_VISION_FOLDER = "clip_vision"
+WEIGHT_SUFFIXES = (".safetensors", ".sft", ".bin")
+ENCODER_SUFFIXES = (".safetensors", ".sft")
+DTYPES = ["auto", "float32", "float16", "bfloat16"]
+
+
+# --------------------------------------------------------------- model files
+# Lead: these belong in comfy_bridge (the one module touching folder_paths);
+# they are here only because that file is shared.
+def _folder_paths():
+    import folder_paths
+
+    return folder_paths
+
+
+def register_ipadapter_folder() -> None:
+    """ComfyUI 0.3.75 has no models/ipadapter entry; add it as IPAdapter_plus does."""
+    fp = _folder_paths()
+    if IPADAPTER_FOLDER in fp.folder_names_and_paths:
+        paths, _exts = fp.folder_names_and_paths[IPADAPTER_FOLDER]
+    else:
+        paths = [os.path.join(fp.models_dir, IPADAPTER_FOLDER)]
+    fp.folder_names_and_paths[IPADAPTER_FOLDER] = (paths, set(fp.supported_pt_extensions))
+
+
+register_ipadapter_folder()
+
+
+def ipadapter_names() -> list[str]:
+    return sorted({n for n in _folder_paths().get_filename_list(IPADAPTER_FOLDER) if n.lower().endswith(WEIGHT_SUFFIXES)})
+
+
+def _encoder_folders() -> dict[str, str]:
+    """transformers CLIP vision folders (with a config.json) under models/clip_vision."""
+    found: dict[str, str] = {}
+    for root in _folder_paths().get_folder_paths(CLIP_VISION_FOLDER):
+        if not os.path.isdir(root):
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames.sort()
+            if dirpath != root and "config.json" in filenames:
+                found.setdefault(os.path.relpath(dirpath, root).replace(os.sep, "/"), dirpath)
+                dirnames[:] = []
+    return found
+
+
+def clip_vision_names() -> list[str]:
+    folders = _encoder_folders()
+    files = [
+        n for n in _folder_paths().get_filename_list(CLIP_VISION_FOLDER)
+        if n.lower().endswith(ENCODER_SUFFIXES) and not any(n.startswith(f + "/") for f in folders)
+    ]
+    return sorted(folders) + sorted(set(files))
+
+
+def _unknown(input_name: str, name: str, folder: str, available: list[str]) -> str:
+    shown = ", ".join(available[:10]) + (" ..." if len(available) > 10 else "")
+    return (
+        f"{input_name}: '{name}' is not in ComfyUI's models/{folder}. Available: {shown or 'none'}. "
+        "Put the file there and refresh (press R in the editor)."
+    )
+
+
+def resolve_ipadapter_path(name: str) -> str:
+    """The full path of a listed adapter; a name the listing did not produce is refused."""
+    if name in ipadapter_names():
+        path = _folder_paths().get_full_path(IPADAPTER_FOLDER, name)
+        if path:
+            return path
+    raise ValueError(_unknown("ipadapter_file", name, IPADAPTER_FOLDER, ipadapter_names()))
+
+
+def resolve_clip_vision_path(name: str) -> str:
+    folders = _encoder_folders()
+    if name in folders:
+        return folders[name]
+    if name in clip_vision_names():
+        path = _folder_paths().get_full_path(CLIP_VISION_FOLDER, name)
+        if path:
+            return path
+    raise ValueError(_unknown("clip_vision", name, CLIP_VISION_FOLDER, clip_vision_names()))
+
+
+# -------------------------------------------------------------------- nodes
+class DSLoadIPAdapter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DSLoadIPAdapter",
+            display_name="Load IP-Adapter",
+            category=category("ip_adapter"),
+            description=(
+                "Loads IP-Adapter weights (h94 releases: base, plus, plus-face, full-face; SD1.5 and SDXL) "
+                "from models/ipadapter together with the CLIP vision encoder they were trained with, from "
+                "models/clip_vision. The variant is read from the file. Offline."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "ipadapter_file",
+                    options=ipadapter_names(),
+                    tooltip="The adapter file in models/ipadapter, e.g. ip-adapter_sd15.safetensors, "
+                    "ip-adapter-plus_sd15.safetensors, ip-adapter-plus-face_sd15.safetensors, "
+                    "ip-adapter_sdxl.safetensors. .bin files load only if they hold nothing but tensors.",
+                ),
+                io.Combo.Input(
+                    "clip_vision",
+                    options=clip_vision_names(),
+                    tooltip="The image encoder in models/clip_vision: CLIP-ViT-H-14 for the SD1.5 and *_vit-h "
+                    "adapters, CLIP-ViT-bigG-14 for ip-adapter_sdxl. A single .safetensors or a transformers folder.",
+                ),
+                io.Combo.Input(
+                    "dtype",
+                    options=DTYPES,
+                    default="auto",
+                    tooltip="Weight precision. auto: float16 on a GPU, float32 on the CPU.",
+                ),
+            ],
+            outputs=[
+                DSIPAdapter.Output(
+                    display_name="IP_ADAPTER",
+                    tooltip="The adapter and its image encoder, for Apply IP-Adapter and Encode IP-Adapter Image.",
+                )
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, ipadapter_file: str, clip_vision: str, dtype: str) -> bool | str:
+        if ipadapter_file not in ipadapter_names():
+            return _unknown("ipadapter_file", ipadapter_file, IPADAPTER_FOLDER, ipadapter_names())
+        if clip_vision not in clip_vision_names():
+            return _unknown("clip_vision", clip_vision, CLIP_VISION_FOLDER, clip_vision_names())
+        if dtype not in DTYPES:
+            return f"dtype: '{dtype}' is not one of {DTYPES}."
+        return True
+
+    @classmethod
+    def execute(cls, ipadapter_file: str, clip_vision: str, dtype: str = "auto") -> io.NodeOutput:
+        torch_dtype = resolve_dtype(dtype, comfy_bridge.compute_device())
+        encoder = load_image_encoder(resolve_clip_vision_path(clip_vision), name=clip_vision, dtype=torch_dtype)
+        adapter = load_ip_adapter(resolve_ipadapter_path(ipadapter_file), encoder, name=ipadapter_file,
+                                  dtype=torch_dtype)
+        return io.NodeOutput(adapter)
+
+
+def _window_inputs() -> list:
+    return [
+        io.Float.Input(
+            "weight", default=1.0, min=-1.0, max=3.0, step=0.05,
+            tooltip="How strongly the reference image steers the result (diffusers' IP-Adapter scale). "
+            "0.5-0.8 keeps more of the prompt; 1 follows the image closely.",
+        ),
+        io.Float.Input(
+            "start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+            tooltip="Fraction of the schedule at which the image prompt starts acting (0 = from the first step).",
+        ),
+        io.Float.Input(
+            "end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+            tooltip="Fraction of the schedule after which it stops (1 = to the last step). Ending early "
+            "keeps the layout from the image and leaves details to the prompt.",
+        ),
+        io.Combo.Input(
+            "weight_mode", options=list(WEIGHT_MODES), default="standard",
+            tooltip="SDXL only: standard acts on every layer; style only on the style block "
+            "(up_blocks.0.attentions.1), composition only on the layout block (down_blocks.2.attentions.1), "
+            "as InvokeAI's and IPAdapter_plus's modes. SD1.x models take standard.",
+        ),
+        io.Mask.Input(
+            "mask", optional=True,
+            tooltip="Where the image prompt acts (white = here). Resized to the image; an empty mask "
+            "turns the adapter off (with a warning). Leave unconnected for the whole image.",
+        ),
+    ]
+
+
+def _check_window(start_percent: float, end_percent: float) -> bool | str:
+    if start_percent > end_percent:
+        return (f"start_percent ({start_percent}) must not be above end_percent ({end_percent}): "
+                "the image prompt acts from start_percent to end_percent of the schedule.")
+    return True
+
+
+class DSApplyIPAdapter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DSApplyIPAdapter",
+            display_name="Apply IP-Adapter",
+            category=category("ip_adapter"),
+            description=(
+                "Adds an image prompt to the model: the sampler then follows the reference image's style or "
+                "subject as well as the text. Returns a new model (the input is unchanged); chain several to "
+                "stack adapters. Equals diffusers' load_ip_adapter + set_ip_adapter_scale."
+            ),
+            inputs=[
+                DSModel.Input("model", tooltip="The MODEL from Load Diffusers Model (or another Apply node)."),
+                DSIPAdapter.Input("ip_adapter", tooltip="The adapter from Load IP-Adapter, for the model's family."),
+                io.Image.Input(
+                    "image",
+                    tooltip="The reference picture(s). A batch of several acts as one prompt made of all of "
+                    "them. Encoding the same picture again is cached.",
+                ),
+                *_window_inputs(),
+            ],
+            outputs=[DSModel.Output(display_name="MODEL", tooltip="The model with the image prompt, for DSSampler.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, weight_mode: str, start_percent: float, end_percent: float) -> bool | str:
+        if weight_mode not in WEIGHT_MODES:
+            return f"weight_mode: '{weight_mode}' is not one of {list(WEIGHT_MODES)}."
+        return _check_window(start_percent, end_percent)
+
+    @classmethod
+    def execute(cls, model, ip_adapter, image, weight: float = 1.0, start_percent: float = 0.0,
+                end_percent: float = 1.0, weight_mode: str = "standard", mask=None) -> io.NodeOutput:
+        patched = apply_ip_adapter(
+            model, ip_adapter, images=image, weight=weight, start_percent=start_percent, end_percent=end_percent,
+            mask=mask, weight_mode=weight_mode, prepare=comfy_bridge.load_to_compute_device,
+        )
+        return io.NodeOutput(patched)
+
+
+class DSEncodeIPAdapterImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DSEncodeIPAdapterImage",
+            display_name="Encode IP-Adapter Image",
+            category=category("ip_adapter"),
+            description=(
+                "Encodes reference pictures once into image embeddings for an IP-Adapter, so a face or a "
+                "style can be reused in many workflows (Apply IP-Adapter Embeds) without the pictures."
+            ),
+            inputs=[
+                DSIPAdapter.Input("ip_adapter", tooltip="The adapter whose image encoder and variant to encode for."),
+                io.Image.Input("image", tooltip="The reference picture(s); a batch encodes all of them."),
+            ],
+            outputs=[
+                DSImageEmbeds.Output(
+                    display_name="IMAGE_EMBEDS",
+                    tooltip="The encoded pictures (and the unconditional encoding CFG needs), for Apply "
+                    "IP-Adapter Embeds with an adapter of the same kind.",
+                )
+            ],
+        )
+
+    @classmethod
+    def execute(cls, ip_adapter, image) -> io.NodeOutput:
+        from .engine.image_encoder import encode_images
+
+        embeds = encode_images(ip_adapter.encoder, image, ip_adapter.kind,
+                               prepare=comfy_bridge.load_to_compute_device)
+        return io.NodeOutput(embeds)
+
+
+class DSApplyIPAdapterEmbeds(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DSApplyIPAdapterEmbeds",
+            display_name="Apply IP-Adapter Embeds",
+            category=category("ip_adapter"),
+            description=(
+                "Apply IP-Adapter from image embeddings made by Encode IP-Adapter Image instead of pictures. "
+                "Returns a new model; chain several to stack adapters."
+            ),
+            inputs=[
+                DSModel.Input("model", tooltip="The MODEL from Load Diffusers Model (or another Apply node)."),
+                DSIPAdapter.Input("ip_adapter", tooltip="The adapter from Load IP-Adapter, for the model's family."),
+                DSImageEmbeds.Input(
+                    "image_embeds",
+                    tooltip="Embeddings from Encode IP-Adapter Image, made with an adapter of the same kind "
+                    "(base embeds for base adapters, plus/face embeds for plus and face adapters).",
+                ),
+                *_window_inputs(),
+            ],
+            outputs=[DSModel.Output(display_name="MODEL", tooltip="The model with the image prompt, for DSSampler.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, weight_mode: str, start_percent: float, end_percent: float) -> bool | str:
+        if weight_mode not in WEIGHT_MODES:
+            return f"weight_mode: '{weight_mode}' is not one of {list(WEIGHT_MODES)}."
+        return _check_window(start_percent, end_percent)
+
+    @classmethod
+    def execute(cls, model, ip_adapter, image_embeds, weight: float = 1.0, start_percent: float = 0.0,
+                end_percent: float = 1.0, weight_mode: str = "standard", mask=None) -> io.NodeOutput:
+        patched = apply_ip_adapter(
+            model, ip_adapter, embeds=image_embeds, weight=weight, start_percent=start_percent,
+            end_percent=end_percent, mask=mask, weight_mode=weight_mode, prepare=comfy_bridge.load_to_compute_device,
+        )
+        return io.NodeOutput(patched)
+
+
+NODES = [DSLoadIPAdapter, DSApplyIPAdapter, DSEncodeIPAdapterImage, DSApplyIPAdapterEmbeds]

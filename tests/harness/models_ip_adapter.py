@@ -1,0 +1,168 @@
+"""Tiny IP-Adapters and CLIP vision encoders under the real file names.
+
+The adapters are written in the published h94 key layout (`image_proj.*`,
+`ip_adapter.N.to_k_ip/to_v_ip`, N = 1, 3, 5, ... over the UNet's
+cross-attention layers), shaped for the tiny SD1 and SDXL UNets of
+`tests/tiny_models.py`, so the loader reads them exactly as it reads the
+real releases and diffusers' `load_ip_adapter` reads them too (the unit
+parity tests use the same writers). The encoders are transformers-layout
+single `.safetensors` files, as ComfyUI users keep them in models/clip_vision.
+
+Random weights: the image prompts have an effect, not a meaning.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import torch
+
+TESTS_DIR = Path(__file__).resolve().parent.parent
+
+SD15_BASE = "ip-adapter_sd15.safetensors"
+SD15_PLUS = "ip-adapter-plus_sd15.safetensors"
+SD15_PLUS_FACE = "ip-adapter-plus-face_sd15.safetensors"
+SDXL_BASE = "ip-adapter_sdxl.safetensors"
+VIT_H = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+VIT_BIGG = "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors"
+
+# Tiny stand-ins: different widths so that a mismatched pair is detected.
+ENCODER_SHAPES = {
+    VIT_H: dict(hidden_size=64, projection_dim=48, num_attention_heads=1),
+    VIT_BIGG: dict(hidden_size=128, projection_dim=40, num_attention_heads=2),
+}
+
+
+def _tiny_models():
+    if str(TESTS_DIR) not in sys.path:
+        sys.path.insert(0, str(TESTS_DIR))
+    return importlib.import_module("tiny_models")
+
+
+def tiny_image_encoder(name: str = VIT_H, seed: int = 0):
+    """A CLIPVisionModelWithProjection shaped so the single-file reader infers its config."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    shape = ENCODER_SHAPES[name]
+    config = CLIPVisionConfig(
+        intermediate_size=37,
+        num_hidden_layers=3,
+        image_size=32,
+        patch_size=8,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        **shape,
+    )
+    torch.manual_seed(seed)
+    return CLIPVisionModelWithProjection(config).eval()
+
+
+def save_encoder_single_file(model, path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
+
+
+def _cross_attention_shapes(unet) -> list[tuple[int, int]]:
+    """(inner, cross) of each cross-attention layer, in attention-processor order."""
+    shapes = []
+    for name in unet.attn_processors:
+        if name.endswith("attn2.processor"):
+            attn = unet.get_submodule(name[: -len(".processor")])
+            shapes.append(tuple(attn.to_k.weight.shape))
+    return shapes
+
+
+def _projection_h94(variant: str, embed: int, cross: int) -> dict:
+    """A random projection of `variant`, with h94 key names (no prefix)."""
+    from diffusers.models.embeddings import ImageProjection, IPAdapterFullImageProjection, IPAdapterPlusImageProjection
+
+    if variant == "base":
+        module = ImageProjection(image_embed_dim=embed, cross_attention_dim=cross, num_image_text_embeds=4)
+        return {("proj." + k[len("image_embeds."):]) if k.startswith("image_embeds.") else k: v
+                for k, v in module.state_dict().items()}
+    if variant == "full-face":
+        module = IPAdapterFullImageProjection(image_embed_dim=embed, cross_attention_dim=cross)
+        renames = {"ff.net.0.proj.": "proj.0.", "ff.net.2.": "proj.2.", "norm.": "proj.3."}
+        out = {}
+        for k, v in module.state_dict().items():
+            for old, new in renames.items():
+                if k.startswith(old):
+                    k = new + k[len(old):]
+                    break
+            out[k] = v
+        return out
+    module = IPAdapterPlusImageProjection(
+        embed_dims=embed, output_dims=cross, hidden_dims=64, depth=4, heads=1, num_queries=16
+    )
+    state = module.state_dict()
+    out = {}
+    for k, v in state.items():
+        parts = k.split(".")
+        if parts[0] != "layers":
+            out[k] = v
+            continue
+        i, rest = parts[1], ".".join(parts[2:])
+        mapping = {
+            "ln0.": "0.norm1.", "ln1.": "0.norm2.", "attn.to_q.": "0.to_q.", "attn.to_out.0.": "0.to_out.",
+            "ff.0.": "1.0.", "ff.1.net.0.proj.": "1.1.", "ff.1.net.2.": "1.3.",
+        }
+        if rest.startswith("attn.to_k."):
+            suffix = rest[len("attn.to_k."):]
+            out[f"layers.{i}.0.to_kv.{suffix}"] = torch.cat([v, state[f"layers.{i}.attn.to_v.{suffix}"]])
+            continue
+        if rest.startswith("attn.to_v."):
+            continue
+        for old, new in mapping.items():
+            if rest.startswith(old):
+                out[f"layers.{i}.{new}{rest[len(old):]}"] = v
+                break
+        else:
+            raise AssertionError(f"unmapped resampler key {k}")
+    return out
+
+
+def adapter_state_dict(unet, variant: str, embed: int, seed: int = 0) -> dict:
+    """A tiny IP-Adapter for `unet` in the h94 layout (flat keys)."""
+    torch.manual_seed(seed)
+    shapes = _cross_attention_shapes(unet)
+    cross = shapes[0][1]
+    state = {f"image_proj.{k}": v.contiguous() for k, v in _projection_h94(variant, embed, cross).items()}
+    for index, (inner, width) in enumerate(shapes):
+        n = 2 * index + 1
+        state[f"ip_adapter.{n}.to_k_ip.weight"] = torch.randn(inner, width) * 0.3
+        state[f"ip_adapter.{n}.to_v_ip.weight"] = torch.randn(inner, width) * 0.3
+    return state
+
+
+def save_adapter(state: dict, path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def write(models_dir: Path, seed: int = 0) -> list[Path]:
+    """models/ipadapter/* and models/clip_vision/* for the shipped IP-Adapter workflows."""
+    tiny = _tiny_models()
+    models_dir = Path(models_dir)
+    ipadapter, clip_vision = models_dir / "ipadapter", models_dir / "clip_vision"
+    written = []
+    vit_h = tiny_image_encoder(VIT_H, seed)
+    vit_g = tiny_image_encoder(VIT_BIGG, seed + 1)
+    written.append(save_encoder_single_file(vit_h, clip_vision / VIT_H))
+    written.append(save_encoder_single_file(vit_g, clip_vision / VIT_BIGG))
+    sd1_unet = tiny.tiny_sd1_components(seed)["unet"]
+    sdxl_unet = tiny.tiny_sdxl_components(seed)["unet"]
+    h_proj, h_hidden = ENCODER_SHAPES[VIT_H]["projection_dim"], ENCODER_SHAPES[VIT_H]["hidden_size"]
+    g_proj = ENCODER_SHAPES[VIT_BIGG]["projection_dim"]
+    written.append(save_adapter(adapter_state_dict(sd1_unet, "base", h_proj, seed + 10), ipadapter / SD15_BASE))
+    written.append(save_adapter(adapter_state_dict(sd1_unet, "plus", h_hidden, seed + 11), ipadapter / SD15_PLUS))
+    written.append(save_adapter(adapter_state_dict(sd1_unet, "plus", h_hidden, seed + 12), ipadapter / SD15_PLUS_FACE))
+    written.append(save_adapter(adapter_state_dict(sdxl_unet, "base", g_proj, seed + 13), ipadapter / SDXL_BASE))
+    return written
