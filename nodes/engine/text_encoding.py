@@ -165,16 +165,22 @@ def patches_applied(bundle: TextEncoderBundle) -> Iterator[None]:
     """Apply the bundle's patches (e.g. LoRA on the text encoders) for one encode.
 
     The place where text-encoder patches take effect and are undone afterwards,
-    so that the cached encoders are never left modified. No patch kind is
-    implemented yet: they are logged and ignored.
+    so that the cached encoders are never left modified. A patch takes part by
+    having `text_encoder_patch(bundle)`, a context manager that applies it and
+    restores everything on exit (LoRA: engine/lora.py); they are entered in
+    attachment order and left in reverse, even on error. Other patches are
+    logged and ignored.
     """
-    if bundle.patches:
-        logger.warning(
-            "Text encoder %r carries %d patch(es) that text encoding does not apply yet",
-            bundle.name,
-            len(bundle.patches),
-        )
-    yield
+    with contextlib.ExitStack() as stack:
+        for patch in bundle.patches:
+            enter = getattr(patch, "text_encoder_patch", None)
+            if enter is None:
+                logger.warning(
+                    "Text encoder %r carries a patch that text encoding does not apply: %r", bundle.name, patch
+                )
+                continue
+            stack.enter_context(enter(bundle))
+        yield
 
 
 def _final_layer_norm(encoder):

@@ -1,0 +1,387 @@
+"""LoRA as a value: merged into the weights for one run, then undone exactly.
+
+`load_lora` reads a file (any format `lora_formats` knows), `apply_lora`
+matches its layers against a model's real modules (so a wrong LoRA fails in
+the LoRA node, not halfway through sampling) and returns new DS_MODEL /
+DS_TEXT_ENCODER values carrying a patch. The cached modules are not touched.
+
+How a patch takes effect: for the duration of one sampling run (the
+`SamplingHook` begin/end pair) or one prompt encode (`text_encoder_patch`),
+every touched weight's tensor is replaced by W + sum_i(strength_i * alpha_i /
+rank_i * up_i @ down_i), computed in float32 and cast once. At the end the
+Parameter gets back its original tensor object, so the cached weights are
+restored bit for bit (undoing by subtraction would not be exact) and the
+module tree and state_dict keys never change. All the LoRAs of one bundle are
+merged together by the first of them (the "leader"), so a stack of LoRAs costs
+one extra copy of each touched weight, not one per LoRA, and sampling itself
+runs at the speed of the plain model (ComfyUI's own LoRA patching works the
+same way; diffusers' peft layers instead add two small matmuls per layer per
+step).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, replace
+from typing import Iterator, Optional
+
+import torch
+
+from . import lora_formats as fmt
+from .components import ModelBundle, TextEncoderBundle
+from .hooks import SamplingHook
+
+logger = logging.getLogger(__name__)
+
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+_CROSS_ATTENTION_FAMILIES = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
+_SHOWN = 5  # how many ignored key names a log line shows
+
+
+# ------------------------------------------------------------------ files
+
+
+@dataclass(frozen=True)
+class LoadedLora:
+    """A LoRA file read into layers; `name` is how the user picked it."""
+
+    name: str
+    parsed: fmt.ParsedLora
+
+
+def read_state_dict(path: str) -> tuple[dict, dict]:
+    """(tensors, metadata) of a LoRA file: safetensors, or a weights-only torch load."""
+    lower = path.lower()
+    if lower.endswith(SAFETENSORS_SUFFIXES):
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(path, framework="pt", device="cpu") as handle:
+                return {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata() or {})
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ValueError(
+                f"lora_name: {os.path.basename(path)!r} is not a readable safetensors file ({exc}); "
+                "re-download it or pick another LoRA"
+            ) from exc
+    if lower.endswith(PICKLE_SUFFIXES):
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ...
+            raise ValueError(
+                f"lora_name: {os.path.basename(path)!r} could not be read as plain tensors "
+                f"({type(exc).__name__}); only weights-only files are opened: convert it to .safetensors"
+            ) from exc
+        if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+            data = data["state_dict"]
+        if not isinstance(data, dict):
+            raise ValueError(f"lora_name: {os.path.basename(path)!r} holds no tensor dictionary")
+        return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}, {}
+    raise ValueError(
+        f"lora_name: {os.path.basename(path)!r} has an unsupported extension; use .safetensors "
+        f"(or {', '.join(PICKLE_SUFFIXES)})"
+    )
+
+
+def load_lora(path: str, name: Optional[str] = None) -> LoadedLora:
+    """Read and parse a LoRA file; `name` (default: the file name) is used in messages."""
+    tensors, metadata = read_state_dict(path)
+    return LoadedLora(name or os.path.basename(path), fmt.parse_state_dict(tensors, metadata))
+
+
+def lora_from_state_dict(state_dict: dict, name: str, metadata: Optional[dict] = None) -> LoadedLora:
+    return LoadedLora(name, fmt.parse_state_dict(state_dict, metadata))
+
+
+# ------------------------------------------------------------- matching
+
+
+class LoraMismatch(ValueError):
+    """The LoRA's layer shapes do not fit the model (another model family)."""
+
+
+def _weighted_modules(module: torch.nn.Module) -> dict[str, str]:
+    """kohya-style key -> dotted name for every module with a 2-D or 4-D weight."""
+    index = {}
+    for name, child in module.named_modules():
+        weight = getattr(child, "weight", None)
+        if name and isinstance(weight, torch.nn.Parameter) and weight.ndim in (2, 4):
+            index[fmt.layer_key(name)] = name
+    return index
+
+
+def _text_encoder_index(encoder: torch.nn.Module) -> dict[str, str]:
+    """As `_weighted_modules`, reachable with and without CLIP's `text_model.` level.
+
+    transformers 5 flattened CLIPTextModel (`encoder.layers...`); LoRA files
+    name the layers `text_model.encoder.layers...` (transformers 4).
+    """
+    index = _weighted_modules(encoder)
+    for key, name in list(index.items()):
+        if key.startswith("text_model_"):
+            index.setdefault(key[len("text_model_"):], name)
+        else:
+            index.setdefault("text_model_" + key, name)
+    return index
+
+
+_TE_ALIASES = (("_self_attn_to_q", "_self_attn_q_proj"), ("_self_attn_to_k", "_self_attn_k_proj"),
+               ("_self_attn_to_v", "_self_attn_v_proj"), ("_self_attn_to_out_0", "_self_attn_out_proj"))
+
+
+def _te_key(key: str) -> str:
+    for old, new in _TE_ALIASES:
+        if key.endswith(old):
+            return key[: -len(old)] + new
+    return key
+
+
+def _check_shape(name: str, layer: fmt.LoraLayer, weight: torch.Tensor) -> None:
+    lora_in, lora_out = layer.in_out()
+    model_out, model_in = int(weight.shape[0]), int(weight.shape[1])
+    kernel_ok = weight.ndim == 2 or layer.kernel() in ((), tuple(weight.shape[2:]))
+    if (lora_in, lora_out) != (model_in, model_out) or not kernel_ok:
+        raise LoraMismatch(
+            f"layer {name}: the LoRA has {lora_in} inputs x {lora_out} outputs"
+            f"{' (kernel ' + str(layer.kernel()) + ')' if layer.kernel() else ''}, the model's weight is "
+            f"{tuple(weight.shape)}"
+        )
+
+
+def match_layers(lora: LoadedLora, component: str, module: torch.nn.Module) -> tuple[dict, list]:
+    """({dotted module name: LoraLayer}, [unmatched layer keys]) for one component."""
+    layers = lora.parsed.layers.get(component, {})
+    if not layers:
+        return {}, []
+    if component == fmt.UNET:
+        index = _weighted_modules(module)
+        config = module.config
+        up_attention = [hasattr(block, "attentions") for block in getattr(module, "up_blocks", [])]
+        layers_per_block = config.layers_per_block
+        layers_per_block = layers_per_block if isinstance(layers_per_block, int) else layers_per_block[0]
+
+        def find(key):
+            if key in index:
+                return index[key]
+            converted = fmt.sgm_to_diffusers(key, int(layers_per_block), up_attention)
+            return index.get(converted) if converted else None
+    else:
+        index = _text_encoder_index(module)
+
+        def find(key):
+            return index.get(key) or index.get(_te_key(key))
+
+    matched, unmatched = {}, []
+    named = dict(module.named_modules())
+    for key, layer in layers.items():
+        name = find(key)
+        if name is None:
+            unmatched.append(key)
+            continue
+        _check_shape(name, layer, named[name].weight)
+        matched[name] = layer
+    return matched, unmatched
+
+
+def lora_family_hint(parsed: fmt.ParsedLora) -> Optional[str]:
+    """What the LoRA seems made for, from its layers (None: no clue)."""
+    if parsed.layers.get(fmt.TEXT_ENCODER_2):
+        return "SDXL"
+    for key, layer in parsed.layers.get(fmt.UNET, {}).items():
+        if key.endswith(("attn2_to_k", "attn2_to_v")):
+            width = layer.in_out()[0]
+            return _CROSS_ATTENTION_FAMILIES.get(width, f"a model with {width}-wide cross-attention")
+    return None
+
+
+def _model_hint(family: str, unet) -> str:
+    width = getattr(getattr(unet, "config", None), "cross_attention_dim", None)
+    label = {"sd1": "SD1.x", "sdxl": "SDXL"}.get(family, family)
+    return f"{label}, {width}-wide cross-attention" if width else label
+
+
+def _mismatch_error(lora: LoadedLora, model_name: str, family: str, unet, exc: Exception) -> ValueError:
+    hint = lora_family_hint(lora.parsed)
+    made_for = f"looks made for {hint}" if hint else "was made for another model"
+    return ValueError(
+        f"lora_name: {lora.name!r} does not fit the model {model_name!r} ({_model_hint(family, unet)}): "
+        f"the LoRA {made_for} ({exc}). Pick a LoRA trained for this model's family, or load a "
+        "checkpoint of the LoRA's family."
+    )
+
+
+# --------------------------------------------------------------- merging
+
+
+def _merge(module: torch.nn.Module, stack: list[tuple[dict, float]]) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+    """Replace each touched weight by its merged copy; returns what to put back.
+
+    The sum is taken in float32 and cast once (the model may be float16). The
+    Parameter objects stay, only their tensors change, so the module tree,
+    state_dict keys and anything holding the Parameters are unaffected.
+    """
+    per_layer: dict[str, list] = {}
+    for targets, strength in stack:
+        for name, layer in targets.items():
+            per_layer.setdefault(name, []).append((layer, strength))
+    named = dict(module.named_modules())
+    saved: list = []
+    try:
+        for name, items in per_layer.items():
+            child = named[name]
+            weight = child.weight
+            total = weight.detach().to(torch.float32, copy=True)
+            for layer, strength in items:
+                total += layer.delta(weight.shape, weight.device, strength)
+            saved.append((weight, weight.data))
+            weight.data = total.to(weight.dtype)
+            with_bias = [(layer, strength) for layer, strength in items if layer.up_bias is not None]
+            if with_bias and getattr(child, "bias", None) is not None:
+                # peft's lora_bias: lora_B's bias, scaled like the rest of the update.
+                bias = child.bias
+                new_bias = bias.detach().to(torch.float32, copy=True)
+                for layer, strength in with_bias:
+                    new_bias += layer.up_bias.to(bias.device, torch.float32) * (strength * layer.scale)
+                saved.append((bias, bias.data))
+                bias.data = new_bias.to(bias.dtype)
+    except BaseException:
+        _restore(saved)
+        raise
+    return saved
+
+
+def _restore(saved: list) -> None:
+    for param, data in reversed(saved):
+        param.data = data
+    saved.clear()
+
+
+# ----------------------------------------------------------------- patches
+
+
+class UNetLora(SamplingHook):
+    """A LoRA on DS_MODEL: merged at `begin`, put back at `end`.
+
+    The first UNetLora among the model's patches merges every LoRA of the
+    stack at once; the others find their layers already merged.
+    """
+
+    order = -100  # before other hooks: they see the patched UNet from the start
+
+    def __init__(self, name: str, targets: dict, strength: float):
+        self.name, self.targets, self.strength = name, targets, float(strength)
+        self._saved: list = []
+
+    def begin(self, run, role) -> None:
+        stack = [p for p in run.model.patches if isinstance(p, UNetLora)]
+        if not stack or stack[0] is not self:
+            return
+        self._saved = _merge(run.model.unet, [(p.targets, p.strength) for p in stack])
+
+    def end(self) -> None:
+        _restore(self._saved)
+
+    def __repr__(self) -> str:
+        return f"UNetLora({self.name!r}, {len(self.targets)} layers, strength={self.strength})"
+
+
+class TextEncoderLora:
+    """A LoRA on DS_TEXT_ENCODER: merged around one prompt encode (text_encoding.patches_applied)."""
+
+    def __init__(self, name: str, targets: tuple, strength: float):
+        self.name, self.targets, self.strength = name, targets, float(strength)  # targets: one dict per encoder
+
+    @contextlib.contextmanager
+    def text_encoder_patch(self, bundle: TextEncoderBundle) -> Iterator[None]:
+        stack = [p for p in bundle.patches if isinstance(p, TextEncoderLora)]
+        if not stack or stack[0] is not self:
+            yield
+            return
+        saved: list = []
+        try:
+            for index, encoder in enumerate(bundle.text_encoders):
+                per_encoder = [(p.targets[index], p.strength) for p in stack if index < len(p.targets)]
+                per_encoder = [(t, s) for t, s in per_encoder if t]
+                if per_encoder:
+                    saved += _merge(encoder, per_encoder)
+            yield
+        finally:
+            _restore(saved)
+
+    def __repr__(self) -> str:
+        return f"TextEncoderLora({self.name!r}, strength={self.strength})"
+
+
+def apply_lora(
+    model: ModelBundle,
+    text_encoder: Optional[TextEncoderBundle],
+    lora: LoadedLora,
+    strength_model: float = 1.0,
+    strength_text_encoder: float = 1.0,
+) -> tuple[ModelBundle, Optional[TextEncoderBundle]]:
+    """New DS_MODEL / DS_TEXT_ENCODER values carrying the LoRA (inputs unchanged).
+
+    Raises ValueError when the LoRA is for another family (layer shapes do not
+    fit) or when none of its layers matches the model; layers or keys that do
+    not match are counted in a warning. A strength of 0 adds no patch at all.
+    """
+    try:
+        unet_targets, unet_unmatched = match_layers(lora, fmt.UNET, model.unet)
+        te_targets, te_unmatched = [], []
+        encoders = tuple(text_encoder.text_encoders) if text_encoder is not None else ()
+        components = (fmt.TEXT_ENCODER, fmt.TEXT_ENCODER_2)
+        for index, component in enumerate(components):
+            if index < len(encoders):
+                matched, unmatched = match_layers(lora, component, encoders[index])
+            else:
+                matched, unmatched = {}, list(lora.parsed.layers.get(component, {}))
+                if unmatched and text_encoder is not None:
+                    raise LoraMismatch(f"it has layers for a text encoder #{index + 1}, the model has {len(encoders)}")
+            te_targets.append(matched)
+            te_unmatched += unmatched
+    except LoraMismatch as exc:
+        raise _mismatch_error(lora, model.name, model.family, model.unet, exc) from exc
+
+    te_total = sum(len(t) for t in te_targets)
+    unmatched = unet_unmatched + te_unmatched
+    ignored = len(lora.parsed.ignored) + len(unmatched)
+    if not unet_targets and not te_total:
+        raise ValueError(
+            f"lora_name: none of the {lora.parsed.count()} layers / {lora.parsed.count() + len(lora.parsed.ignored)} "
+            f"keys of {lora.name!r} matches a layer of {model.name!r} ({_model_hint(model.family, model.unet)}). "
+            "It is not a LoRA for this model, or its format is not supported (diffusers/peft, kohya/A1111 and "
+            "LyCORIS LoCon are; LoHa, LoKr and DoRA are not)."
+        )
+    if ignored:
+        examples = (list(lora.parsed.ignored) + unmatched)[:_SHOWN]
+        logger.warning(
+            "LoRA %r: %d key(s) ignored (not understood or no matching layer in %r), e.g. %s",
+            lora.name, ignored, model.name, ", ".join(examples),
+        )
+    logger.info(
+        "LoRA %r (%s): %d UNet layer(s), %d text-encoder layer(s), strengths %s / %s",
+        lora.name, lora.parsed.format, len(unet_targets), te_total, strength_model, strength_text_encoder,
+    )
+
+    new_model = model
+    if unet_targets and strength_model != 0:
+        new_model = model.with_patch(UNetLora(lora.name, unet_targets, strength_model))
+    new_te = text_encoder
+    if text_encoder is not None and te_total and strength_text_encoder != 0:
+        patch = TextEncoderLora(lora.name, tuple(te_targets), strength_text_encoder)
+        new_te = replace(text_encoder, patches=text_encoder.patches + (patch,))
+    return new_model, new_te
+
+
+__all__ = [
+    "LoadedLora",
+    "TextEncoderLora",
+    "UNetLora",
+    "apply_lora",
+    "load_lora",
+    "lora_family_hint",
+    "lora_from_state_dict",
+    "match_layers",
+    "read_state_dict",
+]
