@@ -10,7 +10,7 @@ export COMFYUI_PATH
 export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: env run test bench
+.PHONY: env run test bench chromium thumbnails
 
 env:
 	@bash scripts/setup_env.sh
@@ -18,9 +18,17 @@ env:
 run: env
 	@$(PY) scripts/run_comfyui.py
 
+# Debian's Chromium for the browser tests (they skip, saying why, without it).
+chromium:
+	@bash scripts/ensure_chromium.sh
+
 # PYTEST_ARGS replaces the default selection, e.g. PYTEST_ARGS="tests/unit -q".
-test: env
+test: env chromium
 	@$(PY) -m pytest $(or $(PYTEST_ARGS),tests)
 
 bench: env
 	@$(PY) -m pytest tests/benchmarks -s -p no:cacheprovider -m bench $(PYTEST_ARGS)
+
+# Screenshots of every example workflow in the real editor (same-name .jpg).
+thumbnails: env chromium
+	@$(PY) scripts/make_thumbnails.py --screenshot txt2img_sd15

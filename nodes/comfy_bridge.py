@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -21,64 +22,118 @@ import folder_paths
 
 log = logging.getLogger(__name__)
 
-DIFFUSERS_FOLDER = "diffusers"
-CHECKPOINTS_FOLDER = "checkpoints"
-SINGLE_FILE_SUFFIXES = (".safetensors", ".sft")
 
 
 # ---------------------------------------------------------------- model files
-def _diffusers_folders() -> list[str]:
-    """Diffusers-layout model folders (those with a model_index.json), by name."""
-    names = []
-    for root in folder_paths.get_folder_paths(DIFFUSERS_FOLDER):
-        if not os.path.isdir(root):
-            continue
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            if "model_index.json" in filenames:
-                names.append(os.path.relpath(dirpath, root).replace(os.sep, "/"))
-                dirnames[:] = []  # a pipeline's subfolders are not models
-            dirnames.sort()
-    return names
+@dataclass(frozen=True)
+class ModelFolder:
+    """One kind of model in ComfyUI's model folders, picked by name from a widget.
+
+    Files are listed by suffix through `folder_paths`; kinds that also come as
+    folders (diffusers layouts) list the sub-folders `is_model_dir` accepts,
+    and the files inside such a folder are not offered on their own. Only
+    names that the listing itself produced resolve to a path, so a name with
+    `..`, an absolute path or a symlink trick never reaches outside ComfyUI's
+    model folders.
+    """
+
+    folder: str  # the folder_paths name, e.g. "checkpoints"
+    input_name: str  # the widget that picks it, for messages
+    suffixes: tuple = ()  # file suffixes offered (lower case); () for folders only
+    is_model_dir: Optional[Callable[[str], bool]] = None
+    what: str = "model"
+
+    def register(self) -> None:
+        """Add models/<folder> to folder_paths when this ComfyUI lacks it."""
+        if self.folder not in folder_paths.folder_names_and_paths:
+            path = os.path.join(folder_paths.models_dir, self.folder)
+            folder_paths.folder_names_and_paths[self.folder] = ([path], set(folder_paths.supported_pt_extensions))
+
+    def folders(self) -> dict[str, str]:
+        """Model folders, name (relative, with '/') -> path."""
+        found: dict[str, str] = {}
+        if self.is_model_dir is None:
+            return found
+        for root in folder_paths.get_folder_paths(self.folder):
+            if not os.path.isdir(root):
+                continue
+            for dirpath, dirnames, _files in os.walk(root, followlinks=True):
+                dirnames.sort()
+                if dirpath != root and self.is_model_dir(dirpath):
+                    found.setdefault(os.path.relpath(dirpath, root).replace(os.sep, "/"), dirpath)
+                    dirnames[:] = []  # a model folder's sub-folders are its parts
+        return found
+
+    def files(self, inside: Iterable[str] = ()) -> list[str]:
+        if not self.suffixes:
+            return []
+        skip = tuple(f + "/" for f in inside)
+        return sorted(
+            {
+                name
+                for name in folder_paths.get_filename_list(self.folder)
+                if name.lower().endswith(self.suffixes) and not (skip and name.startswith(skip))
+            }
+        )
+
+    def names(self) -> list[str]:
+        """What the widget offers: folders first, then files."""
+        folders = self.folders()
+        return sorted(folders) + self.files(folders)
+
+    def resolve(self, name: str) -> Optional[str]:
+        """The full path of a listed name, or None."""
+        folders = self.folders()
+        if name in folders:
+            return folders[name]
+        if name in self.files(folders):
+            return folder_paths.get_full_path(self.folder, name)
+        return None
+
+    def path(self, name: str) -> str:
+        """The full path of a listed name; anything else is a ValueError saying what exists."""
+        found = self.resolve(name)
+        if found is None:
+            raise ValueError(self.unknown_message(name))
+        return found
+
+    def unknown_message(self, name: str, available: Optional[list[str]] = None) -> str:
+        available = self.names() if available is None else available
+        shown = ", ".join(available[:10]) + (" ..." if len(available) > 10 else "")
+        return (
+            f"{self.input_name}: '{name}' is not a {self.what} in ComfyUI's models/{self.folder}. "
+            f"Available: {shown or 'none'}. Put it there and refresh (press R in the editor)."
+        )
 
 
-def _checkpoint_files() -> list[str]:
-    return [
-        name
-        for name in folder_paths.get_filename_list(CHECKPOINTS_FOLDER)
-        if name.lower().endswith(SINGLE_FILE_SUFFIXES)
-    ]
+def _is_diffusers_pipeline(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "model_index.json"))
+
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".sft")
+DIFFUSERS_MODELS = ModelFolder("diffusers", "model_name", (), _is_diffusers_pipeline, "diffusers model")
+CHECKPOINTS = ModelFolder("checkpoints", "model_name", SINGLE_FILE_SUFFIXES, None, "checkpoint")
 
 
 def model_names() -> list[str]:
     """What DSLoadModel offers: diffusers folders, then single-file checkpoints."""
-    return sorted(set(_diffusers_folders())) + sorted(set(_checkpoint_files()))
+    return DIFFUSERS_MODELS.names() + CHECKPOINTS.names()
 
 
 def resolve_model_path(name: str) -> str:
-    """The full path of a listed model; anything not listed is refused.
-
-    Only names that the listing itself produced are accepted, so a name with
-    `..`, an absolute path or a symlink trick cannot reach outside ComfyUI's
-    model folders.
-    """
-    if name in _diffusers_folders():
-        for root in folder_paths.get_folder_paths(DIFFUSERS_FOLDER):
-            candidate = os.path.join(root, *name.split("/"))
-            if os.path.isfile(os.path.join(candidate, "model_index.json")):
-                return candidate
-    if name in _checkpoint_files():
-        path = folder_paths.get_full_path(CHECKPOINTS_FOLDER, name)
-        if path:
-            return path
-    raise ValueError(unknown_model_message(name))
+    """The full path of a listed model (diffusers folder or checkpoint file)."""
+    found = DIFFUSERS_MODELS.resolve(name) or CHECKPOINTS.resolve(name)
+    if found is None:
+        raise ValueError(unknown_model_message(name))
+    return found
 
 
 def unknown_model_message(name: str) -> str:
     available = model_names()
     shown = ", ".join(available[:10]) + (" ..." if len(available) > 10 else "")
     return (
-        f"model_name: '{name}' is not a model in ComfyUI's models/{CHECKPOINTS_FOLDER} "
-        f"(.safetensors) or models/{DIFFUSERS_FOLDER} (diffusers folders). "
+        f"model_name: '{name}' is not a model in ComfyUI's models/checkpoints "
+        f"(.safetensors) or models/diffusers (diffusers folders). "
         f"Available: {shown or 'none'}. Put the file there and refresh (press R in the editor)."
     )
 

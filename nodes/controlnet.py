@@ -1,77 +1,23 @@
 """ControlNet nodes: load, apply (chainable) and two weight-free hint preprocessors."""
 from __future__ import annotations
 
-import os
-
 from comfy_api.latest import io
 
 from . import comfy_bridge
 from .engine import hint_preprocessors
 from .engine.controlnet import apply_controlnet
 from .engine.controlnet_loading import WEIGHT_SUFFIXES, is_controlnet_folder, load_controlnet
-from .types import DSConditioning, category
+from .types import DSConditioning, DSControlNet, category
 
-# The pack's ControlNet socket (lead: move to types.py with the other DS_* types).
-DSControlNet = io.Custom("DS_CONTROLNET")
-
-CONTROLNET_FOLDER = "controlnet"
 DTYPES = ["auto", "float32", "float16", "bfloat16"]
-
-
-# --------------------------------------------------------------- model files
-# Lead: these three belong in comfy_bridge (the one module touching
-# folder_paths); they are here only because that file is shared.
-def _folder_paths():
-    import folder_paths
-
-    return folder_paths
-
-
-def _controlnet_folders() -> dict[str, str]:
-    """Diffusers ControlNet folders under models/controlnet, name -> path."""
-    found: dict[str, str] = {}
-    for root in _folder_paths().get_folder_paths(CONTROLNET_FOLDER):
-        if not os.path.isdir(root):
-            continue
-        for dirpath, dirnames, _files in os.walk(root, followlinks=True):
-            dirnames.sort()
-            if dirpath != root and is_controlnet_folder(dirpath):
-                found.setdefault(os.path.relpath(dirpath, root).replace(os.sep, "/"), dirpath)
-                dirnames[:] = []
-    return found
+CONTROLNETS = comfy_bridge.ModelFolder(
+    "controlnet", "control_net_name", WEIGHT_SUFFIXES, is_controlnet_folder, "ControlNet (single file or diffusers folder)"
+)
 
 
 def controlnet_names() -> list[str]:
-    """What Load ControlNet offers: diffusers folders, then weight files (not those inside folders)."""
-    folders = _controlnet_folders()
-    files = [
-        name
-        for name in _folder_paths().get_filename_list(CONTROLNET_FOLDER)
-        if name.lower().endswith(WEIGHT_SUFFIXES) and not any(name.startswith(f + "/") for f in folders)
-    ]
-    return sorted(folders) + sorted(set(files))
-
-
-def resolve_controlnet_path(name: str) -> str:
-    """The full path of a listed ControlNet; a name the listing did not produce is refused."""
-    folders = _controlnet_folders()
-    if name in folders:
-        return folders[name]
-    if name in controlnet_names():
-        path = _folder_paths().get_full_path(CONTROLNET_FOLDER, name)
-        if path:
-            return path
-    raise ValueError(unknown_controlnet_message(name))
-
-
-def unknown_controlnet_message(name: str) -> str:
-    available = controlnet_names()
-    shown = ", ".join(available[:10]) + (" ..." if len(available) > 10 else "")
-    return (
-        f"control_net_name: '{name}' is not a ControlNet in ComfyUI's models/{CONTROLNET_FOLDER} "
-        f"(single files or diffusers folders). Available: {shown or 'none'}. Put the file there and "
-        "refresh (press R in the editor)."
-    )
+    """What Load Diffusers ControlNet offers: diffusers folders, then weight files."""
+    return CONTROLNETS.names()
 
 
 # --------------------------------------------------------------------- nodes
@@ -82,7 +28,7 @@ class DSLoadControlNet(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="DSLoadControlNet",
-            display_name="Load ControlNet",
+            display_name="Load Diffusers ControlNet",
             category=category("controlnet"),
             description=(
                 "Loads an SD1.x or SDXL ControlNet from models/controlnet: a single file (lllyasviel's "
@@ -105,7 +51,7 @@ class DSLoadControlNet(io.ComfyNode):
             ],
             outputs=[
                 DSControlNet.Output(
-                    display_name="CONTROL_NET", tooltip="The ControlNet, for Apply ControlNet."
+                    display_name="CONTROL_NET", tooltip="The ControlNet, for Apply Diffusers ControlNet."
                 )
             ],
         )
@@ -114,14 +60,14 @@ class DSLoadControlNet(io.ComfyNode):
     def validate_inputs(cls, control_net_name: str, dtype: str) -> bool | str:
         # V3 combo values are not checked by ComfyUI 0.3.75.
         if control_net_name not in controlnet_names():
-            return unknown_controlnet_message(control_net_name)
+            return CONTROLNETS.unknown_message(control_net_name)
         if dtype not in DTYPES:
             return f"dtype: '{dtype}' is not one of {DTYPES}."
         return True
 
     @classmethod
     def execute(cls, control_net_name: str, dtype: str = "auto") -> io.NodeOutput:
-        path = resolve_controlnet_path(control_net_name)
+        path = CONTROLNETS.path(control_net_name)
         if dtype == "auto":
             dtype = "float16" if comfy_bridge.compute_device().type == "cuda" else "float32"
         bundle = load_controlnet(path, dtype=dtype, device=comfy_bridge.offload_device())
@@ -133,7 +79,7 @@ class DSApplyControlNet(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="DSApplyControlNet",
-            display_name="Apply ControlNet",
+            display_name="Apply Diffusers ControlNet",
             category=category("controlnet"),
             description=(
                 "Guides the image's structure with a ControlNet and a hint image (edges, line art, depth, "
@@ -144,7 +90,7 @@ class DSApplyControlNet(io.ComfyNode):
             inputs=[
                 DSConditioning.Input("positive", tooltip="The positive prompt (Diffusers Text Encode)."),
                 DSConditioning.Input("negative", tooltip="The negative prompt (Diffusers Text Encode)."),
-                DSControlNet.Input("control_net", tooltip="The ControlNet (Load ControlNet)."),
+                DSControlNet.Input("control_net", tooltip="The ControlNet (Load Diffusers ControlNet)."),
                 io.Image.Input(
                     "image",
                     tooltip="The hint image, e.g. from Canny Edges. Resized to the generated size as "

@@ -10,94 +10,34 @@ from .engine.image_encoder import load_image_encoder
 from .engine.ip_adapter import WEIGHT_MODES, apply_ip_adapter
 from .engine.ip_adapter_loading import load_ip_adapter
 from .engine.loading import resolve_dtype
-from .types import DSModel, category
+from .types import DSImageEmbeds, DSIPAdapter, DSModel, category
 
-# The pack's IP-Adapter sockets (lead: move to types.py with the other DS_* types).
-DSIPAdapter = io.Custom("DS_IP_ADAPTER")
-DSImageEmbeds = io.Custom("DS_IMAGE_EMBEDS")
-
-IPADAPTER_FOLDER = "ipadapter"
-CLIP_VISION_FOLDER = "clip_vision"
 WEIGHT_SUFFIXES = (".safetensors", ".sft", ".bin")
 ENCODER_SUFFIXES = (".safetensors", ".sft")
 DTYPES = ["auto", "float32", "float16", "bfloat16"]
 
 
-# --------------------------------------------------------------- model files
-# Lead: these belong in comfy_bridge (the one module touching folder_paths);
-# they are here only because that file is shared.
-def _folder_paths():
-    import folder_paths
-
-    return folder_paths
+def _is_transformers_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json"))
 
 
-def register_ipadapter_folder() -> None:
-    """ComfyUI 0.3.75 has no models/ipadapter entry; add it as IPAdapter_plus does."""
-    fp = _folder_paths()
-    if IPADAPTER_FOLDER in fp.folder_names_and_paths:
-        paths, _exts = fp.folder_names_and_paths[IPADAPTER_FOLDER]
-    else:
-        paths = [os.path.join(fp.models_dir, IPADAPTER_FOLDER)]
-    fp.folder_names_and_paths[IPADAPTER_FOLDER] = (paths, set(fp.supported_pt_extensions))
-
-
-register_ipadapter_folder()
+IP_ADAPTERS = comfy_bridge.ModelFolder("ipadapter", "ipadapter_file", WEIGHT_SUFFIXES, None, "IP-Adapter")
+IMAGE_ENCODERS = comfy_bridge.ModelFolder(
+    "clip_vision", "clip_vision", ENCODER_SUFFIXES, _is_transformers_folder, "CLIP vision image encoder"
+)
+IP_ADAPTERS.register()  # ComfyUI 0.3.75 has no models/ipadapter entry (IPAdapter_plus adds the same)
 
 
 def ipadapter_names() -> list[str]:
-    return sorted({n for n in _folder_paths().get_filename_list(IPADAPTER_FOLDER) if n.lower().endswith(WEIGHT_SUFFIXES)})
-
-
-def _encoder_folders() -> dict[str, str]:
-    """transformers CLIP vision folders (with a config.json) under models/clip_vision."""
-    found: dict[str, str] = {}
-    for root in _folder_paths().get_folder_paths(CLIP_VISION_FOLDER):
-        if not os.path.isdir(root):
-            continue
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            dirnames.sort()
-            if dirpath != root and "config.json" in filenames:
-                found.setdefault(os.path.relpath(dirpath, root).replace(os.sep, "/"), dirpath)
-                dirnames[:] = []
-    return found
+    return IP_ADAPTERS.names()
 
 
 def clip_vision_names() -> list[str]:
-    folders = _encoder_folders()
-    files = [
-        n for n in _folder_paths().get_filename_list(CLIP_VISION_FOLDER)
-        if n.lower().endswith(ENCODER_SUFFIXES) and not any(n.startswith(f + "/") for f in folders)
-    ]
-    return sorted(folders) + sorted(set(files))
-
-
-def _unknown(input_name: str, name: str, folder: str, available: list[str]) -> str:
-    shown = ", ".join(available[:10]) + (" ..." if len(available) > 10 else "")
-    return (
-        f"{input_name}: '{name}' is not in ComfyUI's models/{folder}. Available: {shown or 'none'}. "
-        "Put the file there and refresh (press R in the editor)."
-    )
+    return IMAGE_ENCODERS.names()
 
 
 def resolve_ipadapter_path(name: str) -> str:
-    """The full path of a listed adapter; a name the listing did not produce is refused."""
-    if name in ipadapter_names():
-        path = _folder_paths().get_full_path(IPADAPTER_FOLDER, name)
-        if path:
-            return path
-    raise ValueError(_unknown("ipadapter_file", name, IPADAPTER_FOLDER, ipadapter_names()))
-
-
-def resolve_clip_vision_path(name: str) -> str:
-    folders = _encoder_folders()
-    if name in folders:
-        return folders[name]
-    if name in clip_vision_names():
-        path = _folder_paths().get_full_path(CLIP_VISION_FOLDER, name)
-        if path:
-            return path
-    raise ValueError(_unknown("clip_vision", name, CLIP_VISION_FOLDER, clip_vision_names()))
+    return IP_ADAPTERS.path(name)
 
 
 # -------------------------------------------------------------------- nodes
@@ -145,9 +85,9 @@ class DSLoadIPAdapter(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, ipadapter_file: str, clip_vision: str, dtype: str) -> bool | str:
         if ipadapter_file not in ipadapter_names():
-            return _unknown("ipadapter_file", ipadapter_file, IPADAPTER_FOLDER, ipadapter_names())
+            return IP_ADAPTERS.unknown_message(ipadapter_file)
         if clip_vision not in clip_vision_names():
-            return _unknown("clip_vision", clip_vision, CLIP_VISION_FOLDER, clip_vision_names())
+            return IMAGE_ENCODERS.unknown_message(clip_vision)
         if dtype not in DTYPES:
             return f"dtype: '{dtype}' is not one of {DTYPES}."
         return True
@@ -155,7 +95,7 @@ class DSLoadIPAdapter(io.ComfyNode):
     @classmethod
     def execute(cls, ipadapter_file: str, clip_vision: str, dtype: str = "auto") -> io.NodeOutput:
         torch_dtype = resolve_dtype(dtype, comfy_bridge.compute_device())
-        encoder = load_image_encoder(resolve_clip_vision_path(clip_vision), name=clip_vision, dtype=torch_dtype)
+        encoder = load_image_encoder(IMAGE_ENCODERS.path(clip_vision), name=clip_vision, dtype=torch_dtype)
         adapter = load_ip_adapter(resolve_ipadapter_path(ipadapter_file), encoder, name=ipadapter_file,
                                   dtype=torch_dtype)
         return io.NodeOutput(adapter)

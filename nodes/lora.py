@@ -9,42 +9,20 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from . import comfy_bridge
 from .engine.lora import apply_lora, load_lora
 from .types import DSModel, DSTextEncoder, category
 
-LORAS_FOLDER = "loras"
 LORA_SUFFIXES = (".safetensors", ".sft", ".pt", ".pth", ".bin", ".ckpt")
 MAX_STRENGTH = 100.0
 
 
-# The two helpers below belong in comfy_bridge.py (the one module touching
-# ComfyUI internals); they live here until it offers lora_names() and
-# resolve_lora_path().
+LORAS = comfy_bridge.ModelFolder("loras", "lora_name", LORA_SUFFIXES, None, "LoRA")
+
+
 def lora_names() -> list[str]:
     """LoRA files in ComfyUI's models/loras folders, by name."""
-    import folder_paths
-
-    return sorted(n for n in folder_paths.get_filename_list(LORAS_FOLDER) if n.lower().endswith(LORA_SUFFIXES))
-
-
-def resolve_lora_path(name: str) -> str:
-    """The full path of a listed LoRA; any name the listing did not produce is refused."""
-    import folder_paths
-
-    if name in lora_names():
-        path = folder_paths.get_full_path(LORAS_FOLDER, name)
-        if path:
-            return path
-    raise ValueError(unknown_lora_message(name))
-
-
-def unknown_lora_message(name: str) -> str:
-    available = lora_names()
-    shown = ", ".join(available[:10]) + (" ..." if len(available) > 10 else "")
-    return (
-        f"lora_name: '{name}' is not a LoRA in ComfyUI's models/{LORAS_FOLDER} folder. "
-        f"Available: {shown or 'none'}. Put the .safetensors file there and refresh (press R in the editor)."
-    )
+    return LORAS.names()
 
 
 class DSLoadLoRA(io.ComfyNode):
@@ -106,7 +84,7 @@ class DSLoadLoRA(io.ComfyNode):
     def validate_inputs(cls, lora_name: str, strength_model: float = 1.0, strength_text_encoder: float = 1.0):
         # ComfyUI 0.3.75 does not check a V3 combo's value against its options.
         if lora_name not in lora_names():
-            return unknown_lora_message(lora_name)
+            return LORAS.unknown_message(lora_name)
         for label, value in (("strength_model", strength_model), ("strength_text_encoder", strength_text_encoder)):
             if not isinstance(value, (int, float)) or not -MAX_STRENGTH <= value <= MAX_STRENGTH:
                 return f"{label}: {value!r} is not a number between {-MAX_STRENGTH} and {MAX_STRENGTH}."
@@ -116,7 +94,7 @@ class DSLoadLoRA(io.ComfyNode):
     def execute(
         cls, model, text_encoder, lora_name: str, strength_model: float = 1.0, strength_text_encoder: float = 1.0
     ) -> io.NodeOutput:
-        lora = load_lora(resolve_lora_path(lora_name), name=lora_name)
+        lora = load_lora(LORAS.path(lora_name), name=lora_name)
         new_model, new_text_encoder = apply_lora(model, text_encoder, lora, strength_model, strength_text_encoder)
         return io.NodeOutput(new_model, new_text_encoder)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from . import comfy_bridge
+from .engine import hooks
 from .engine.sampling import sample
 from .engine.schedulers import SAMPLER_NAMES, SCHEDULE_TYPES, canonical_name_or_none
 from .types import DSConditioning, DSModel, category
@@ -149,7 +150,11 @@ class DSSampler(io.ComfyNode):
         variation_strength: float = 0.0,
         batch_seed_mode: str = "increment",
     ) -> io.NodeOutput:
-        comfy_bridge.load_to_compute_device([model.unet])
+        # One request for everything the run needs (UNet, ControlNets, ...):
+        # ComfyUI then makes room once instead of unloading the UNet to fit
+        # a ControlNet requested later.
+        extra = hooks.modules_of(hooks.collect(model, positive, negative, latent_image))
+        comfy_bridge.load_to_compute_device([model.unet, *extra])
         device = comfy_bridge.module_device(model.unet)
         reporter = comfy_bridge.step_reporter(steps, model.family, device)
         result = sample(

@@ -11,6 +11,9 @@ DSModel = io.Custom("DS_MODEL")
 DSTextEncoder = io.Custom("DS_TEXT_ENCODER")
 DSVAE = io.Custom("DS_VAE")
 DSConditioning = io.Custom("DS_CONDITIONING")
+DSControlNet = io.Custom("DS_CONTROLNET")
+DSIPAdapter = io.Custom("DS_IP_ADAPTER")
+DSImageEmbeds = io.Custom("DS_IMAGE_EMBEDS")
 
 CATEGORY = "Diffusers Studio"
 

@@ -108,6 +108,20 @@ class SamplingHook:
     def end(self) -> None:
         pass
 
+    def modules(self) -> list:
+        """The torch modules this hook runs besides the UNet (ControlNets,
+        image encoders), so the node layer can have them loaded with it."""
+        return []
+
+
+def modules_of(bound: list["BoundHook"]) -> list:
+    """Every extra module the run's hooks need, once each."""
+    seen: dict[int, object] = {}
+    for b in bound:
+        for module in b.hook.modules():
+            seen.setdefault(id(module), module)
+    return list(seen.values())
+
 
 @dataclass(frozen=True)
 class BoundHook:
