@@ -61,6 +61,7 @@ class StepContext:
     x_in: torch.Tensor
     encoder_hidden_states: torch.Tensor
     added_cond_kwargs: Optional[dict]
+    timestep_cond: Optional[torch.Tensor] = None  # guidance embedding of LCM-style UNets, one row per x_in row
     cross_attention_kwargs: dict = field(default_factory=dict)
     down_residuals: Optional[list] = None
     mid_residual: Optional[torch.Tensor] = None

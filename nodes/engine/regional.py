@@ -43,8 +43,7 @@ processors of its own.
 
 Limits: a region prompt longer than the base pads the base rows with empty
 chunks too (A1111's rule for positive/negative), which changes the base
-prediction slightly; with a guidance-distilled (LCM) UNet only batch 1 works,
-because the sampler's `timestep_cond` is not widened with the batch.
+prediction slightly.
 """
 from __future__ import annotations
 
@@ -272,11 +271,6 @@ class RegionalHook(hooks.SamplingHook):
                         f"region {i}'s {what} was encoded for {cond.family}, but the model "
                         f"{model.name!r} is {model.family}: encode it with the same checkpoint's text encoder"
                     )
-        if getattr(model.unet.config, "time_cond_proj_dim", None) is not None and batch > 1:
-            raise ValueError(
-                f"regional prompts with the guidance-distilled model {model.name!r} work with a batch of 1 "
-                f"only, the latent batch is {batch}: make one image at a time"
-            )
         halves = {hooks.POSITIVE: torch.arange(batch, 2 * batch) if run.do_cfg else torch.arange(batch)}
         if run.do_cfg:
             halves[hooks.NEGATIVE] = torch.arange(batch)
@@ -340,6 +334,7 @@ class RegionalHook(hooks.SamplingHook):
             return torch.cat([t, t.index_select(0, src.to(t.device))])
 
         step.x_in = widen(step.x_in)
+        step.timestep_cond = widen(step.timestep_cond)  # guidance embedding rows (LCM-style UNets)
         ehs = step.encoder_hidden_states
         length = max([int(ehs.shape[1])] + [int(s.embeds.shape[1]) for s in state.slots])
         ehs = _pad_tokens(ehs, self.base_empty_chunk, length)

@@ -475,6 +475,7 @@ def sample(
                 x_in=x_in, encoder_hidden_states=inputs.embeds,
                 added_cond_kwargs=dict(inputs.added_cond_kwargs) if inputs.added_cond_kwargs else None,
                 row_roles=([hooks_mod.NEGATIVE] * batch if inputs.do_cfg else []) + [hooks_mod.POSITIVE] * batch,
+                timestep_cond=inputs.timestep_cond,
             )
             for b in bound:
                 b.hook.before_unet(step, run, b.role)
@@ -482,7 +483,7 @@ def sample(
                 step.x_in,
                 t,
                 encoder_hidden_states=step.encoder_hidden_states,
-                timestep_cond=inputs.timestep_cond,
+                timestep_cond=step.timestep_cond,
                 added_cond_kwargs=step.added_cond_kwargs,
                 return_dict=False,
                 **step.unet_kwargs(),
