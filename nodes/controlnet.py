@@ -3,13 +3,12 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from . import comfy_bridge
+from . import comfy_bridge, weights_dtype
 from .engine import hint_preprocessors
 from .engine.controlnet import apply_controlnet
 from .engine.controlnet_loading import WEIGHT_SUFFIXES, is_controlnet_folder, load_controlnet
 from .types import DSConditioning, DSControlNet, category
 
-DTYPES = ["auto", "float32", "float16", "bfloat16"]
 CONTROLNETS = comfy_bridge.ModelFolder(
     "controlnet", "control_net_name", WEIGHT_SUFFIXES, is_controlnet_folder, "ControlNet (single file or diffusers folder)"
 )
@@ -42,12 +41,7 @@ class DSLoadControlNet(io.ComfyNode):
                     tooltip="The ControlNet, from models/controlnet. Use one made for the model's family "
                     "(e.g. control_v11p_sd15_canny for SD1.5, controlnet-canny-sdxl-1.0 for SDXL).",
                 ),
-                io.Combo.Input(
-                    "dtype",
-                    options=DTYPES,
-                    default="auto",
-                    tooltip="Weight precision. auto: float16 on a GPU, float32 on the CPU.",
-                ),
+                weights_dtype.dtype_input(),
             ],
             outputs=[
                 DSControlNet.Output(
@@ -61,16 +55,12 @@ class DSLoadControlNet(io.ComfyNode):
         # V3 combo values are not checked by ComfyUI 0.3.75.
         if control_net_name not in controlnet_names():
             return CONTROLNETS.unknown_message(control_net_name)
-        if dtype not in DTYPES:
-            return f"dtype: '{dtype}' is not one of {DTYPES}."
-        return True
+        return weights_dtype.check_dtype(dtype)
 
     @classmethod
     def execute(cls, control_net_name: str, dtype: str = "auto") -> io.NodeOutput:
         path = CONTROLNETS.path(control_net_name)
-        if dtype == "auto":
-            dtype = "float16" if comfy_bridge.compute_device().type == "cuda" else "float32"
-        bundle = load_controlnet(path, dtype=dtype, device=comfy_bridge.offload_device())
+        bundle = load_controlnet(path, dtype=weights_dtype.resolve(dtype), device=comfy_bridge.offload_device())
         return io.NodeOutput(bundle)
 
 

@@ -5,7 +5,7 @@ import os
 
 from comfy_api.latest import io
 
-from . import comfy_bridge
+from . import comfy_bridge, weights_dtype
 from .engine.image_encoder import load_image_encoder
 from .engine.ip_adapter import WEIGHT_MODES, apply_ip_adapter
 from .engine.ip_adapter_loading import load_ip_adapter
@@ -14,7 +14,6 @@ from .types import DSImageEmbeds, DSIPAdapter, DSModel, category
 
 WEIGHT_SUFFIXES = (".safetensors", ".sft", ".bin")
 ENCODER_SUFFIXES = (".safetensors", ".sft")
-DTYPES = ["auto", "float32", "float16", "bfloat16"]
 
 
 def _is_transformers_folder(path: str) -> bool:
@@ -67,12 +66,7 @@ class DSLoadIPAdapter(io.ComfyNode):
                     tooltip="The image encoder in models/clip_vision: CLIP-ViT-H-14 for the SD1.5 and *_vit-h "
                     "adapters, CLIP-ViT-bigG-14 for ip-adapter_sdxl. A single .safetensors or a transformers folder.",
                 ),
-                io.Combo.Input(
-                    "dtype",
-                    options=DTYPES,
-                    default="auto",
-                    tooltip="Weight precision. auto: float16 on a GPU, float32 on the CPU.",
-                ),
+                weights_dtype.dtype_input(),
             ],
             outputs=[
                 DSIPAdapter.Output(
@@ -88,13 +82,11 @@ class DSLoadIPAdapter(io.ComfyNode):
             return IP_ADAPTERS.unknown_message(ipadapter_file)
         if clip_vision not in clip_vision_names():
             return IMAGE_ENCODERS.unknown_message(clip_vision)
-        if dtype not in DTYPES:
-            return f"dtype: '{dtype}' is not one of {DTYPES}."
-        return True
+        return weights_dtype.check_dtype(dtype)
 
     @classmethod
     def execute(cls, ipadapter_file: str, clip_vision: str, dtype: str = "auto") -> io.NodeOutput:
-        torch_dtype = resolve_dtype(dtype, comfy_bridge.compute_device())
+        torch_dtype = resolve_dtype(weights_dtype.resolve(dtype), comfy_bridge.compute_device())
         encoder = load_image_encoder(IMAGE_ENCODERS.path(clip_vision), name=clip_vision, dtype=torch_dtype)
         adapter = load_ip_adapter(resolve_ipadapter_path(ipadapter_file), encoder, name=ipadapter_file,
                                   dtype=torch_dtype)

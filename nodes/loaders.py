@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from . import comfy_bridge
+from . import comfy_bridge, weights_dtype
 from .engine.loading import load_checkpoint
 from .types import DSVAE, DSModel, DSTextEncoder, category
 
-DTYPES = ["auto", "float32", "float16", "bfloat16"]
 
 
 class DSLoadModel(io.ComfyNode):
@@ -29,13 +28,7 @@ class DSLoadModel(io.ComfyNode):
                     tooltip="The model: a diffusers folder (models/diffusers) or a single-file "
                     ".safetensors checkpoint (models/checkpoints). SD1.x and SDXL are supported.",
                 ),
-                io.Combo.Input(
-                    "dtype",
-                    options=DTYPES,
-                    default="auto",
-                    tooltip="Weight precision. auto: float16 on a GPU, float32 on the CPU. "
-                    "float32 is exact but uses twice the memory.",
-                ),
+                weights_dtype.dtype_input("float32 is exact but uses twice the memory."),
             ],
             outputs=[
                 DSModel.Output(
@@ -57,20 +50,14 @@ class DSLoadModel(io.ComfyNode):
         # 0.3.75; check here so a bad name is a 400 before anything runs.
         if model_name not in comfy_bridge.model_names():
             return comfy_bridge.unknown_model_message(model_name)
-        if dtype not in DTYPES:
-            return f"dtype: '{dtype}' is not one of {DTYPES}."
-        return True
+        return weights_dtype.check_dtype(dtype)
 
     @classmethod
     def execute(cls, model_name: str, dtype: str = "auto") -> io.NodeOutput:
         path = comfy_bridge.resolve_model_path(model_name)
-        if dtype == "auto":
-            # Weights load on the offload device and move to the compute device
-            # when ComfyUI loads them, so "auto" looks at the compute device.
-            dtype = "float16" if comfy_bridge.compute_device().type == "cuda" else "float32"
         model, text_encoder, vae = load_checkpoint(
             path,
-            dtype=dtype,
+            dtype=weights_dtype.resolve(dtype),
             tokenizer_dir=comfy_bridge.tokenizer_dir(),
             device=comfy_bridge.offload_device(),
         )
