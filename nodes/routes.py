@@ -35,4 +35,7 @@ def register() -> None:
     from . import a1111
 
     a1111.register(PromptServer.instance.routes)
+    from . import workflow_endpoints
+
+    workflow_endpoints.register(PromptServer.instance.routes)
     _registered = True

@@ -93,6 +93,11 @@ def document() -> dict[str, Any]:
                                                    "responses": _responses(_list_of("LatentUpscalerModeItem"))}},
         "/sdapi/v1/loras": {"get": {"summary": "LoRAs", "operationId": "get_loras",
                                     "responses": _responses(_list_of("LoraItem"))}},
+        "/controlnet/model_list": {"get": {
+            "summary": "ControlNet models (sd-webui-controlnet's listing, from models/controlnet)",
+            "operationId": "controlnet_model_list",
+            "responses": _responses({"type": "object", "properties": {
+                "model_list": {"type": "array", "items": {"type": "string"}}}})}},
         "/sdapi/v1/face-restorers": {"get": {"summary": "Face restorers (none)", "operationId": "get_face_restorers",
                                              "responses": _responses({"type": "array", "items": {}})}},
     }

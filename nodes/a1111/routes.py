@@ -98,7 +98,21 @@ def _catalog() -> translate.Catalog:
         upscale_models=_folder_list("upscale_models"),
         node_types=list(nodes.NODE_CLASS_MAPPINGS),
         store_image=_store_image,
+        loras=_lora_names(),
+        controlnets=_controlnet_names(),
     )
+
+
+def _lora_names() -> list[str]:
+    from ..lora import lora_names
+
+    return list(lora_names())
+
+
+def _controlnet_names() -> list[str]:
+    from ..controlnet import controlnet_names
+
+    return list(controlnet_names())
 
 
 # ------------------------------------------------------------- generation
@@ -267,7 +281,7 @@ async def latent_upscale_modes(request: web.Request) -> web.Response:
 @_api
 async def loras(request: web.Request) -> web.Response:
     out = []
-    for name in _folder_list("loras"):
+    for name in _lora_names():
         stem = translate.model_stem(name)
         out.append({"name": stem, "alias": stem, "path": name, "metadata": {}})
     return web.json_response(out)
@@ -280,7 +294,7 @@ async def face_restorers(request: web.Request) -> web.Response:
 
 @_api
 async def controlnet_model_list(request: web.Request) -> web.Response:
-    return web.json_response({"model_list": _folder_list("controlnet")})
+    return web.json_response({"model_list": _controlnet_names()})
 
 
 @_api

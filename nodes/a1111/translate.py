@@ -34,7 +34,7 @@ from ..engine.schedulers import (
     split_a1111_name,
     supported_schedules,
 )
-from . import infotext
+from . import extras, infotext
 from .errors import ApiError, not_found, unsupported
 from .models import MAX_SIDE, Img2ImgRequest, Txt2ImgRequest
 
@@ -53,7 +53,7 @@ LATENT_UPSCALERS = {"Latent": "bilinear", "Latent (bicubic)": "bicubic", "Latent
 IMAGE_UPSCALERS = {"None": "bilinear", "Lanczos": "lanczos", "Nearest": "nearest-exact"}
 DEFAULT_HR_UPSCALER = "Latent"
 
-LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>")
+LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^>]*))?>")
 
 # A1111's own sampler ids ("k_dpmpp_2m") for the names it shares with us.
 A1111_SAMPLER_IDS = {
@@ -73,6 +73,8 @@ class Catalog:
     upscale_models: Sequence[str] = ()
     node_types: Sequence[str] = ()
     store_image: Optional[Callable[[bytes], str]] = None  # PNG bytes -> LoadImage name
+    loras: Sequence[str] = ()
+    controlnets: Sequence[str] = ()
 
 
 @dataclass
@@ -220,11 +222,15 @@ class Graph:
         return node_id
 
 
-def _sampler(g: Graph, model: str, pos: str, neg: str, latent: str, *, seed: int, steps: int, cfg: float,
+def _ref(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value, 0]
+
+
+def _sampler(g: Graph, model, pos, neg, latent, *, seed: int, steps: int, cfg: float,
              sampler: str, schedule: str, denoise: float, start: int = 0, end: int = END_AT_LAST_STEP,
              variation_seed: int = 0, variation_strength: float = 0.0) -> str:
     return g.add(
-        "DSSampler", model=[model, 0], positive=[pos, 0], negative=[neg, 0], latent_image=[latent, 0],
+        "DSSampler", model=_ref(model), positive=_ref(pos), negative=_ref(neg), latent_image=_ref(latent),
         seed=seed, steps=steps, cfg=cfg, sampler_name=sampler, schedule=schedule, denoise=denoise,
         start_step=start, end_step=end, variation_seed=variation_seed, variation_strength=variation_strength,
         batch_seed_mode="increment",
@@ -258,16 +264,29 @@ class _Hires:
     params: dict = field(default_factory=dict)
 
 
-def strip_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
+def strip_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float, float]]]:
+    """The prompt without its <lora:...> tags, and (name, text-encoder weight, UNet weight) per tag.
+
+    A1111's syntax: `<lora:name>`, `<lora:name:w>` (both weights), `<lora:name:te:unet>`, and the named
+    forms `te=`, `unet=` (`dyn=` is accepted and ignored: the pack has no dynamic-rank LoRAs)."""
     loras = []
 
     def take(match):
-        weight = match.group(2)
+        name, rest = match.group(1), match.group(2)
+        positional, named = [], {}
+        for part in (rest.split(":") if rest else []):
+            part = part.strip()
+            if "=" in part:
+                key, _, value = part.partition("=")
+                named[key.strip().lower()] = value.strip()
+            elif part:
+                positional.append(part)
         try:
-            value = float(weight) if weight not in (None, "") else 1.0
+            te = float(named.get("te", positional[0] if positional else 1.0))
+            unet = float(named.get("unet", positional[1] if len(positional) > 1 else te))
         except ValueError:
-            raise unsupported(f"<lora:{match.group(1)}:{weight}>: the weight must be a number") from None
-        loras.append((match.group(1), value))
+            raise unsupported(f"<lora:{name}:{rest}>: the weights must be numbers") from None
+        loras.append((name, te, unet))
         return ""
 
     return LORA_TAG.sub(take, prompt), loras
@@ -284,6 +303,8 @@ def _refuse_unsupported(req, catalog: Catalog, sampler: str) -> None:
     if req.script_name:
         raise ApiError(422, f"Script '{req.script_name}' not found")
     for name in req.alwayson_scripts or {}:
+        if name.lower() == "controlnet":
+            continue
         raise ApiError(422, f"always on script {name} not found")
     if req.seed_resize_from_h > 0 or req.seed_resize_from_w > 0:
         if (req.seed_resize_from_w, req.seed_resize_from_h) != (req.width, req.height):
@@ -376,13 +397,10 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
     settings = _settings(req, options, catalog, kind)
     prompt, loras = strip_lora_tags(req.prompt)
     negative, neg_loras = strip_lora_tags(req.negative_prompt)
+    lora_list: list[tuple[str, float, float]] = []
     if (loras or neg_loras) and not req.disable_extra_networks:
-        if "DSLoadLoRA" not in catalog.node_types:
-            raise unsupported(
-                f"<lora:...> tags need the Load LoRA node (DSLoadLoRA), which this version of Diffusers Studio "
-                f"lacks; remove the tags ({', '.join(n for n, _ in loras + neg_loras)}) or send disable_extra_networks"
-            )
-        raise unsupported("<lora:...> tags are not wired into the A1111 API yet; remove them")
+        extras.check_node_types(catalog.node_types, ["DSLoadLoRA"], "<lora:...> tags")
+        lora_list = extras.resolve_loras(loras + neg_loras, catalog.loras)
     if req.styles:
         log.warning("A1111 API: styles %s ignored (the pack has no styles file)", req.styles)
 
@@ -391,23 +409,50 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
             and req.refiner_switch_at < 1.0:
         refiner = resolve_model(req.refiner_checkpoint, catalog.models, "Refiner checkpoint")
     hires = _hires(req, catalog, sampler, schedule) if kind == "txt2img" else None
+    hires_loras: list[tuple[str, float, float]] = []
+    if hires and not req.disable_extra_networks:
+        h_tags = strip_lora_tags(hires.prompt)[1] + strip_lora_tags(hires.negative)[1]
+        if h_tags:
+            extras.check_node_types(catalog.node_types, ["DSLoadLoRA"], "<lora:...> tags")
+            hires_loras = extras.resolve_loras(h_tags, catalog.loras)
+
+    def store(image, field: str, resize_mode: int, size: Optional[tuple[int, int]] = None) -> str:
+        if catalog.store_image is None:
+            raise RuntimeError("no image store for the A1111 API")
+        w, h = size or (req.width, req.height)
+        return catalog.store_image(png_bytes(fit_image(image, w, h, resize_mode)))
 
     init_names: list[str] = []
+    mask_name: Optional[str] = None
+    full_res = False
+    blur = 0.0
     if kind == "img2img":
-        if req.mask:
-            if "DSInpaint" not in catalog.node_types:
-                raise unsupported("mask: inpainting needs the DSInpaint node, which this version of Diffusers "
-                                  "Studio lacks; send the request without a mask")
-            raise unsupported("mask: inpainting is not wired into the A1111 API yet; send the request without a mask")
         if not req.init_images:
             raise ApiError(404, "Init image not found")
         if req.resize_mode == 3:
             raise unsupported("resize_mode 3 (just resize, latent upscale) is not supported; use 0, 1 or 2")
-        for index, data in enumerate(req.init_images):
-            image = fit_image(decode_image(data, f"init_images[{index}]"), req.width, req.height, req.resize_mode)
-            if catalog.store_image is None:
-                raise RuntimeError("no image store for img2img")
-            init_names.append(catalog.store_image(png_bytes(image)))
+        decoded_inits = [decode_image(data, f"init_images[{i}]") for i, data in enumerate(req.init_images)]
+        size = (req.width, req.height)
+        if req.mask:
+            extras.check_node_types(catalog.node_types, ["DSInpaint", "DSInpaintComposite"], "mask")
+            full_res = bool(req.inpaint_full_res)
+            if full_res:
+                extras.check_node_types(catalog.node_types, ["DSInpaintCropToMask", "DSInpaintPasteBack"],
+                                        "inpaint_full_res")
+                size = decoded_inits[0].size  # A1111 keeps the picture's size and crops around the mask
+            blur = extras.check_blur(extras.mask_blur(req))
+            mask = extras.read_mask(decode_image(req.mask, "mask"), req.mask_round, bool(req.inpainting_mask_invert))
+            mask_name = store(mask, "mask", 0 if full_res else req.resize_mode, size)
+        for index, image in enumerate(decoded_inits):
+            init_names.append(store(image, f"init_images[{index}]", 0 if full_res else req.resize_mode, size))
+
+    units: list[extras.ControlUnit] = []
+    for name, script in (req.alwayson_scripts or {}).items():
+        if name.lower() == "controlnet":
+            extras.check_node_types(catalog.node_types, ["DSLoadControlNet", "DSApplyControlNet"],
+                                    "alwayson_scripts.controlnet")
+            units = extras.parse_controlnet(script, catalog.controlnets, req.width, req.height,
+                                            lambda image, f, mode: store(image, f, mode), kind == "img2img")
 
     seed = _random_seed() if req.seed == -1 else req.seed
     subseed = _random_seed() if req.subseed == -1 else req.subseed
@@ -428,8 +473,12 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
         g = Graph()
         steps_of: dict[str, int] = {}
         loader = g.add("DSLoadModel", model_name=settings.model, dtype="auto")
-        pos = g.add("DSTextEncode", text_encoder=[loader, 1], text=prompt, clip_skip=settings.clip_skip)
-        neg = g.add("DSTextEncode", text_encoder=[loader, 1], text=negative, clip_skip=settings.clip_skip)
+        model_ref, te_ref = extras.lora_chain(g, [loader, 0], [loader, 1], lora_list)
+        pos = g.add("DSTextEncode", text_encoder=te_ref, text=prompt, clip_skip=settings.clip_skip)
+        neg = g.add("DSTextEncode", text_encoder=te_ref, text=negative, clip_skip=settings.clip_skip)
+        pixels = None
+        seed_k = seed if strength > 0 else seed + k * req.batch_size
+        crop = inpainted = None
         if kind == "txt2img":
             latent = g.add("EmptyLatentImage", width=req.width, height=req.height, batch_size=req.batch_size)
         else:
@@ -441,11 +490,27 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
                 pixels = loads[picks[0]]
                 for name in picks[1:]:
                     pixels = g.add("ImageBatch", image1=[pixels, 0], image2=[loads[name], 0])
-            latent = g.add("DSVAEEncode", vae=[loader, 2], pixels=[pixels, 0], tiled=False, tile_size=512)
-        seed_k = seed if strength > 0 else seed + k * req.batch_size
+            if mask_name:
+                mask_node = g.add("LoadImageMask", image=mask_name, channel="red")
+                source, source_mask = [pixels, 0], [mask_node, 0]
+                if full_res:
+                    crop = g.add("DSInpaintCropToMask", image=[pixels, 0], mask=[mask_node, 0],
+                                 padding=req.inpaint_full_res_padding, width=req.width, height=req.height,
+                                 model=model_ref)
+                    source, source_mask = [crop, 0], [crop, 1]
+                inpainted = g.add("DSInpaint", image=source, mask=source_mask, vae=[loader, 2], model=model_ref,
+                                  grow=0, blur=blur, fill=extras.FILL_MODES[req.inpainting_fill],
+                                  fill_seed=seed_k % 2**32, blend_unmasked=True)
+                latent = [inpainted, 0]
+            else:
+                latent = g.add("DSVAEEncode", vae=[loader, 2], pixels=[pixels, 0], tiled=False, tile_size=512)
+        init_pixels = [pixels, 0] if pixels else None
+        if units and crop is not None:
+            init_pixels = [crop, 0]
+        c_pos, c_neg = extras.control_chain(g, pos, neg, units, init_pixels) if units else ([pos, 0], [neg, 0])
         sub_k = subseed + k * req.batch_size
         common = dict(seed=seed_k, variation_seed=sub_k, variation_strength=strength)
-        first = _sampler(g, loader, pos, neg, latent, steps=req.steps, cfg=req.cfg_scale, sampler=sampler,
+        first = _sampler(g, model_ref, c_pos, c_neg, latent, steps=req.steps, cfg=req.cfg_scale, sampler=sampler,
                          schedule=schedule, denoise=denoise, end=switch or END_AT_LAST_STEP, **common)
         steps_of[first] = req.steps
         out, vae_source = first, loader
@@ -459,33 +524,41 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
             vae_source = r_loader
         if hires:
             h_loader = g.add("DSLoadModel", model_name=hires.model, dtype="auto") if hires.model else loader
-            if h_loader == loader and hires.prompt == prompt and hires.negative == negative:
-                h_pos, h_neg = pos, neg
+            if h_loader == loader and hires.prompt == req.prompt and hires.negative == req.negative_prompt:
+                h_model, h_pos, h_neg = model_ref, c_pos, c_neg
             else:
-                h_pos = g.add("DSTextEncode", text_encoder=[h_loader, 1], text=strip_lora_tags(hires.prompt)[0],
+                h_model, h_te = extras.lora_chain(g, [h_loader, 0], [h_loader, 1], hires_loras)
+                h_pos = g.add("DSTextEncode", text_encoder=h_te, text=strip_lora_tags(hires.prompt)[0],
                               clip_skip=settings.clip_skip)
-                h_neg = g.add("DSTextEncode", text_encoder=[h_loader, 1], text=strip_lora_tags(hires.negative)[0],
+                h_neg = g.add("DSTextEncode", text_encoder=h_te, text=strip_lora_tags(hires.negative)[0],
                               clip_skip=settings.clip_skip)
+                if units and h_loader == loader:
+                    h_pos, h_neg = extras.control_chain(g, h_pos, h_neg, units, None)
             if hires.upscaler in LATENT_UPSCALERS:
                 up = g.add("LatentUpscale", samples=[out, 0], upscale_method=LATENT_UPSCALERS[hires.upscaler],
                            width=hires.width, height=hires.height, crop="disabled")
             else:
-                pixels = g.add("DSVAEDecode", vae=[vae_source, 2], samples=[out, 0], tiled=False, tile_size=512)
+                decoded_lo = g.add("DSVAEDecode", vae=[vae_source, 2], samples=[out, 0], tiled=False, tile_size=512)
+                up_pixels = decoded_lo
                 if hires.upscaler in catalog.upscale_models:
                     up_model = g.add("UpscaleModelLoader", model_name=hires.upscaler)
-                    pixels = g.add("ImageUpscaleWithModel", upscale_model=[up_model, 0], image=[pixels, 0])
+                    up_pixels = g.add("ImageUpscaleWithModel", upscale_model=[up_model, 0], image=[decoded_lo, 0])
                     method = "lanczos"
                 else:
                     method = IMAGE_UPSCALERS[hires.upscaler]
-                scaled = g.add("ImageScale", image=[pixels, 0], upscale_method=method, width=hires.width,
+                scaled = g.add("ImageScale", image=[up_pixels, 0], upscale_method=method, width=hires.width,
                                height=hires.height, crop="disabled")
                 up = g.add("DSVAEEncode", vae=[h_loader, 2], pixels=[scaled, 0], tiled=False, tile_size=512)
             denoise_hr = float(req.denoising_strength if req.denoising_strength is not None else 0.75)
-            out = _sampler(g, h_loader, h_pos, h_neg, up, steps=hires.steps, cfg=hires.cfg, sampler=hires.sampler,
+            out = _sampler(g, h_model, h_pos, h_neg, up, steps=hires.steps, cfg=hires.cfg, sampler=hires.sampler,
                            schedule=hires.schedule, denoise=denoise_hr, **common)
             steps_of[out] = hires.steps
             vae_source = h_loader
         decoded = g.add("DSVAEDecode", vae=[vae_source, 2], samples=[out, 0], tiled=False, tile_size=512)
+        if inpainted is not None and crop is not None:
+            decoded = g.add("DSInpaintPasteBack", crop=[crop, 2], image=[decoded, 0], mask=[inpainted, 1])
+        elif inpainted is not None:
+            decoded = g.add("DSInpaintComposite", original=[pixels, 0], generated=[decoded, 0], mask=[inpainted, 1])
         if settings.save:
             output_node = g.add("SaveImage", images=[decoded, 0], filename_prefix=f"{settings.outdir}/{kind}")
         else:
@@ -510,6 +583,15 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
     if refiner:
         params_common["Refiner"] = model_stem(refiner)
         params_common["Refiner switch at"] = req.refiner_switch_at
+    if mask_name:
+        params_common["Mask blur"] = blur
+        if full_res:
+            params_common["Inpaint area"] = "Only masked"
+            params_common["Masked area padding"] = req.inpaint_full_res_padding
+    for unit in units:
+        params_common[f"ControlNet {unit.index}"] = unit.infotext()
+    # A1111 keeps <lora:...> tags in the infotext and info prompts (only the text encoded loses them).
+    prompt, negative = req.prompt, req.negative_prompt
     texts = []
     for i in range(total):
         params = dict(params_common)

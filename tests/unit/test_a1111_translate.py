@@ -1,0 +1,137 @@
+"""The A1111 request -> graph translation for masks, ControlNet units and LoRA tags (no server, no models).
+
+The pack's `nodes/` folder is loaded as a bare package (its `__init__` needs
+ComfyUI; `a1111.translate` and `a1111.extras` do not).
+"""
+from __future__ import annotations
+
+import base64
+import importlib
+import io
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+_ROOT = Path(__file__).resolve().parents[2]
+_PKG = "ds_unit_a1111_pack"
+if _PKG not in sys.modules:
+    _package = types.ModuleType(_PKG)
+    _package.__path__ = [str(_ROOT / "nodes")]
+    sys.modules[_PKG] = _package
+translate = importlib.import_module(f"{_PKG}.a1111.translate")
+extras = importlib.import_module(f"{_PKG}.a1111.extras")
+errors = importlib.import_module(f"{_PKG}.a1111.errors")
+models = importlib.import_module(f"{_PKG}.a1111.models")
+
+NODE_TYPES = ["DSInpaint", "DSInpaintComposite", "DSInpaintCropToMask", "DSInpaintPasteBack", "DSLoadLoRA",
+              "DSLoadControlNet", "DSApplyControlNet", "DSCannyEdges", "DSLineArtThreshold"]
+CANNY = "control_v11p_sd15_canny.safetensors"
+LORA = "styles/ink.safetensors"
+
+
+def _catalog(stored: list) -> "translate.Catalog":
+    def store(png: bytes) -> str:
+        stored.append(Image.open(io.BytesIO(png)))
+        return f"img{len(stored)}.png"
+
+    return translate.Catalog(models=["m.safetensors"], node_types=NODE_TYPES, store_image=store,
+                             loras=[LORA], controlnets=[CANNY])
+
+
+def _b64(image: Image.Image) -> str:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+def _plan(kind: str, stored=None, **fields):
+    body = {"prompt": "a cat", "steps": 4, "width": 64, "height": 64, "seed": 1, **fields}
+    cls = models.Txt2ImgRequest if kind == "txt2img" else models.Img2ImgRequest
+    return translate.build_plan(cls.model_validate(body), kind, {}, _catalog([] if stored is None else stored))
+
+
+def _by_class(graph: dict, class_type: str) -> list[dict]:
+    return [node["inputs"] for node in graph.values() if node["class_type"] == class_type]
+
+
+@pytest.mark.parametrize("fill, expected", [(0, "blurred"), (1, "original"), (2, "noise"), (3, "nothing")])
+def test_inpainting_fill_maps_to_dsinpaint(fill, expected):
+    picture = Image.new("RGB", (64, 64), "gray")
+    mask = Image.new("L", (64, 64), 0)
+    plan = _plan("img2img", init_images=[_b64(picture)], mask=_b64(mask), inpainting_fill=fill, mask_blur=3,
+                 inpaint_full_res=False)
+    graph = plan.graphs[0]
+    (inpaint,) = _by_class(graph, "DSInpaint")
+    assert inpaint["fill"] == expected and inpaint["blur"] == 3.0
+    assert _by_class(graph, "DSInpaintComposite") and not _by_class(graph, "DSVAEEncode")
+    assert _by_class(graph, "LoadImageMask")[0]["channel"] == "red"
+
+
+def test_full_res_crops_and_pastes_back_and_invert_flips_the_mask():
+    stored: list = []
+    picture = Image.new("RGB", (80, 48), "gray")
+    mask = Image.new("RGBA", (80, 48), (0, 0, 0, 0))
+    mask.paste((255, 255, 255, 255), (10, 10, 20, 20))
+    plan = _plan("img2img", stored, init_images=[_b64(picture)], mask=_b64(mask), inpainting_mask_invert=1,
+                 inpaint_full_res=True, inpaint_full_res_padding=16)
+    graph = plan.graphs[0]
+    (crop,) = _by_class(graph, "DSInpaintCropToMask")
+    assert (crop["padding"], crop["width"], crop["height"]) == (16, 64, 64)
+    assert _by_class(graph, "DSInpaintPasteBack") and not _by_class(graph, "DSInpaintComposite")
+    stored_mask = stored[0].convert("L")
+    assert stored_mask.size == (80, 48)  # the picture keeps its size
+    assert stored_mask.getpixel((15, 15)) == 0 and stored_mask.getpixel((50, 30)) == 255  # alpha, inverted
+    assert "Inpaint area: Only masked" in plan.infotexts[0]
+
+
+def test_controlnet_units_chain_on_the_prompts():
+    unit = {"image": _b64(Image.new("RGB", (32, 32), "white")), "module": "canny",
+            "model": "control_v11p_sd15_canny [d14c016b]", "weight": 0.8, "guidance_start": 0.1,
+            "guidance_end": 0.9, "threshold_a": 30, "threshold_b": 120}
+    second = {**unit, "module": "invert (from white bg & black line)", "control_mode": 2}
+    plan = _plan("txt2img", alwayson_scripts={"controlnet": {"args": [unit, {"enabled": False}, second]}})
+    graph = plan.graphs[0]
+    applied = _by_class(graph, "DSApplyControlNet")
+    assert len(applied) == 2
+    assert (applied[0]["strength"], applied[0]["start_percent"], applied[0]["end_percent"],
+            applied[0]["guess_mode"]) == (0.8, 0.1, 0.9, False)
+    assert applied[1]["guess_mode"] is True and applied[1]["positive"][0] != applied[0]["positive"][0]
+    assert _by_class(graph, "DSCannyEdges")[0] == {**_by_class(graph, "DSCannyEdges")[0], "low_threshold": 30,
+                                                   "high_threshold": 120}
+    assert _by_class(graph, "DSLineArtThreshold")[0]["lines_are_dark"] is True
+    assert {n["control_net_name"] for n in _by_class(graph, "DSLoadControlNet")} == {CANNY}
+    (sampler,) = _by_class(graph, "DSSampler")
+    last = [node_id for node_id, node in graph.items() if node["class_type"] == "DSApplyControlNet"][-1]
+    assert sampler["positive"] == [last, 0] and sampler["negative"] == [last, 1]
+
+
+@pytest.mark.parametrize("unit, status", [({"control_mode": 1}, 422), ({"model": "nope"}, 404),
+                                          ({"module": "depth_midas"}, 422), ({"guidance_start": 1.0}, 422)])
+def test_controlnet_refusals(unit, status):
+    base = {"image": _b64(Image.new("RGB", (8, 8))), "module": "none", "model": CANNY}
+    with pytest.raises(errors.ApiError) as caught:
+        _plan("txt2img", alwayson_scripts={"controlnet": {"args": [{**base, **unit}]}})
+    assert caught.value.status == status
+
+
+def test_lora_tags_become_a_chain_and_leave_the_encoded_text():
+    plan = _plan("txt2img", prompt="a cat <lora:ink:0.6> in the rain <lora:styles/ink.safetensors:0.5:1.2>")
+    graph = plan.graphs[0]
+    loras = _by_class(graph, "DSLoadLoRA")
+    assert [(n["lora_name"], n["strength_text_encoder"], n["strength_model"]) for n in loras] == [
+        (LORA, 0.6, 0.6), (LORA, 0.5, 1.2)]
+    texts = [n["text"] for n in _by_class(graph, "DSTextEncode")]
+    assert "lora" not in " ".join(texts) and "a cat  in the rain " in texts
+    assert plan.info["prompt"].startswith("a cat <lora:ink:0.6>")
+
+
+def test_lora_named_weights_and_unknown_lora():
+    assert translate.strip_lora_tags("x <lora:a:te=0.2:unet=0.9:dyn=4>") == ("x ", [("a", 0.2, 0.9)])
+    with pytest.raises(errors.ApiError) as caught:
+        _plan("txt2img", prompt="<lora:missing:1>")
+    assert caught.value.status == 404 and "missing" in str(caught.value.detail)
+    plan = _plan("txt2img", prompt="<lora:missing:1>", disable_extra_networks=True)
+    assert not _by_class(plan.graphs[0], "DSLoadLoRA")
