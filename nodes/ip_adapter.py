@@ -123,6 +123,13 @@ def _window_inputs() -> list:
     ]
 
 
+def _check_apply_inputs(weight_mode: str, start_percent: float, end_percent: float) -> bool | str:
+    """validate_inputs of both Apply nodes (images or embeds)."""
+    if weight_mode not in WEIGHT_MODES:
+        return f"weight_mode: '{weight_mode}' is not one of {list(WEIGHT_MODES)}."
+    return _check_window(start_percent, end_percent)
+
+
 def _check_window(start_percent: float, end_percent: float) -> bool | str:
     if start_percent > end_percent:
         return (f"start_percent ({start_percent}) must not be above end_percent ({end_percent}): "
@@ -157,9 +164,7 @@ class DSApplyIPAdapter(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, weight_mode: str, start_percent: float, end_percent: float) -> bool | str:
-        if weight_mode not in WEIGHT_MODES:
-            return f"weight_mode: '{weight_mode}' is not one of {list(WEIGHT_MODES)}."
-        return _check_window(start_percent, end_percent)
+        return _check_apply_inputs(weight_mode, start_percent, end_percent)
 
     @classmethod
     def execute(cls, model, ip_adapter, image, weight: float = 1.0, start_percent: float = 0.0,
@@ -230,9 +235,7 @@ class DSApplyIPAdapterEmbeds(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, weight_mode: str, start_percent: float, end_percent: float) -> bool | str:
-        if weight_mode not in WEIGHT_MODES:
-            return f"weight_mode: '{weight_mode}' is not one of {list(WEIGHT_MODES)}."
-        return _check_window(start_percent, end_percent)
+        return _check_apply_inputs(weight_mode, start_percent, end_percent)
 
     @classmethod
     def execute(cls, model, ip_adapter, image_embeds, weight: float = 1.0, start_percent: float = 0.0,
