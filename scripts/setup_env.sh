@@ -8,6 +8,12 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 env_dir=$(bash "$here/scripts/env_path.sh")
 if [ -f "$env_dir/.complete" ]; then exit 0; fi
+# Two `make` runs at once (a test run and `make run`, say) must not both
+# build: the second waits for the first and then finds it complete.
+mkdir -p "$(dirname "$env_dir")"
+exec 9>"$env_dir.lock"
+flock 9
+if [ -f "$env_dir/.complete" ]; then exit 0; fi
 echo "Building the environment in $env_dir (a few minutes, once)" >&2
 rm -rf "$env_dir"
 mkdir -p "$env_dir"
