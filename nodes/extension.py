@@ -7,9 +7,24 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import controlnet, encode, inpaint, ip_adapter, loaders, lora, region_masks, regional, routes, sample, vae
+from . import (
+    controlnet,
+    encode,
+    inpaint,
+    ip_adapter,
+    loaders,
+    lora,
+    model_options,
+    region_masks,
+    regional,
+    routes,
+    sample,
+    vae,
+)
 
-CONCEPT_MODULES = [loaders, encode, sample, vae, ip_adapter, controlnet, inpaint, regional, region_masks, lora]
+CONCEPT_MODULES = [
+    loaders, encode, sample, vae, ip_adapter, controlnet, inpaint, regional, region_masks, lora, model_options,
+]
 
 NODES: list[type[io.ComfyNode]] = [node for module in CONCEPT_MODULES for node in module.NODES]
 

@@ -1,0 +1,226 @@
+"""Weight storage, attention implementation and regional compilation as DS_MODEL values.
+
+`apply_options` returns a new ModelBundle; the cached base UNet is never
+changed permanently. Two mechanisms, chosen per option:
+
+- Weight storage (float8 via diffusers' layerwise casting, int8 via torchao)
+  changes the stored weights, which cannot be undone exactly after a run, so it
+  is applied to a separate deep copy of the UNet. The copy is cached per
+  (source UNet, storage choice) in a WeakKeyDictionary keyed by the source
+  UNet: two workflows asking for the same option share one copy, and the copy
+  goes away with its source (when the checkpoint cache lets the UNet go).
+  Memory cost: while both live, the base UNet plus the copy (for float8, one
+  byte per weight of the layers diffusers casts; norms, embeddings and
+  biases-free small layers that diffusers skips stay in the compute dtype).
+- Attention implementation and torch.compile are per-run hooks
+  (`SamplingHook`): `begin` installs them on the UNet the bundle points at,
+  `end` restores exactly what was there (the processor objects themselves,
+  and each block's previous compiled call, normally none). No memory beyond
+  the processors and compiled graphs; the compiled callables live on the hook,
+  so a cached DS_MODEL compiles once and reuses the graphs run after run.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import logging
+import threading
+import weakref
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from .components import ModelBundle
+from .hooks import SamplingHook
+
+log = logging.getLogger(__name__)
+
+STORAGE_DEFAULT = "default"
+STORAGE_FP8_E4M3 = "float8_e4m3fn"
+STORAGE_FP8_E5M2 = "float8_e5m2"
+STORAGE_INT8 = "int8 (torchao)"
+STORAGE_NF4 = "nf4 (bitsandbytes)"
+WEIGHT_STORAGES = [STORAGE_DEFAULT, STORAGE_FP8_E4M3, STORAGE_FP8_E5M2, STORAGE_INT8, STORAGE_NF4]
+FLOAT8 = {STORAGE_FP8_E4M3: torch.float8_e4m3fn, STORAGE_FP8_E5M2: torch.float8_e5m2}
+
+ATTENTION_AS_LOADED = "as loaded"
+ATTENTION_SDPA = "sdpa"
+ATTENTION_CLASSIC = "classic (no sdpa)"
+ATTENTIONS = [ATTENTION_AS_LOADED, ATTENTION_SDPA, ATTENTION_CLASSIC]
+
+
+def _has(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_storage(weight_storage: str, *, cuda_available: bool | None = None) -> None:
+    """Raise ValueError (naming the input and the package to install) if the choice cannot run here."""
+    if weight_storage not in WEIGHT_STORAGES:
+        raise ValueError(f"weight_storage: '{weight_storage}' is not one of {WEIGHT_STORAGES}.")
+    if weight_storage == STORAGE_INT8 and not _has("torchao"):
+        raise ValueError(f"weight_storage: '{STORAGE_INT8}' needs the torchao package: pip install torchao")
+    if weight_storage == STORAGE_NF4:
+        if not _has("bitsandbytes"):
+            raise ValueError(
+                f"weight_storage: '{STORAGE_NF4}' needs the bitsandbytes package and a CUDA GPU: "
+                "pip install bitsandbytes"
+            )
+        cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+        if not cuda:
+            raise ValueError(f"weight_storage: '{STORAGE_NF4}' needs a CUDA GPU; none is available here.")
+        raise ValueError(
+            f"weight_storage: '{STORAGE_NF4}' is not supported by this version of Diffusers Studio yet; "
+            f"use '{STORAGE_FP8_E4M3}' or '{STORAGE_INT8}'."
+        )
+
+
+def check_attention(attention: str) -> None:
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention: '{attention}' is not one of {ATTENTIONS}.")
+
+
+# ------------------------------------------------------------ stored copies
+
+_copies: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def stored_copy(unet: torch.nn.Module, weight_storage: str, compute_dtype: torch.dtype) -> torch.nn.Module:
+    """The UNet with its weights stored as `weight_storage`, one copy per (source, choice)."""
+    key = (weight_storage, compute_dtype)
+    with _lock:
+        per_source = _copies.setdefault(unet, {})
+        if key in per_source:
+            return per_source[key]
+        copied = copy.deepcopy(unet)
+        if weight_storage in FLOAT8:
+            copied.enable_layerwise_casting(storage_dtype=FLOAT8[weight_storage], compute_dtype=compute_dtype)
+        elif weight_storage == STORAGE_INT8:
+            _torchao_int8(copied)
+        else:  # pragma: no cover - check_storage refuses the rest
+            raise ValueError(f"weight_storage: '{weight_storage}' has no stored form.")
+        copied.eval()
+        per_source[key] = copied
+        return copied
+
+
+def _torchao_int8(module: torch.nn.Module) -> None:
+    """int8 weight-only quantization in place (torchao; not exercised where torchao is absent)."""
+    from torchao.quantization import quantize_
+
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        config = Int8WeightOnlyConfig()
+    except ImportError:  # older torchao
+        from torchao.quantization import int8_weight_only
+
+        config = int8_weight_only()
+    quantize_(module, config)
+
+
+def stored_copies_of(unet: torch.nn.Module) -> dict:
+    """The cached stored copies of one source UNet (for tests and memory reports)."""
+    with _lock:
+        return dict(_copies.get(unet, {}))
+
+
+def clear_stored_copies() -> None:
+    with _lock:
+        _copies.clear()
+
+
+def parameter_bytes(module: torch.nn.Module) -> int:
+    """Bytes held by the module's parameters and buffers as stored."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+# ------------------------------------------------------------ per-run hooks
+
+
+class AttentionHook(SamplingHook):
+    """Installs one attention processor kind for a run; restores the previous processors after."""
+
+    order = -200  # before LoRA and IP-Adapter: they see (and restore to) these processors
+
+    def __init__(self, attention: str):
+        check_attention(attention)
+        self.attention = attention
+        self._saved: tuple[Any, dict] | None = None
+
+    def _processor(self):
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+        return AttnProcessor2_0() if self.attention == ATTENTION_SDPA else AttnProcessor()
+
+    def begin(self, run, role) -> None:
+        unet = run.model.unet
+        self._saved = (unet, dict(unet.attn_processors))
+        unet.set_attn_processor(self._processor())
+
+    def end(self) -> None:
+        if self._saved is not None:
+            unet, processors = self._saved
+            self._saved = None
+            unet.set_attn_processor(processors)
+
+
+class CompileHook(SamplingHook):
+    """Regional torch.compile: each repeated block (BasicTransformerBlock) runs compiled for one run.
+
+    `nn.Module.compile` stores the compiled call in `_compiled_call_impl`; the
+    hook keeps one compiled callable per block (so graphs are reused by later
+    runs of the same DS_MODEL) and puts back each block's previous value after.
+    """
+
+    order = -300
+
+    def __init__(self, compile_kwargs: dict | None = None):
+        self.compile_kwargs = dict(compile_kwargs or {})
+        self._compiled: "weakref.WeakKeyDictionary[torch.nn.Module, Any]" = weakref.WeakKeyDictionary()
+        self._saved: list[tuple[torch.nn.Module, Any]] = []
+
+    @staticmethod
+    def blocks(unet) -> list[torch.nn.Module]:
+        names = tuple(getattr(unet, "_repeated_blocks", None) or ("BasicTransformerBlock",))
+        return [m for m in unet.modules() if type(m).__name__ in names]
+
+    def begin(self, run, role) -> None:
+        self._saved = []
+        for block in self.blocks(run.model.unet):
+            compiled = self._compiled.get(block)
+            if compiled is None:
+                compiled = torch.compile(block._call_impl, **self.compile_kwargs)
+                self._compiled[block] = compiled
+            self._saved.append((block, block.__dict__.get("_compiled_call_impl")))
+            block._compiled_call_impl = compiled
+
+    def end(self) -> None:
+        for block, previous in reversed(self._saved):
+            block._compiled_call_impl = previous
+        self._saved = []
+
+
+def apply_options(
+    model: ModelBundle,
+    *,
+    weight_storage: str = STORAGE_DEFAULT,
+    attention: str = ATTENTION_AS_LOADED,
+    compile_unet: bool = False,
+) -> ModelBundle:
+    """A new DS_MODEL with these options; `model` and its UNet are left as they are."""
+    check_storage(weight_storage)
+    check_attention(attention)
+    result = model
+    if weight_storage != STORAGE_DEFAULT:
+        result = replace(result, unet=stored_copy(model.unet, weight_storage, model.dtype))
+    if attention != ATTENTION_AS_LOADED:
+        result = result.with_patch(AttentionHook(attention))
+    if compile_unet:
+        result = result.with_patch(CompileHook())
+    return result
