@@ -105,7 +105,9 @@ def img2img(
 
 def shrink(prompt: dict, *, size: int = 64, max_steps: int = 3, batch: Optional[int] = 1) -> dict:
     """A copy of `prompt` made cheap for a CPU: every EmptyLatentImage at
-    `size` x `size` (batch `batch`), every DSSampler at most `max_steps` steps.
+    `size` x `size` (batch `batch`), every DSSampler at most `max_steps` steps
+    (a start/end step inside the schedule scaled with it, so a base + refiner
+    hand-off stays one).
     Everything else (models, samplers, schedules, denoise, prompts, images)
     stays as the workflow ships it."""
     small = copy.deepcopy(prompt)
@@ -116,5 +118,12 @@ def shrink(prompt: dict, *, size: int = 64, max_steps: int = 3, batch: Optional[
             if batch is not None:
                 inputs["batch_size"] = batch
         elif node["class_type"] == "DSSampler" and isinstance(inputs.get("steps"), int):
-            inputs["steps"] = min(inputs["steps"], max_steps)
+            steps = inputs["steps"]
+            inputs["steps"] = min(steps, max_steps)
+            # A split schedule (base + refiner hand-off) keeps its proportions.
+            for key in ("start_step", "end_step"):
+                value = inputs.get(key)
+                if isinstance(value, int) and 0 < value < steps:
+                    inputs[key] = max(1, round(value * inputs["steps"] / steps)) if key == "end_step" else min(
+                        round(value * inputs["steps"] / steps), inputs["steps"] - 1)
     return small
