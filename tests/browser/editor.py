@@ -104,16 +104,26 @@ _GRAPH_REPORT_JS = """
 
 # Make a loaded workflow cheap for a CPU, as harness.prompts.shrink does for
 # the API format: every EmptyLatentImage at size x size with batch 1, every
-# DSSampler at most max_steps steps. Nothing else changes.
+# DSSampler at most max_steps steps (a start/end step inside the schedule
+# scaled with it). Nothing else changes.
 _SHRINK_JS = """
 ([size, maxSteps]) => {
   const changed = [];
   for (const node of app.graph.nodes) {
+    const total = node.widgets?.find((w) => w.name === "steps")?.value;  // before it shrinks
     for (const widget of node.widgets ?? []) {
       let value = widget.value;
       if (node.type === "EmptyLatentImage" && (widget.name === "width" || widget.name === "height")) value = size;
       if (node.type === "EmptyLatentImage" && widget.name === "batch_size") value = 1;
       if (node.type === "DSSampler" && widget.name === "steps") value = Math.min(widget.value, maxSteps);
+      if (node.type === "DSSampler" && (widget.name === "start_step" || widget.name === "end_step")) {
+        // A split schedule (base + refiner hand-off) keeps its proportions.
+        const shrunk = Math.min(total, maxSteps);
+        if (total && widget.value > 0 && widget.value < total) {
+          const scaled = Math.round((widget.value * shrunk) / total);
+          value = widget.name === "end_step" ? Math.max(1, scaled) : Math.min(scaled, shrunk - 1);
+        }
+      }
       if (value !== widget.value) {
         widget.value = value;
         changed.push(`${node.id} ${node.type}.${widget.name}=${value}`);
