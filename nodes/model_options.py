@@ -1,7 +1,7 @@
 """DSModelOptions: weight storage, attention implementation and regional compile for DS_MODEL.
 
 Thin: engine/model_options.py does the work and returns a new DS_MODEL; the
-loaded model is never changed (float8/int8 storage lives on a shared copy of
+loaded model is never changed (float8/int8/NF4 storage lives on a shared copy of
 the UNet, attention and compile are applied for one run and undone after).
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ class DSModelOptions(io.ComfyNode):
             display_name="Diffusers Model Options",
             category=category("loaders"),
             description=(
-                "Memory and speed options for a model: store the UNet's weights in float8 (or int8 with "
-                "torchao) to use about a quarter of the memory, choose the attention implementation, and "
+                "Memory and speed options for a model: store the UNet's weights in float8, int8 (torchao) or "
+                "NF4 (bitsandbytes) to use less memory, choose the attention implementation, and "
                 "compile the UNet's transformer blocks with torch.compile. The loaded model is not changed: "
                 "a stored copy is shared by every workflow asking for the same option."
             ),
@@ -33,8 +33,10 @@ class DSModelOptions(io.ComfyNode):
                     default=mo.STORAGE_DEFAULT,
                     tooltip="How the UNet's weights are stored. default: as loaded. float8_e4m3fn / "
                     "float8_e5m2: one byte per weight, computed in the model's precision (diffusers' "
-                    "layerwise casting; small quality cost, e4m3fn is the more precise). int8: needs "
-                    "torchao. nf4: needs bitsandbytes and a CUDA GPU.",
+                    "layerwise casting; small quality cost, e4m3fn is the more precise). int8: Linear "
+                    "layers in int8 with one scale per output channel (needs torchao). nf4: Linear layers in "
+                    "4 bits, one scale per 64 weights (needs bitsandbytes; CUDA or CPU). Convolutions keep "
+                    "the model's precision with int8 and nf4.",
                 ),
                 io.Combo.Input(
                     "attention",

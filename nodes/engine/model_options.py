@@ -3,7 +3,8 @@
 `apply_options` returns a new ModelBundle; the cached base UNet is never
 changed permanently. Two mechanisms, chosen per option:
 
-- Weight storage (float8 via diffusers' layerwise casting, int8 via torchao)
+- Weight storage (float8 via diffusers' layerwise casting, int8 via torchao,
+  NF4 via bitsandbytes)
   changes the stored weights, which cannot be undone exactly after a run, so it
   is applied to a separate deep copy of the UNet. The copy is cached per
   (source UNet, storage choice) in a WeakKeyDictionary keyed by the source
@@ -44,6 +45,9 @@ STORAGE_NF4 = "nf4 (bitsandbytes)"
 WEIGHT_STORAGES = [STORAGE_DEFAULT, STORAGE_FP8_E4M3, STORAGE_FP8_E5M2, STORAGE_INT8, STORAGE_NF4]
 FLOAT8 = {STORAGE_FP8_E4M3: torch.float8_e4m3fn, STORAGE_FP8_E5M2: torch.float8_e5m2}
 
+# The optional package each storage needs (imported only when it is chosen).
+_PACKAGES = {STORAGE_INT8: "torchao", STORAGE_NF4: "bitsandbytes"}
+
 ATTENTION_AS_LOADED = "as loaded"
 ATTENTION_SDPA = "sdpa"
 ATTENTION_CLASSIC = "classic (no sdpa)"
@@ -57,25 +61,16 @@ def _has(package: str) -> bool:
         return False
 
 
-def check_storage(weight_storage: str, *, cuda_available: bool | None = None) -> None:
+def check_storage(weight_storage: str) -> None:
     """Raise ValueError (naming the input and the package to install) if the choice cannot run here."""
     if weight_storage not in WEIGHT_STORAGES:
         raise ValueError(f"weight_storage: '{weight_storage}' is not one of {WEIGHT_STORAGES}.")
-    if weight_storage == STORAGE_INT8 and not _has("torchao"):
-        raise ValueError(f"weight_storage: '{STORAGE_INT8}' needs the torchao package: pip install torchao")
-    if weight_storage == STORAGE_NF4:
-        if not _has("bitsandbytes"):
+    for storage, package in _PACKAGES.items():
+        if weight_storage == storage and not _has(package):
             raise ValueError(
-                f"weight_storage: '{STORAGE_NF4}' needs the bitsandbytes package and a CUDA GPU: "
-                "pip install bitsandbytes"
+                f"weight_storage: '{storage}' needs the {package} package, which is not installed in ComfyUI's "
+                f"Python: pip install {package} (or pick '{STORAGE_FP8_E4M3}', which needs nothing extra)."
             )
-        cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
-        if not cuda:
-            raise ValueError(f"weight_storage: '{STORAGE_NF4}' needs a CUDA GPU; none is available here.")
-        raise ValueError(
-            f"weight_storage: '{STORAGE_NF4}' is not supported by this version of Diffusers Studio yet; "
-            f"use '{STORAGE_FP8_E4M3}' or '{STORAGE_INT8}'."
-        )
 
 
 def check_attention(attention: str) -> None:
@@ -96,11 +91,13 @@ def stored_copy(unet: torch.nn.Module, weight_storage: str, compute_dtype: torch
         per_source = _copies.setdefault(unet, {})
         if key in per_source:
             return per_source[key]
-        copied = copy.deepcopy(unet)
+        copied = _copy_without_registration(unet)
         if weight_storage in FLOAT8:
             copied.enable_layerwise_casting(storage_dtype=FLOAT8[weight_storage], compute_dtype=compute_dtype)
         elif weight_storage == STORAGE_INT8:
             _torchao_int8(copied)
+        elif weight_storage == STORAGE_NF4:
+            _bitsandbytes_nf4(copied, compute_dtype)
         else:  # pragma: no cover - check_storage refuses the rest
             raise ValueError(f"weight_storage: '{weight_storage}' has no stored form.")
         copied.eval()
@@ -108,19 +105,69 @@ def stored_copy(unet: torch.nn.Module, weight_storage: str, compute_dtype: torch
         return copied
 
 
+def _copy_without_registration(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy that leaves out what a host (ComfyUI) attached to the module's __dict__.
+
+    The node layer stores its model-management handle as `_ds_patcher` on a
+    module; copying it would give the copy a handle that manages the source.
+    The copy gets none and is registered afresh the first time it runs.
+    """
+    memo = {id(value): None for name, value in module.__dict__.items() if name.startswith("_ds_")}
+    return copy.deepcopy(module, memo)
+
+
 def _torchao_int8(module: torch.nn.Module) -> None:
-    """int8 weight-only quantization in place (torchao; not exercised where torchao is absent)."""
+    """int8 weight-only storage of every Linear layer, in place (torchao; per-output-channel scales).
+
+    Convolutions keep their dtype: torchao's weight-only configs quantize
+    Linear layers, which hold most of an SD UNet's attention and feed-forward
+    weights.
+    """
     from torchao.quantization import quantize_
 
     try:
         from torchao.quantization import Int8WeightOnlyConfig
 
         config = Int8WeightOnlyConfig()
-    except ImportError:  # older torchao
+    except ImportError:  # torchao before 0.9 named it differently
         from torchao.quantization import int8_weight_only
 
         config = int8_weight_only()
     quantize_(module, config)
+
+
+def _bitsandbytes_nf4(module: torch.nn.Module, compute_dtype: torch.dtype) -> None:
+    """Every plain Linear layer becomes a bitsandbytes NF4 Linear4bit, in place.
+
+    Blocks of 64 weights share one absmax scale (no double quantization, as
+    diffusers' BitsAndBytesConfig defaults); the layer dequantizes to
+    `compute_dtype` for each matmul. bitsandbytes runs this on CUDA and, since
+    0.45, on the CPU too. Only exact nn.Linear modules are replaced, so
+    subclasses with their own forward keep working.
+    """
+    import bitsandbytes as bnb
+
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not torch.nn.Linear:
+                continue
+            device = child.weight.device
+            with torch.device("meta"):
+                layer = bnb.nn.Linear4bit(
+                    child.in_features, child.out_features, bias=child.bias is not None,
+                    compute_dtype=compute_dtype, compress_statistics=False, quant_type="nf4",
+                )
+            layer.weight = bnb.nn.Params4bit(
+                child.weight.data, requires_grad=False, compress_statistics=False, quant_type="nf4", module=layer
+            )
+            if child.bias is not None:
+                layer.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
+            # On CPUs with AVX512-BF16, bitsandbytes repacks a weight in place at its
+            # first forward into a CPU-only layout: a later move to the GPU (ComfyUI
+            # loading the model) would then carry the wrong layout, and the repack
+            # fails on layers narrower than its 64-wide blocks. Keep the portable form.
+            layer.support_avx512bf16_for_cpu = False
+            setattr(parent, name, layer.to(device))  # moving a Params4bit to a device quantizes it
 
 
 def stored_copies_of(unet: torch.nn.Module) -> dict:
@@ -135,9 +182,23 @@ def clear_stored_copies() -> None:
 
 
 def parameter_bytes(module: torch.nn.Module) -> int:
-    """Bytes held by the module's parameters and buffers as stored."""
+    """Bytes held by the module's parameters and buffers as stored (quantized tensors included)."""
     tensors = list(module.parameters()) + list(module.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(_stored_bytes(t) for t in tensors)
+
+
+def _stored_bytes(tensor: torch.Tensor) -> int:
+    """A tensor's own storage: the inner tensors of a tensor subclass (torchao), plus
+    the scales bitsandbytes keeps beside its packed weights."""
+    if hasattr(type(tensor), "__tensor_flatten__"):
+        inner, _ = tensor.__tensor_flatten__()
+        return sum(_stored_bytes(getattr(tensor, name)) for name in inner)
+    size = tensor.numel() * tensor.element_size()
+    quant_state = getattr(tensor, "quant_state", None)
+    if quant_state is not None:
+        size += sum(v.numel() * v.element_size() for v in quant_state.as_dict(packed=False).values()
+                    if torch.is_tensor(v))
+    return size
 
 
 # ------------------------------------------------------------ per-run hooks
