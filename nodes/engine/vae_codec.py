@@ -16,6 +16,12 @@ flags (or tile sizes) would leak into every other user of it. The tiles
 overlap by a quarter and are feather-blended (linear ramps in the overlap),
 the same scheme as diffusers' tiled VAE, with tile_size counted in pixels as
 in ComfyUI's tiled VAE nodes.
+
+Slicing (diffusers' `enable_slicing`) is the `batch_per_call` argument: a big
+batch goes through the VAE that many images at a time, so peak activation
+memory follows the slice, not the batch. The node picks the slice from the
+memory ComfyUI reports free, with the per-image estimates below, as ComfyUI's
+own VAE nodes do.
 """
 from __future__ import annotations
 
@@ -29,7 +35,39 @@ from .components import VAEBundle
 logger = logging.getLogger(__name__)
 
 DEFAULT_TILE_SIZE = 512
-_BATCH_CHUNK = 4  # samples per VAE call: bounds peak memory on big batches
+DEFAULT_BATCH_PER_CALL = 4  # images per VAE call when the caller does not choose
+
+# Peak working memory of one image through an SD/SDXL AutoencoderKL, per
+# latent pixel (decode) or image pixel (encode), in units of the compute
+# dtype's size: the estimates ComfyUI plans its own VAE batches with.
+_DECODE_UNITS_PER_LATENT_PIXEL = 2178 * 64
+_ENCODE_UNITS_PER_PIXEL = 1767
+
+
+def decode_bytes_per_image(latent_height: int, latent_width: int, dtype: torch.dtype) -> int:
+    """Working memory to decode one latent of this size (bytes, an estimate)."""
+    return _DECODE_UNITS_PER_LATENT_PIXEL * latent_height * latent_width * _dtype_size(dtype)
+
+
+def encode_bytes_per_image(height: int, width: int, dtype: torch.dtype) -> int:
+    """Working memory to encode one image of this size (bytes, an estimate)."""
+    return _ENCODE_UNITS_PER_PIXEL * height * width * _dtype_size(dtype)
+
+
+def _dtype_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def images_per_call(batch: int, bytes_per_image: int, free_bytes: int) -> int:
+    """How many images of a batch fit one VAE call in `free_bytes` (at least one)."""
+    if bytes_per_image <= 0:
+        return max(1, batch)
+    return max(1, min(batch, free_bytes // bytes_per_image))
+
+
+def _check_batch_per_call(batch_per_call: int) -> None:
+    if not isinstance(batch_per_call, int) or batch_per_call < 1:
+        raise ValueError(f"batch_per_call must be a whole number of images, 1 or more; got {batch_per_call!r}")
 
 
 def _module_device_dtype(module) -> tuple[torch.device, torch.dtype]:
@@ -122,7 +160,12 @@ def _to_pixels(images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def encode(
-    vae: VAEBundle, images: torch.Tensor, *, tiled: bool = False, tile_size: int = DEFAULT_TILE_SIZE
+    vae: VAEBundle,
+    images: torch.Tensor,
+    *,
+    tiled: bool = False,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    batch_per_call: int = DEFAULT_BATCH_PER_CALL,
 ) -> torch.Tensor:
     """IMAGE [B,H,W,C] in 0..1 -> unscaled latents [B, C, H/f, W/f] (float32, CPU).
 
@@ -139,6 +182,7 @@ def encode(
         )
     if tiled:
         _check_tile_size(tile_size, f)
+    _check_batch_per_call(batch_per_call)
     module = vae.vae
     device, dtype = _module_device_dtype(module)
 
@@ -147,7 +191,7 @@ def encode(
         return module.encode(x).latent_dist.mode()
 
     chunks = []
-    for part in pixels.split(_BATCH_CHUNK):
+    for part in pixels.split(batch_per_call):
         if tiled:
             chunks.append(_tiled(part, run, tile_size, 1.0 / f, vae.latent_channels, align=f))
         else:
@@ -157,7 +201,12 @@ def encode(
 
 @torch.no_grad()
 def decode(
-    vae: VAEBundle, latents: torch.Tensor, *, tiled: bool = False, tile_size: int = DEFAULT_TILE_SIZE
+    vae: VAEBundle,
+    latents: torch.Tensor,
+    *,
+    tiled: bool = False,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    batch_per_call: int = DEFAULT_BATCH_PER_CALL,
 ) -> torch.Tensor:
     """Unscaled latents [B,C,h,w] -> IMAGE [B, h*f, w*f, 3] float32 0..1 on the CPU.
 
@@ -176,6 +225,7 @@ def decode(
     f = vae.downscale
     if tiled:
         _check_tile_size(tile_size, f)
+    _check_batch_per_call(batch_per_call)
     module = vae.vae
     device, dtype = _module_device_dtype(module)
 
@@ -183,7 +233,7 @@ def decode(
         return module.decode(z.to(device=device, dtype=dtype)).sample
 
     chunks = []
-    for part in latents.split(_BATCH_CHUNK):
+    for part in latents.split(batch_per_call):
         if tiled:
             img = _tiled(part, run, tile_size // f, float(f), 3)
         else:

@@ -104,6 +104,38 @@ def test_batches_are_processed_in_chunks(vae):
     assert (whole - one_by_one).abs().max() <= TOL
 
 
+@pytest.mark.parametrize("batch_per_call", [1, 2, 5])
+def test_slicing_sends_that_many_images_per_call_and_changes_nothing(vae, batch_per_call, monkeypatch):
+    images = _images(batch=5)
+    latents = vae_codec.encode(vae, images)
+    reference = vae_codec.decode(vae, latents)
+    seen = []
+    real_encode, real_decode = vae.vae.encode, vae.vae.decode
+    monkeypatch.setattr(vae.vae, "encode", lambda x: (seen.append(("encode", len(x))), real_encode(x))[1])
+    monkeypatch.setattr(vae.vae, "decode", lambda z: (seen.append(("decode", len(z))), real_decode(z))[1])
+    sliced_latents = vae_codec.encode(vae, images, batch_per_call=batch_per_call)
+    sliced = vae_codec.decode(vae, latents, batch_per_call=batch_per_call)
+    sizes = [len(images[i : i + batch_per_call]) for i in range(0, 5, batch_per_call)]
+    assert seen == [("encode", n) for n in sizes] + [("decode", n) for n in sizes]
+    assert (sliced_latents - latents).abs().max() <= TOL
+    assert (sliced - reference).abs().max() <= TOL
+
+
+def test_images_per_call_follows_free_memory():
+    per_image = vae_codec.decode_bytes_per_image(64, 64, torch.float16)
+    assert per_image == 2178 * 64 * 64 * 64 * 2  # ComfyUI's planning figure: ~1.1 GB for a 512x512 SD image
+    assert vae_codec.images_per_call(8, per_image, free_bytes=3 * per_image + 1) == 3
+    assert vae_codec.images_per_call(8, per_image, free_bytes=per_image // 2) == 1  # always makes progress
+    assert vae_codec.images_per_call(2, per_image, free_bytes=100 * per_image) == 2
+    assert vae_codec.encode_bytes_per_image(512, 512, torch.float32) == 1767 * 512 * 512 * 4
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5])
+def test_bad_batch_per_call_is_named(vae, bad):
+    with pytest.raises(ValueError, match=r"batch_per_call must be a whole number of images, 1 or more"):
+        vae_codec.decode(vae, torch.zeros(1, 4, 8, 8), batch_per_call=bad)
+
+
 # ------------------------------------------------------------------ tiling
 
 
