@@ -20,6 +20,8 @@ import comfy.model_patcher
 import comfy.utils
 import folder_paths
 
+from . import comfy_cast
+
 log = logging.getLogger(__name__)
 
 
@@ -175,15 +177,20 @@ def patcher_for(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
 
     It is stored on the module itself: the reference cycle dies with the
     module when ComfyUI drops its cached outputs (POST /free), and every
-    bundle that shares the module shares its patcher.
+    bundle that shares the module shares its patcher. On registration the
+    module's plain torch layers become comfy.ops layers, so that when the
+    module does not fit in VRAM ComfyUI loads it partially and streams the
+    rest, as it does its own models (`comfy_cast`).
     """
     patcher = module.__dict__.get("_ds_patcher")
     if patcher is None:
         current = next(module.parameters()).device
         size = comfy.model_management.module_size(module)
+        comfy_cast.make_castable(module)
         patcher = comfy.model_patcher.ModelPatcher(
             _Holder(module, current), load_device=compute_device(), offload_device=offload_device(), size=size
         )
+        comfy_cast.follow_partial_load(patcher)
         module.__dict__["_ds_patcher"] = patcher
     return patcher
 

@@ -142,14 +142,15 @@ def _bitsandbytes_nf4(module: torch.nn.Module, compute_dtype: torch.dtype) -> No
     Blocks of 64 weights share one absmax scale (no double quantization, as
     diffusers' BitsAndBytesConfig defaults); the layer dequantizes to
     `compute_dtype` for each matmul. bitsandbytes runs this on CUDA and, since
-    0.45, on the CPU too. Only exact nn.Linear modules are replaced, so
-    subclasses with their own forward keep working.
+    0.45, on the CPU too. A Linear counts when its weight is a plain
+    Parameter: that includes the host's castable Linear subclass (ComfyUI's,
+    once the model has run) and leaves out layers already quantized.
     """
     import bitsandbytes as bnb
 
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is not torch.nn.Linear:
+            if not _plain_linear(child):
                 continue
             device = child.weight.device
             with torch.device("meta"):
@@ -179,6 +180,10 @@ def stored_copies_of(unet: torch.nn.Module) -> dict:
 def clear_stored_copies() -> None:
     with _lock:
         _copies.clear()
+
+
+def _plain_linear(layer: torch.nn.Module) -> bool:
+    return isinstance(layer, torch.nn.Linear) and type(layer.weight) is torch.nn.Parameter
 
 
 def parameter_bytes(module: torch.nn.Module) -> int:

@@ -63,3 +63,29 @@ def test_float8_through_the_sampler_leaves_the_loaded_model_exact(models_dir):
     assert (out - before).abs().max() <= 0.05 * before.abs().max()
     assert all(torch.equal(state[k], v) for k, v in model.unet.state_dict().items())
     assert torch.equal(run(model), before)
+
+
+@pytest.mark.parametrize("storage, stored_type", [("int8 (torchao)", "Int8Tensor"), ("nf4 (bitsandbytes)", "Params4bit")])
+def test_quantized_storage_of_a_model_comfyui_already_manages(models_dir, storage, stored_type):
+    """After a run the UNet's layers are ComfyUI's castable subclasses; int8 and NF4 still take them."""
+    from diffusers_studio.nodes.encode import DSTextEncode
+    from diffusers_studio.nodes.loaders import DSLoadModel
+    from diffusers_studio.nodes.sample import DSSampler
+
+    model, text_encoder, _ = DSLoadModel.execute(MODEL, "float32").args
+    positive = DSTextEncode.execute(text_encoder, "a photo of a cat", 1).args[0]
+    negative = DSTextEncode.execute(text_encoder, "blurry", 1).args[0]
+
+    def run(m):
+        return DSSampler.execute(m, positive, negative, {"samples": torch.zeros(1, 4, 8, 8)}, 7, 2, 7.0,
+                                 "Euler", "normal", 1.0).args[0]["samples"]
+
+    before = run(model)  # registers the UNet with ComfyUI's model management
+    assert any(hasattr(type(m), "comfy_cast_weights") for m in model.unet.modules())
+    options = _node().execute(model, storage, "as loaded", False).args[0]
+    linears = [m for m in options.unet.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and {type(m.weight).__name__ for m in linears} == {stored_type}
+    out = run(options)
+    assert torch.isfinite(out).all() and not torch.equal(out, before)
+    assert (out - before).abs().max() <= 0.05 * before.abs().max()
+    assert torch.equal(run(model), before)

@@ -146,6 +146,21 @@ def test_int8_and_nf4_storage_are_shared_copies_that_compute_their_rounded_weigh
     assert torch.equal(_run(model, pos, neg), before)
 
 
+class HostLinear(torch.nn.Linear):
+    """A host's Linear subclass with only class attributes (as ComfyUI's castable layers are)."""
+
+    comfy_cast_weights = False
+
+
+def test_nf4_quantizes_a_hosts_linear_subclass_too():
+    """Once ComfyUI manages a UNet its Linear layers are ComfyUI's subclass; NF4 must still take them."""
+    net = torch.nn.Sequential(HostLinear(64, 64), torch.nn.GELU(), torch.nn.Linear(64, 32))
+    mo._bitsandbytes_nf4(net, torch.float32)
+    assert [type(m.weight).__name__ for m in net if hasattr(m, "weight")] == ["Params4bit", "Params4bit"]
+    mo._bitsandbytes_nf4(net, torch.float32)  # already quantized layers are left as they are
+    assert net(torch.randn(2, 64)).shape == (2, 32)
+
+
 def test_stored_copy_leaves_out_the_hosts_registration(tiny):
     """A UNet that ComfyUI already manages (its handle in `_ds_patcher`) is copied without the handle."""
     from tiny_models import tiny_sd1_components
