@@ -201,6 +201,16 @@ def load_to_compute_device(modules: Iterable[torch.nn.Module], memory_required: 
     model_management.load_models_gpu(patchers, memory_required=memory_required)
 
 
+def free_memory_bytes(device: Optional[torch.device] = None) -> int:
+    """What ComfyUI counts as free on `device` (its compute device by default), in bytes."""
+    return int(model_management.get_free_memory(device if device is not None else compute_device()))
+
+
+def release_cached_memory() -> None:
+    """Give the device allocator's cached blocks back (after an out-of-memory error)."""
+    model_management.soft_empty_cache()
+
+
 def module_device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 

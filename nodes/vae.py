@@ -1,11 +1,21 @@
-"""DSVAEDecode and DSVAEEncode: between ComfyUI IMAGE and LATENT with a DS_VAE."""
+"""DSVAEDecode and DSVAEEncode: between ComfyUI IMAGE and LATENT with a DS_VAE.
+
+Memory is planned with ComfyUI: room for one image's working memory is made
+before the call, a batch goes through in slices that fit what ComfyUI reports
+free, and an out-of-memory error is retried tiled.
+"""
 from __future__ import annotations
 
+import logging
+
+import torch
 from comfy_api.latest import io
 
 from . import comfy_bridge
 from .engine import vae_codec
 from .types import DSVAE, category
+
+log = logging.getLogger(__name__)
 
 _TILED_TIP = "Process the image in overlapping tiles to save memory on large images (slightly slower)."
 _TILE_SIZE_TIP = "Tile size in pixels when tiled is on."
@@ -16,6 +26,35 @@ def _tile_inputs() -> list:
         io.Boolean.Input("tiled", default=False, tooltip=_TILED_TIP),
         io.Int.Input("tile_size", default=512, min=128, max=4096, step=64, tooltip=_TILE_SIZE_TIP),
     ]
+
+
+def _prepared(vae, batch, bytes_per_image) -> int:
+    """Load the VAE with room for one image, then how many images fit one call (VAE slicing).
+
+    The same planning as ComfyUI's own VAE nodes: ComfyUI makes room for the
+    working memory of one image, and the batch goes through in slices of as
+    many images as the memory it reports free can hold. `bytes_per_image`
+    takes the batch's shape and the VAE's dtype. A malformed batch is left to
+    vae_codec, which names what is wrong with it.
+    """
+    if not isinstance(batch, torch.Tensor) or batch.ndim != 4:
+        comfy_bridge.load_to_compute_device([vae.vae])
+        return vae_codec.DEFAULT_BATCH_PER_CALL
+    per_image = bytes_per_image(*batch.shape, next(vae.vae.parameters()).dtype)
+    comfy_bridge.load_to_compute_device([vae.vae], memory_required=per_image)
+    return vae_codec.images_per_call(len(batch), per_image, comfy_bridge.free_memory_bytes())
+
+
+def _untiled_or_tiled(run, tiled: bool, what: str):
+    """Run untiled; on an out-of-memory error retry tiled, as ComfyUI's VAE nodes do."""
+    if tiled:
+        return run(True)
+    try:
+        return run(False)
+    except torch.OutOfMemoryError:
+        log.warning("Out of memory in the VAE %s; retrying tiled (tile_size as set on the node).", what)
+        comfy_bridge.release_cached_memory()
+        return run(True)
 
 
 class DSVAEDecode(io.ComfyNode):
@@ -36,8 +75,12 @@ class DSVAEDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae, samples, tiled: bool = False, tile_size: int = 512) -> io.NodeOutput:
-        comfy_bridge.load_to_compute_device([vae.vae])
-        images = vae_codec.decode(vae, samples["samples"], tiled=tiled, tile_size=tile_size)
+        latents = samples["samples"]
+        per_call = _prepared(vae, latents, lambda b, c, h, w, dtype: vae_codec.decode_bytes_per_image(h, w, dtype))
+        images = _untiled_or_tiled(
+            lambda tile: vae_codec.decode(vae, latents, tiled=tile, tile_size=tile_size, batch_per_call=per_call),
+            tiled, "decode",
+        )
         return io.NodeOutput(images)
 
 
@@ -62,8 +105,11 @@ class DSVAEEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae, pixels, tiled: bool = False, tile_size: int = 512) -> io.NodeOutput:
-        comfy_bridge.load_to_compute_device([vae.vae])
-        latents = vae_codec.encode(vae, pixels, tiled=tiled, tile_size=tile_size)
+        per_call = _prepared(vae, pixels, lambda b, h, w, c, dtype: vae_codec.encode_bytes_per_image(h, w, dtype))
+        latents = _untiled_or_tiled(
+            lambda tile: vae_codec.encode(vae, pixels, tiled=tile, tile_size=tile_size, batch_per_call=per_call),
+            tiled, "encode",
+        )
         return io.NodeOutput({"samples": latents})
 
 
