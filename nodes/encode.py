@@ -22,7 +22,9 @@ class DSTextEncode(io.ComfyNode):
             ),
             inputs=[
                 DSTextEncoder.Input(
-                    "text_encoder", tooltip="The TEXT_ENCODER output of Load Diffusers Model."
+                    "text_encoder",
+                    tooltip="The TEXT_ENCODER output of Load Diffusers Model; for the SDXL refiner, the "
+                    "refiner's own (its prompts are encoded with OpenCLIP bigG alone).",
                 ),
                 io.String.Input(
                     "text",
@@ -38,7 +40,8 @@ class DSTextEncode(io.ComfyNode):
                     min=1,
                     max=12,
                     tooltip="A1111's 'Clip skip': 1 uses the last text-encoder layer, 2 the one "
-                    "before it (common for anime SD1.5 models). SDXL already uses the penultimate layer at 1.",
+                    "before it (common for anime SD1.5 models). SDXL (and its refiner) already uses "
+                    "the penultimate layer at 1.",
                 ),
             ],
             outputs=[

@@ -17,16 +17,17 @@ class DSLoadModel(io.ComfyNode):
             display_name="Load Diffusers Model",
             category=category("loaders"),
             description=(
-                "Loads an SD1.x or SDXL model as diffusers components: a diffusers folder from "
-                "models/diffusers or a single .safetensors checkpoint from models/checkpoints. "
-                "Works offline; loading the same file again reuses the loaded weights."
+                "Loads an SD1.x, SDXL or SDXL refiner model as diffusers components: a diffusers "
+                "folder from models/diffusers or a single .safetensors checkpoint from "
+                "models/checkpoints. Works offline; loading the same file again reuses the loaded weights."
             ),
             inputs=[
                 io.Combo.Input(
                     "model_name",
                     options=comfy_bridge.model_names(),
                     tooltip="The model: a diffusers folder (models/diffusers) or a single-file "
-                    ".safetensors checkpoint (models/checkpoints). SD1.x and SDXL are supported.",
+                    ".safetensors checkpoint (models/checkpoints). SD1.x, SDXL and the SDXL refiner "
+                    "(sd_xl_refiner_1.0) are supported.",
                 ),
                 weights_dtype.dtype_input("float32 is exact but uses twice the memory."),
             ],
@@ -36,7 +37,8 @@ class DSLoadModel(io.ComfyNode):
                 ),
                 DSTextEncoder.Output(
                     display_name="TEXT_ENCODER",
-                    tooltip="The tokenizer(s) and text encoder(s), for DSTextEncode (two for SDXL).",
+                    tooltip="The tokenizer(s) and text encoder(s), for DSTextEncode (two for SDXL, one for the "
+                    "SDXL refiner: encode the refiner's prompts with this one).",
                 ),
                 DSVAE.Output(
                     display_name="VAE", tooltip="The autoencoder, for DSVAEDecode and DSVAEEncode."

@@ -23,6 +23,7 @@ VAE = "first_stage_model."
 SD1_CLIP = "cond_stage_model.transformer."
 SDXL_CLIP_L = "conditioner.embedders.0.transformer."
 SDXL_CLIP_G = "conditioner.embedders.1.model."
+REFINER_CLIP_G = "conditioner.embedders.0.model."  # the SDXL refiner's only text encoder
 
 
 def _comfy():
@@ -133,6 +134,17 @@ def save_sdxl_single_file(components: dict, path) -> Path:
     tensors.update(vae_to_ldm(components["vae"]))
     tensors.update(clip_to_ldm(components["text_encoder"], SDXL_CLIP_L))
     tensors.update(open_clip_to_ldm(components["text_encoder_2"]))
+    tensors.update(_schedule_buffers())
+    return _save(tensors, path)
+
+
+def save_sdxl_refiner_single_file(components: dict, path) -> Path:
+    """An SDXL refiner checkpoint file (sd_xl_refiner_1.0's layout) from
+    `tiny_sdxl_refiner_components()`: bigG alone, as embedder 0."""
+    tensors = {}
+    tensors.update(unet_to_ldm(components["unet"]))
+    tensors.update(vae_to_ldm(components["vae"]))
+    tensors.update(open_clip_to_ldm(components["text_encoder_2"], REFINER_CLIP_G))
     tensors.update(_schedule_buffers())
     return _save(tensors, path)
 

@@ -1,4 +1,4 @@
-"""Tiny SD1.x and SDXL components built in code, shared by every test layer.
+"""Tiny SD1.x, SDXL and SDXL refiner components built in code, shared by every test layer.
 
 No weights can be downloaded here, so tests build random-weight models with a
 fixed seed, shaped like the real families (same block types, same conditioning
@@ -160,6 +160,67 @@ def tiny_sdxl_components(seed: int = 0, in_channels: int = 4) -> dict:
         "image_encoder": None,
         "feature_extractor": None,
     }
+
+
+def tiny_sdxl_refiner_components(seed: int = 0) -> dict:
+    """Components for StableDiffusionXLImg2ImgPipeline as Stability's refiner: bigG only.
+
+    Shaped like sd_xl_refiner_1.0: four levels whose outer two have no
+    attention, one transformer depth everywhere, text from the OpenCLIP bigG
+    encoder alone (cross-attention = its hidden size) and 5 time ids
+    (original size, crop top-left, aesthetic score), as diffusers' own refiner
+    test components (projection_class_embeddings_input_dim = 5 * 8 + 32).
+    The VAE and the bigG encoder equal those of `tiny_sdxl_components(seed)`,
+    as the real refiner shares SDXL base's latent space and bigG, so a base
+    run hands off to it.
+    """
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32, 32, 32),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(1, 2, 2, 2),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=2,
+        projection_class_embeddings_input_dim=72,  # 5 * 8 time ids + 32 pooled
+        cross_attention_dim=32,  # bigG alone
+        norm_num_groups=1,
+    )
+    vae = tiny_vae(seed)
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(32, 32))
+    return {
+        "unet": unet,
+        "scheduler": tiny_scheduler(),
+        "vae": vae,
+        "text_encoder": None,
+        "tokenizer": None,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer_2": clip_tokenizer(pad_token="!"),
+        "image_encoder": None,
+        "feature_extractor": None,
+    }
+
+
+def sdxl_refiner_pipeline(seed: int = 0, components: dict | None = None):
+    """The refiner as diffusers ships it: Img2Img, aesthetic score, no zeroed empty negative."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    return StableDiffusionXLImg2ImgPipeline(
+        **(components or tiny_sdxl_refiner_components(seed)),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+        add_watermarker=False,
+    )
 
 
 def sd1_pipeline(seed: int = 0):

@@ -17,6 +17,21 @@ SD1 = "sd1"
 SDXL = "sdxl"
 FAMILIES = (SD1, SDXL)
 
+# Variants within a family. The SDXL refiner is family SDXL (same VAE and
+# latent space, same scheduler, previews and float16 rules) with variant
+# REFINER: one text encoder (OpenCLIP bigG), 1280-wide text embeddings and
+# five time ids (original size, crop top-left, aesthetic score).
+BASE = "base"
+REFINER = "refiner"
+VARIANTS = (BASE, REFINER)
+
+
+def model_kind_label(family: str, variant: str = BASE) -> str:
+    """How messages name a model kind: "SD1.x", "SDXL", "the SDXL refiner"."""
+    if family == SDXL and variant == REFINER:
+        return "SDXL refiner"
+    return {SD1: "SD1.x", SDXL: "SDXL"}.get(family, family)
+
 
 @dataclass(frozen=True)
 class ModelBundle:
@@ -32,10 +47,15 @@ class ModelBundle:
     latent_scaling_factor: float = 0.18215
     vae_scale_factor: int = 8
     patches: tuple = ()
+    variant: str = BASE  # REFINER for the SDXL refiner (aesthetic-score time ids)
 
     @property
     def latent_channels(self) -> int:
         return int(self.unet.config.in_channels)
+
+    @property
+    def is_refiner(self) -> bool:
+        return self.variant == REFINER
 
     def with_patch(self, patch: Any) -> "ModelBundle":
         return replace(self, patches=self.patches + (patch,))
@@ -43,13 +63,22 @@ class ModelBundle:
 
 @dataclass(frozen=True)
 class TextEncoderBundle:
-    """DS_TEXT_ENCODER: one (SD1.x) or two (SDXL) tokenizer/encoder pairs."""
+    """DS_TEXT_ENCODER: one (SD1.x, SDXL refiner) or two (SDXL) tokenizer/encoder pairs.
+
+    The SDXL refiner's single pair is the OpenCLIP bigG encoder (SDXL base's
+    second one).
+    """
 
     family: str
     name: str
     tokenizers: tuple
     text_encoders: tuple
     patches: tuple = ()
+    variant: str = BASE
+
+    @property
+    def is_refiner(self) -> bool:
+        return self.variant == REFINER
 
 
 @dataclass(frozen=True)
@@ -59,6 +88,7 @@ class VAEBundle:
     family: str
     name: str
     vae: Any  # diffusers AutoencoderKL
+    variant: str = BASE
 
     @property
     def scaling_factor(self) -> float:
@@ -86,7 +116,10 @@ class Conditioning:
     of the positive and negative prompts to the same length (as A1111 does).
     `pooled` is set for SDXL. `size_conditioning` optionally overrides SDXL's
     micro-conditioning (original size, crop top-left, target size); None means
-    "the size being generated, no crop", as diffusers defaults.
+    "the size being generated, no crop", as diffusers defaults. For the SDXL
+    refiner it may also hold "aesthetic_score", which then wins over the
+    sampler's aesthetic_score / negative_aesthetic_score for this prompt.
+    `variant` is the text encoder's (REFINER: encoded for the SDXL refiner).
     """
 
     family: str
@@ -95,6 +128,7 @@ class Conditioning:
     pooled: Optional[torch.Tensor] = None
     size_conditioning: Optional[dict] = None
     extras: tuple = field(default=())
+    variant: str = BASE
 
     def with_extra(self, extra: Any) -> "Conditioning":
         return replace(self, extras=self.extras + (extra,))

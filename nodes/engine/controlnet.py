@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from . import hooks
-from .components import SD1, SDXL, Conditioning
+from .components import BASE, REFINER, SD1, SDXL, Conditioning
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +89,22 @@ def check_unit(unit: ControlNetUnit) -> None:
         raise ValueError(f"mask must be a MASK ([batch, height, width] or [height, width]), got {shape}")
 
 
+def _refiner_message(control_net: ControlNetBundle, what: str) -> str:
+    kind = FAMILY_LABELS.get(control_net.family, control_net.family)
+    return (
+        f"control_net {control_net.name!r} is an {kind} ControlNet, but {what} the SDXL refiner: "
+        f"{kind} ControlNets do not apply to the SDXL refiner (its UNet has other blocks and takes "
+        "1280-wide text), and no ControlNet is made for it. Apply the ControlNet to the base model's "
+        "prompts (the sampler before the hand-off) and give the refiner's sampler its own prompts "
+        "without it."
+    )
+
+
 def check_compatible(control_net: ControlNetBundle, model) -> None:
     """Refuse a ControlNet of another family or shape before any shape error."""
     cn, unet = control_net.module.config, model.unet.config
+    if getattr(model, "variant", BASE) == REFINER:
+        raise ValueError(_refiner_message(control_net, f"the model {model.name!r} is"))
     if control_net.family != model.family:
         raise ValueError(
             f"control_net {control_net.name!r} is an {FAMILY_LABELS.get(control_net.family, control_net.family)} "
@@ -303,6 +316,8 @@ def apply_controlnet(
         raise ValueError(
             f"control_net must be a DS_CONTROLNET from Load ControlNet, got {type(control_net).__name__}"
         )
+    if getattr(positive, "variant", BASE) == REFINER:
+        raise ValueError(_refiner_message(control_net, "positive was encoded with the text encoder of"))
     unit = ControlNetUnit(
         control_net, image, float(strength), float(start_percent), float(end_percent), mask, bool(guess_mode)
     )

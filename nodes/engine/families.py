@@ -1,4 +1,4 @@
-"""What the pack knows about the model families it loads (SD1.x and SDXL).
+"""What the pack knows about the model families it loads (SD1.x, SDXL, SDXL refiner).
 
 A single-file checkpoint carries weights but no configuration. Most of the
 architecture can be read back from the tensor shapes (see `single_file.py`);
@@ -15,6 +15,10 @@ Facts that shapes cannot tell, and the rule used for each:
   towers: head width 64, heads = hidden // 64 (CLIP-L 12, OpenCLIP bigG 20).
 * GroupNorm groups (32), activation (CLIP-L `quick_gelu`, bigG `gelu`),
   sample sizes: as in the bundled configs.
+* the SDXL refiner (family SDXL, variant REFINER): its own UNet config
+  (`configs/sdxl_refiner/unet.json`: 384-wide, four levels, 1280-wide text,
+  5 time ids); its VAE, scheduler and bigG text encoder are SDXL base's, so
+  those configs are shared. Heads follow the SDXL rule (6, 12, 24, 24).
 
 Test-scale rule. A component narrower than any real SD1/SDXL checkpoint
 (UNet base width < 320, VAE base width < 128, text hidden size < 768) cannot
@@ -38,15 +42,16 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from .components import FAMILIES, SD1, SDXL
+from .components import BASE, FAMILIES, REFINER, SD1, SDXL, VARIANTS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 FAMILY_LABELS = {SD1: "Stable Diffusion 1.x", SDXL: "Stable Diffusion XL (base)"}
+REFINER_LABEL = "Stable Diffusion XL refiner"
 
 SUPPORTED_SUMMARY = (
-    "Supported: Stable Diffusion 1.x and SDXL base checkpoints, as a single "
-    ".safetensors file in the original (LDM/A1111) layout or as a diffusers "
+    "Supported: Stable Diffusion 1.x, SDXL base and SDXL refiner checkpoints, as a "
+    "single .safetensors file in the original (LDM/A1111) layout or as a diffusers "
     "folder (with model_index.json)."
 )
 
@@ -60,6 +65,16 @@ _CONFIG_FILES = {
     SD1: ("unet", "vae", "text_encoder", "scheduler_config"),
     SDXL: ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler_config"),
 }
+# What a variant bundles on its own (folder configs/<family>_<variant>); the
+# rest is the family's.
+_VARIANT_CONFIG_FILES = {(SDXL, REFINER): ("unet",)}
+
+
+def label_of(family: str, variant: str = BASE) -> str:
+    """The long name of a family/variant, for messages."""
+    if family == SDXL and variant == REFINER:
+        return REFINER_LABEL
+    return FAMILY_LABELS.get(family, family)
 
 
 class ModelLoadError(ValueError):
@@ -70,25 +85,30 @@ class ModelLoadError(ValueError):
     """
 
 
-def _check_family(family: str) -> None:
+def _check_family(family: str, variant: str = BASE) -> None:
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    if variant not in VARIANTS or (variant != BASE and (family, variant) not in _VARIANT_CONFIG_FILES):
+        raise ValueError(f"{family} has no variant {variant!r}")
 
 
 @lru_cache(maxsize=None)
-def _read_config(family: str, component: str) -> dict:
-    with open(CONFIG_DIR / family / f"{component}.json", encoding="utf-8") as fh:
+def _read_config(folder: str, component: str) -> dict:
+    with open(CONFIG_DIR / folder / f"{component}.json", encoding="utf-8") as fh:
         data = json.load(fh)
     return {k: v for k, v in data.items() if k != "_comment"}
 
 
-def bundled_config(family: str, component: str) -> dict:
+def bundled_config(family: str, component: str, variant: str = BASE) -> dict:
     """A fresh copy of the family's full-size config for one component.
 
     component: "unet", "vae", "text_encoder", "text_encoder_2" (SDXL) or
-    "scheduler_config".
+    "scheduler_config". variant REFINER (SDXL) gives the refiner's own UNet
+    config and SDXL base's for the rest.
     """
-    _check_family(family)
+    _check_family(family, variant)
+    if component in _VARIANT_CONFIG_FILES.get((family, variant), ()):
+        return copy.deepcopy(_read_config(f"{family}_{variant}", component))
     if component not in _CONFIG_FILES[family]:
         raise ValueError(f"{family} has no bundled {component!r} config")
     return copy.deepcopy(_read_config(family, component))

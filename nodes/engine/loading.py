@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 
 from . import families, single_file
-from .components import SD1, SDXL, ModelBundle, TextEncoderBundle, VAEBundle
+from .components import BASE, REFINER, SD1, SDXL, ModelBundle, TextEncoderBundle, VAEBundle
 from .families import ModelLoadError
 from .single_file import label
 
@@ -46,10 +46,12 @@ _SDXL_PIPELINES = {
     "StableDiffusionXLImg2ImgPipeline",
     "StableDiffusionXLInpaintPipeline",
 }
-# Component folder -> what it must hold, per family.
+# Component folder -> what it must hold, per (family, variant).
 _FOLDER_COMPONENTS = {
-    SD1: ("unet", "vae", "text_encoder", "tokenizer"),
-    SDXL: ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"),
+    (SD1, BASE): ("unet", "vae", "text_encoder", "tokenizer"),
+    (SDXL, BASE): ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"),
+    # The refiner (StableDiffusionXLImg2ImgPipeline with text_encoder=None).
+    (SDXL, REFINER): ("unet", "vae", "text_encoder_2", "tokenizer_2"),
 }
 
 Loaded = tuple  # (ModelBundle, TextEncoderBundle, VAEBundle)
@@ -214,7 +216,7 @@ def load_checkpoint(
     device: torch.device | str = "cpu",
     use_cache: bool = True,
 ) -> tuple[ModelBundle, TextEncoderBundle, VAEBundle]:
-    """Load an SD1.x / SDXL checkpoint as (DS_MODEL, DS_TEXT_ENCODER, DS_VAE).
+    """Load an SD1.x / SDXL / SDXL refiner checkpoint as (DS_MODEL, DS_TEXT_ENCODER, DS_VAE).
 
     path: a diffusers pipeline folder (with model_index.json) or a single
     .safetensors checkpoint in the original LDM/A1111 layout.
@@ -257,15 +259,16 @@ def load_checkpoint(
     else:
         loaded = _load_single_file(path, torch_dtype, device, os.fspath(tokenizer_dir))
     logger.info(
-        "Loaded %s checkpoint %s (%s, %s) in %.1f s",
-        loaded[0].family, label(path), torch_dtype, device, time.perf_counter() - started,
+        "Loaded %s%s checkpoint %s (%s, %s) in %.1f s",
+        loaded[0].family, " refiner" if loaded[0].is_refiner else "", label(path), torch_dtype, device,
+        time.perf_counter() - started,
     )
     if use_cache:
         checkpoint_cache.put(key, loaded)
     return loaded
 
 
-def _bundles(family, name, unet, vae, text_encoders, tokenizers, scheduler_config, dtype) -> Loaded:
+def _bundles(family, name, unet, vae, text_encoders, tokenizers, scheduler_config, dtype, variant=BASE) -> Loaded:
     if family == SDXL and dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
         # The SDXL VAE overflows in float16 (black or NaN images); diffusers'
         # SDXL pipelines upcast it around every decode. Keeping it float32 once is the same
@@ -279,9 +282,12 @@ def _bundles(family, name, unet, vae, text_encoders, tokenizers, scheduler_confi
         dtype=dtype,
         latent_scaling_factor=float(vae.config.scaling_factor),
         vae_scale_factor=2 ** (len(vae.config.block_out_channels) - 1),
+        variant=variant,
     )
-    text = TextEncoderBundle(family=family, name=name, tokenizers=tuple(tokenizers), text_encoders=tuple(text_encoders))
-    return model, text, VAEBundle(family=family, name=name, vae=vae)
+    text = TextEncoderBundle(
+        family=family, name=name, tokenizers=tuple(tokenizers), text_encoders=tuple(text_encoders), variant=variant
+    )
+    return model, text, VAEBundle(family=family, name=name, vae=vae, variant=variant)
 
 
 # --------------------------------------------------------------- single file
@@ -295,8 +301,11 @@ def _load_single_file(path: str, dtype: torch.dtype, device: torch.device, token
             f"Checkpoint {label(path)!r} needs the CLIP tokenizer files, but {tokenizer_dir!r} has no "
             "vocab.json. Pass ComfyUI's comfy/sd1_tokenizer folder as tokenizer_dir."
         )
-    tokenizers = [clip_tokenizer(tokenizer_dir)]
+    tokenizers = []
+    if models.variant != REFINER:
+        tokenizers.append(clip_tokenizer(tokenizer_dir))
     if models.family == SDXL:
+        # bigG's tokenizer (SDXL's tokenizer_2, the refiner's only one) pads with "!".
         tokenizers.append(clip_tokenizer(tokenizer_dir, pad_token="!"))
     return _bundles(
         models.family,
@@ -307,6 +316,7 @@ def _load_single_file(path: str, dtype: torch.dtype, device: torch.device, token
         tokenizers,
         families.scheduler_config(models.family),
         dtype,
+        variant=models.variant,
     )
 
 
@@ -345,35 +355,44 @@ def _read_model_index(path: str) -> dict:
     return index
 
 
-def _folder_family(path: str, index: dict) -> str:
+def _folder_family(path: str, index: dict) -> tuple[str, str]:
+    """(family, variant) of a diffusers folder from its model_index.json."""
     name = label(path)
     cls = index.get("_class_name")
     has = lambda comp: isinstance(index.get(comp), list) and index[comp][0] is not None  # noqa: E731
     if cls in _SDXL_PIPELINES or (cls not in _SD1_PIPELINES and has("text_encoder_2")):
         if not has("text_encoder"):
-            raise ModelLoadError(
-                f"Folder {name!r} is an SDXL refiner-style pipeline (no first text encoder); only SDXL "
-                "base models are supported. " + families.SUPPORTED_SUMMARY
-            )
-        return SDXL
+            if not has("text_encoder_2"):
+                raise ModelLoadError(
+                    f"Folder {name!r} is an SDXL pipeline without text encoders (model_index.json lists "
+                    f"text_encoder {index.get('text_encoder')!r} and text_encoder_2 "
+                    f"{index.get('text_encoder_2')!r}). An SDXL base folder needs both, an SDXL refiner "
+                    "folder text_encoder_2 (OpenCLIP bigG): re-download or re-save the folder. "
+                    + families.SUPPORTED_SUMMARY
+                )
+            # Stability's refiner: StableDiffusionXLImg2ImgPipeline with
+            # text_encoder=None and requires_aesthetics_score=True.
+            return SDXL, REFINER
+        return SDXL, BASE
     if cls in _SD1_PIPELINES:
-        return SD1
+        return SD1, BASE
     raise ModelLoadError(
         f"Folder {name!r} is a diffusers folder for {cls or 'an unknown pipeline'}, which Diffusers Studio "
         "cannot load. " + families.SUPPORTED_SUMMARY
     )
 
 
-def _check_components(path: str, index: dict, family: str) -> None:
+def _check_components(path: str, index: dict, family: str, variant: str = BASE) -> None:
     name = label(path)
-    for component in _FOLDER_COMPONENTS[family]:
+    needed = _FOLDER_COMPONENTS[(family, variant)]
+    for component in needed:
         folder = os.path.join(path, component)
         entry = index.get(component)
         if not (isinstance(entry, list) and entry and entry[0] is not None) or not os.path.isdir(folder):
             raise ModelLoadError(
                 f"Folder {name!r} has no {component!r} component (model_index.json entry: {entry!r}, "
-                f"folder present: {os.path.isdir(folder)}). A {families.FAMILY_LABELS[family]} pipeline "
-                f"needs {', '.join(_FOLDER_COMPONENTS[family])}: re-download or re-save the folder."
+                f"folder present: {os.path.isdir(folder)}). A {families.label_of(family, variant)} pipeline "
+                f"needs {', '.join(needed)}: re-download or re-save the folder."
             )
 
 
@@ -410,14 +429,18 @@ def _load_diffusers_folder(path: str, dtype: torch.dtype, device: torch.device) 
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     index = _read_model_index(path)
-    family = _folder_family(path, index)
-    _check_components(path, index, family)
-    logger.info("Loading %s diffusers folder %s", family, label(path))
+    family, variant = _folder_family(path, index)
+    _check_components(path, index, family, variant)
+    logger.info("Loading %s%s diffusers folder %s", family, " refiner" if variant == REFINER else "", label(path))
 
     unet = _from_pretrained(path, "unet", UNet2DConditionModel.from_pretrained, torch_dtype=dtype)
     vae = _from_pretrained(path, "vae", AutoencoderKL.from_pretrained, torch_dtype=dtype)
-    text_encoders = [_from_pretrained(path, "text_encoder", CLIPTextModel.from_pretrained, **_dtype_kwarg(dtype))]
-    tokenizers = [_from_pretrained(path, "tokenizer", CLIPTokenizer.from_pretrained)]
+    text_encoders, tokenizers = [], []
+    if variant != REFINER:
+        text_encoders.append(
+            _from_pretrained(path, "text_encoder", CLIPTextModel.from_pretrained, **_dtype_kwarg(dtype))
+        )
+        tokenizers.append(_from_pretrained(path, "tokenizer", CLIPTokenizer.from_pretrained))
     if family == SDXL:
         text_encoders.append(
             _from_pretrained(path, "text_encoder_2", CLIPTextModelWithProjection.from_pretrained, **_dtype_kwarg(dtype))
@@ -428,6 +451,34 @@ def _load_diffusers_folder(path: str, dtype: torch.dtype, device: torch.device) 
         module.to(device)
         module.eval()
         module.requires_grad_(False)
+    if variant == REFINER:
+        _check_refiner_unet(path, unet, text_encoders[-1])
     return _bundles(
-        family, label(path), unet, vae, text_encoders, tokenizers, _folder_scheduler_config(path, family), dtype
+        family, label(path), unet, vae, text_encoders, tokenizers, _folder_scheduler_config(path, family), dtype,
+        variant=variant,
     )
+
+
+def _check_refiner_unet(path: str, unet, text_encoder) -> None:
+    """A refiner folder's UNet must take bigG's embeddings and 5 time ids."""
+    config = unet.config
+    hidden = int(text_encoder.config.hidden_size)
+    pooled = int(text_encoder.config.projection_dim)
+    time_dim = getattr(config, "addition_time_embed_dim", None)
+    linear = getattr(getattr(unet, "add_embedding", None), "linear_1", None)
+    problems = []
+    if config.cross_attention_dim != hidden:
+        problems.append(f"cross_attention_dim {config.cross_attention_dim}, text_encoder_2 gives {hidden}")
+    if getattr(config, "addition_embed_type", None) != "text_time" or time_dim is None or linear is None:
+        problems.append("no added size/aesthetic embedding (addition_embed_type is not 'text_time')")
+    elif int(linear.in_features) != 5 * int(time_dim) + pooled:
+        problems.append(
+            f"its added embedding takes {int(linear.in_features)} values, not 5 time ids x {int(time_dim)} "
+            f"+ {pooled} pooled"
+        )
+    if problems:
+        raise ModelLoadError(
+            f"Folder {label(path)!r} has no first text encoder, as the SDXL refiner, but its UNet does not fit "
+            f"the refiner's conditioning ({'; '.join(problems)}). Select an SDXL refiner folder "
+            "(stable-diffusion-xl-refiner-1.0 layout) or an SDXL base folder with both text encoders."
+        )

@@ -29,14 +29,14 @@ from typing import Iterator, Optional
 import torch
 
 from . import lora_formats as fmt
-from .components import ModelBundle, TextEncoderBundle
+from .components import BASE, REFINER, ModelBundle, TextEncoderBundle, model_kind_label
 from .hooks import SamplingHook
 
 logger = logging.getLogger(__name__)
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-_CROSS_ATTENTION_FAMILIES = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
+_CROSS_ATTENTION_FAMILIES = {768: "SD1.x", 1024: "SD2.x", 1280: "the SDXL refiner", 2048: "SDXL"}
 _SHOWN = 5  # how many ignored key names a log line shows
 
 
@@ -195,15 +195,24 @@ def lora_family_hint(parsed: fmt.ParsedLora) -> Optional[str]:
     return None
 
 
-def _model_hint(family: str, unet) -> str:
+def _model_hint(family: str, unet, variant: str = BASE) -> str:
     width = getattr(getattr(unet, "config", None), "cross_attention_dim", None)
-    label = {"sd1": "SD1.x", "sdxl": "SDXL"}.get(family, family)
+    label = model_kind_label(family, variant)
     return f"{label}, {width}-wide cross-attention" if width else label
 
 
-def _mismatch_error(lora: LoadedLora, model_name: str, family: str, unet, exc: Exception) -> ValueError:
+def _mismatch_error(
+    lora: LoadedLora, model_name: str, family: str, unet, exc: Exception, variant: str = BASE
+) -> ValueError:
     hint = lora_family_hint(lora.parsed)
     made_for = f"looks made for {hint}" if hint else "was made for another model"
+    if variant == REFINER:
+        return ValueError(
+            f"lora_name: {lora.name!r} does not fit the model {model_name!r} ({_model_hint(family, unet, variant)}): "
+            f"the LoRA {made_for} ({exc}). LoRAs for SDXL base do not apply to the SDXL refiner, whose UNet "
+            "and text encoder differ: apply the LoRA to the base model (the sampler before the hand-off), "
+            "or pick a LoRA trained on the refiner."
+        )
     return ValueError(
         f"lora_name: {lora.name!r} does not fit the model {model_name!r} ({_model_hint(family, unet)}): "
         f"the LoRA {made_for} ({exc}). Pick a LoRA trained for this model's family, or load a "
@@ -330,7 +339,9 @@ def apply_lora(
         unet_targets, unet_unmatched = match_layers(lora, fmt.UNET, model.unet)
         te_targets, te_unmatched = [], []
         encoders = tuple(text_encoder.text_encoders) if text_encoder is not None else ()
-        components = (fmt.TEXT_ENCODER, fmt.TEXT_ENCODER_2)
+        refiner_te = text_encoder is not None and getattr(text_encoder, "variant", BASE) == REFINER
+        # The refiner's only encoder is OpenCLIP bigG, SDXL's text_encoder_2.
+        components = (fmt.TEXT_ENCODER_2,) if refiner_te else (fmt.TEXT_ENCODER, fmt.TEXT_ENCODER_2)
         for index, component in enumerate(components):
             if index < len(encoders):
                 matched, unmatched = match_layers(lora, component, encoders[index])
@@ -340,8 +351,14 @@ def apply_lora(
                     raise LoraMismatch(f"it has layers for a text encoder #{index + 1}, the model has {len(encoders)}")
             te_targets.append(matched)
             te_unmatched += unmatched
+        if refiner_te and lora.parsed.layers.get(fmt.TEXT_ENCODER):
+            raise LoraMismatch(
+                "it has layers for SDXL's first text encoder (CLIP-L), which the SDXL refiner does not have"
+            )
     except LoraMismatch as exc:
-        raise _mismatch_error(lora, model.name, model.family, model.unet, exc) from exc
+        raise _mismatch_error(
+            lora, model.name, model.family, model.unet, exc, getattr(model, "variant", BASE)
+        ) from exc
 
     te_total = sum(len(t) for t in te_targets)
     unmatched = unet_unmatched + te_unmatched
@@ -349,7 +366,8 @@ def apply_lora(
     if not unet_targets and not te_total:
         raise ValueError(
             f"lora_name: none of the {lora.parsed.count()} layers / {lora.parsed.count() + len(lora.parsed.ignored)} "
-            f"keys of {lora.name!r} matches a layer of {model.name!r} ({_model_hint(model.family, model.unet)}). "
+            f"keys of {lora.name!r} matches a layer of {model.name!r} "
+            f"({_model_hint(model.family, model.unet, getattr(model, 'variant', BASE))}). "
             "It is not a LoRA for this model, or its format is not supported (diffusers/peft, kohya/A1111 and "
             "LyCORIS LoCon are; LoHa, LoKr and DoRA are not)."
         )

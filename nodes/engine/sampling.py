@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import hooks as hooks_mod
-from .components import SDXL, Conditioning, ModelBundle
+from .components import BASE, REFINER, SDXL, Conditioning, ModelBundle, model_kind_label
 from .noise import generators_for, initial_noise, seed_plan
 from .schedulers import make_scheduler
 
@@ -38,7 +38,8 @@ OnStep = Callable[[int, int, torch.Tensor], None]
 
 
 def _model_label(model: ModelBundle) -> str:
-    return f"DS model {model.name!r} ({model.family})"
+    kind = "sdxl refiner" if getattr(model, "variant", BASE) == REFINER else model.family
+    return f"DS model {model.name!r} ({kind})"
 
 
 def _check_latent(model: ModelBundle, latent: dict) -> torch.Tensor:
@@ -77,6 +78,14 @@ def _check_conditioning(model: ModelBundle, cond: Conditioning, which: str) -> N
         raise ValueError(
             f"{which} conditioning was encoded for {cond.family}, but {_model_label(model)} "
             f"is {model.family}: encode the prompt with the text encoder of the same checkpoint"
+        )
+    cond_variant, model_variant = getattr(cond, "variant", BASE), getattr(model, "variant", BASE)
+    if cond_variant != model_variant:
+        raise ValueError(
+            f"{which} conditioning was encoded with the {model_kind_label(cond.family, cond_variant)} text "
+            f"encoder, but {_model_label(model)} is the {model_kind_label(model.family, model_variant)}: "
+            "the base and the refiner encode prompts differently; encode the prompt again with the "
+            "TEXT_ENCODER output of the same Load Diffusers Model as this sampler's model"
         )
     expected = getattr(model.unet.config, "cross_attention_dim", None)
     if isinstance(expected, int) and int(cond.embeds.shape[-1]) != expected:
@@ -119,6 +128,13 @@ def _check_numbers(steps: int, denoise: float, start_step: int, end_step: Option
         )
 
 
+def _check_aesthetic(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+        raise ValueError(
+            f"{name} must be a number (the SDXL refiner's aesthetic score, usually 0 to 10), got {value!r}"
+        )
+
+
 # --------------------------------------------------------------------------
 # preparation
 # --------------------------------------------------------------------------
@@ -157,28 +173,50 @@ def _per_sample(t: torch.Tensor, batch: int, what: str) -> torch.Tensor:
     raise ValueError(f"{what} has batch {t.shape[0]} but the latent batch is {batch}")
 
 
-def _time_ids(cond: Conditioning, pixel_size: tuple[int, int]) -> list[int]:
-    """SDXL micro-conditioning: original size + crop top-left + target size."""
+DEFAULT_AESTHETIC_SCORE = 6.0
+DEFAULT_NEGATIVE_AESTHETIC_SCORE = 2.5
+
+
+def _time_ids(
+    cond: Conditioning, pixel_size: tuple[int, int], aesthetic_score: Optional[float] = None
+) -> list[float]:
+    """SDXL micro-conditioning: original size + crop top-left + target size.
+
+    With `aesthetic_score` (the SDXL refiner, diffusers' requires_aesthetics_score):
+    original size + crop top-left + aesthetic score; a score in the
+    conditioning's size_conditioning wins over the sampler's.
+    """
     sc = cond.size_conditioning or {}
     original = tuple(int(v) for v in sc.get("original_size", pixel_size))
     crop = tuple(int(v) for v in sc.get("crop", (0, 0)))
+    if aesthetic_score is not None:
+        return list(original + crop) + [float(sc.get("aesthetic_score", aesthetic_score))]
     target = tuple(int(v) for v in sc.get("target_size", pixel_size))
     return list(original + crop + target)
 
 
-def _check_sdxl_embedding(model: ModelBundle, pooled_dim: int) -> None:
+def _time_id_count(model: ModelBundle, pooled_dim: int) -> int:
+    """How many time ids the UNet's added embedding takes: 6 (SDXL base) or 5 (refiner).
+
+    Read from the UNet itself (diffusers' _get_add_time_ids check), so a
+    model is conditioned the way its weights expect whatever it was loaded
+    as; the variant decides only when the UNet does not tell.
+    """
     unet = model.unet
+    default = 5 if getattr(model, "variant", BASE) == REFINER else 6
     time_dim = getattr(unet.config, "addition_time_embed_dim", None)
     linear = getattr(getattr(unet, "add_embedding", None), "linear_1", None)
     if time_dim is None or linear is None:
-        return
-    passed = int(time_dim) * 6 + pooled_dim
-    if passed != int(linear.in_features):
-        raise ValueError(
-            f"{_model_label(model)} expects {int(linear.in_features)} values of pooled + size "
-            f"conditioning but the conditioning gives {passed}: encode the prompt with this "
-            "checkpoint's text encoders"
-        )
+        return default
+    expected = int(linear.in_features)
+    for count in (default, 5 if default == 6 else 6):
+        if int(time_dim) * count + pooled_dim == expected:
+            return count
+    raise ValueError(
+        f"{_model_label(model)} expects {expected} values of pooled + size conditioning but the "
+        f"conditioning gives {int(time_dim) * default + pooled_dim} ({pooled_dim} pooled + {default} time ids "
+        f"x {int(time_dim)}): encode the prompt with this checkpoint's text encoders"
+    )
 
 
 def _guidance_embedding(w: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
@@ -212,12 +250,15 @@ def _unet_inputs(
     batch: int,
     pixel_size: tuple[int, int],
     device: torch.device,
+    aesthetic_scores: tuple[float, float] = (DEFAULT_AESTHETIC_SCORE, DEFAULT_NEGATIVE_AESTHETIC_SCORE),
 ) -> _UNetInputs:
     """Text embeddings (and SDXL's added conditioning) batched as diffusers does.
 
     The CFG batch is [negative x B, positive x B], diffusers' order. cfg == 1
     (or a guidance-distilled UNet) runs the positive alone: the negative's
     term would cancel out exactly, so the second half of the batch is waste.
+    aesthetic_scores: (positive, negative) scores for a UNet that takes them
+    (the SDXL refiner); other models ignore them.
     """
     dtype = model.dtype
     time_cond_dim = getattr(model.unet.config, "time_cond_proj_dim", None)
@@ -234,11 +275,15 @@ def _unet_inputs(
 
     added = None
     if model.family == SDXL or getattr(model.unet.config, "addition_embed_type", None) == "text_time":
-        _check_sdxl_embedding(model, int(positive.pooled.shape[-1]))
-        conds = [negative, positive] if do_cfg else [positive]
-        text_embeds = torch.cat([_per_sample(c.pooled, batch, "pooled") for c in conds])
+        aesthetic = _time_id_count(model, int(positive.pooled.shape[-1])) == 5
+        positive_score, negative_score = aesthetic_scores
+        conds = [(negative, negative_score), (positive, positive_score)] if do_cfg else [(positive, positive_score)]
+        text_embeds = torch.cat([_per_sample(c.pooled, batch, "pooled") for c, _ in conds])
         time_ids = torch.cat(
-            [torch.tensor([_time_ids(c, pixel_size)], dtype=dtype).repeat(batch, 1) for c in conds]
+            [
+                torch.tensor([_time_ids(c, pixel_size, score if aesthetic else None)], dtype=dtype).repeat(batch, 1)
+                for c, score in conds
+            ]
         )
         added = {
             "text_embeds": text_embeds.to(device=device, dtype=dtype),
@@ -360,6 +405,8 @@ def sample(
     variation_seed: int = 0,
     variation_strength: float = 0.0,
     batch_seed_mode: str = "increment",
+    aesthetic_score: float = DEFAULT_AESTHETIC_SCORE,
+    negative_aesthetic_score: float = DEFAULT_NEGATIVE_AESTHETIC_SCORE,
     device=None,
     on_step: Optional[OnStep] = None,
     should_stop: Optional[Callable[[], None]] = None,
@@ -390,12 +437,17 @@ def sample(
     - A "noise_mask" in the latent (1 = repaint) keeps the unmasked area at
       the input, re-noised to each step's level (diffusers' inpaint pipeline
       for 4-channel UNets).
+    - aesthetic_score / negative_aesthetic_score: the SDXL refiner's
+      aesthetic conditioning of the positive / negative rows (diffusers'
+      defaults 6.0 and 2.5); models without it ignore them.
     """
     samples = _check_latent(model, latent)
     _check_conditioning(model, positive, "positive")
     if negative is not None:
         _check_conditioning(model, negative, "negative")
     _check_numbers(steps, denoise, start_step, end_step)
+    _check_aesthetic(aesthetic_score, "aesthetic_score")
+    _check_aesthetic(negative_aesthetic_score, "negative_aesthetic_score")
     steps = int(steps)
     scheduler = make_scheduler(model.scheduler_config, sampler_name, schedule)
     batch = int(samples.shape[0])
@@ -416,6 +468,14 @@ def sample(
     if plan is None:
         return dict(latent)
     timesteps, full, order, total = plan.timesteps, plan.full, plan.order, plan.total
+    if plan.is_txt2img and getattr(model, "variant", BASE) == REFINER:
+        # Allowed, as in diffusers, but rarely what was meant.
+        logger.warning(
+            "%s starts from pure noise: the SDXL refiner is trained for the last, low-noise steps and "
+            "gives poor pictures from scratch. Usual: the base model to end_step, then the refiner from "
+            "the same start_step; or the refiner on a finished picture with denoise 0.2-0.3.",
+            _model_label(model),
+        )
     logger.debug(
         "sampling %s of %s steps with %s/%s, cfg %s, %s", total, steps, sampler_name, schedule, cfg,
         "txt2img" if plan.is_txt2img else "img2img/continue",
@@ -449,7 +509,10 @@ def sample(
         scheduler.noise_sampler_seed = list(seeds)
 
     pixel_size = (h * model.vae_scale_factor, w * model.vae_scale_factor)
-    inputs = _unet_inputs(model, positive, negative, cfg, batch, pixel_size, device)
+    inputs = _unet_inputs(
+        model, positive, negative, cfg, batch, pixel_size, device,
+        aesthetic_scores=(float(aesthetic_score), float(negative_aesthetic_score)),
+    )
     extra = _step_kwargs(scheduler, generators)
     warmup = len(timesteps) - total * order
     reported = 0

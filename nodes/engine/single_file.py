@@ -5,8 +5,8 @@ Such a file holds the UNet (`model.diffusion_model.*`), the VAE
 configuration. The loader therefore:
 
 1. reads only the safetensors header (names and shapes, no tensor data) to
-   tell what the file is and refuse anything that is not an SD1.x / SDXL base
-   checkpoint with a message saying what it looks like;
+   tell what the file is and refuse anything that is not an SD1.x, SDXL base
+   or SDXL refiner checkpoint with a message saying what it looks like;
 2. infers every dimension it can from the tensor shapes (channels, levels,
    layers, transformer depths, context and embedding sizes, text-tower sizes)
    on top of the bundled full-size family config, and takes the facts shapes
@@ -31,7 +31,7 @@ from typing import Callable, Iterable
 import torch
 
 from . import families
-from .components import SD1, SDXL
+from .components import BASE, REFINER, SD1, SDXL
 from .families import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ VAE_PREFIX = "first_stage_model."
 SD1_CLIP_PREFIX = "cond_stage_model.transformer."
 SDXL_CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
 SDXL_CLIP_G_PREFIX = "conditioner.embedders.1.model."
+# The SDXL refiner's only text encoder (OpenCLIP bigG) is its embedder 0.
+REFINER_CLIP_G_PREFIX = "conditioner.embedders.0.model."
 
 # Keys the converted text encoders may carry that the modules do not hold.
 _IGNORED_TEXT_KEYS = ("text_model.embeddings.position_ids", "logit_scale")
@@ -79,6 +81,7 @@ class SingleFileModels:
     unet: torch.nn.Module
     vae: torch.nn.Module
     text_encoders: tuple
+    variant: str = BASE
 
 
 # ------------------------------------------------------------------- header
@@ -142,8 +145,6 @@ def _looks_like(header: Header) -> str | None:
         return "a transformer (DiT) diffusion model of another family"
     if starts("cond_stage_model.model."):
         return "a Stable Diffusion 2.x checkpoint (OpenCLIP-H text encoder)"
-    if starts("conditioner.embedders.0.model.") and not starts("conditioner.embedders.1."):
-        return "an SDXL refiner checkpoint (OpenCLIP bigG text encoder only)"
     if starts(UNET_PREFIX):
         return None
     if has("lora_") or has(".lora_down.") or has(".lora_up.") or has(".lora_A.") or has(".lora_B.") or has("hada_"):
@@ -164,8 +165,14 @@ def _looks_like(header: Header) -> str | None:
     return f"not a Stable Diffusion checkpoint (keys such as {_sample_keys(keys)})"
 
 
-def detect_family(header: Header) -> str:
-    """SD1 or SDXL, from the key layout; ModelLoadError for anything else."""
+def _is_refiner_layout(header: Header) -> bool:
+    """The SDXL refiner's layout: OpenCLIP bigG as embedder 0, no second embedder."""
+    return header.has_prefix(REFINER_CLIP_G_PREFIX) and not header.has_prefix("conditioner.embedders.1.")
+
+
+def detect_model(header: Header) -> tuple[str, str]:
+    """(family, variant) from the key layout: (SD1, BASE), (SDXL, BASE) or
+    (SDXL, REFINER); ModelLoadError for anything else."""
     name = label(header.path)
     if not header.shapes:
         raise ModelLoadError(f"Checkpoint {name!r} holds no tensors. " + families.SUPPORTED_SUMMARY)
@@ -175,7 +182,23 @@ def detect_family(header: Header) -> str:
             f"Checkpoint {name!r} looks like {what}. It cannot be loaded as a model. "
             + families.SUPPORTED_SUMMARY
         )
-    if header.has_prefix("conditioner.embedders.1.") or (UNET_PREFIX + "label_emb.0.0.weight") in header.shapes:
+    variant = BASE
+    if _is_refiner_layout(header):
+        family, variant = SDXL, REFINER
+        required = {
+            "UNet (model.diffusion_model.*)": UNET_PREFIX,
+            "VAE (first_stage_model.*)": VAE_PREFIX,
+            "OpenCLIP bigG text encoder (conditioner.embedders.0.model.*)": REFINER_CLIP_G_PREFIX,
+        }
+        if (UNET_PREFIX + "input_blocks.0.0.weight") in header.shapes and (
+            UNET_PREFIX + "label_emb.0.0.weight"
+        ) not in header.shapes:
+            raise ModelLoadError(
+                f"Checkpoint {name!r} has the SDXL refiner's text encoder (OpenCLIP bigG alone) but its UNet "
+                "takes no added size/aesthetic embedding (no label_emb), so it is neither an SDXL refiner nor "
+                "an SDXL base checkpoint. " + families.SUPPORTED_SUMMARY
+            )
+    elif header.has_prefix("conditioner.embedders.1.") or (UNET_PREFIX + "label_emb.0.0.weight") in header.shapes:
         family = SDXL
         required = {
             "UNet (model.diffusion_model.*)": UNET_PREFIX,
@@ -193,11 +216,16 @@ def detect_family(header: Header) -> str:
     missing = [what for what, prefix in required.items() if not header.has_prefix(prefix)]
     if missing:
         raise ModelLoadError(
-            f"Checkpoint {name!r} looks like a {families.FAMILY_LABELS[family]} file but has no "
+            f"Checkpoint {name!r} looks like a {families.label_of(family, variant)} file but has no "
             f"{' and no '.join(missing)} weights. Diffusers Studio needs a full checkpoint "
             "(UNet, VAE and text encoders in one file): select a full checkpoint or a diffusers folder."
         )
-    return family
+    return family, variant
+
+
+def detect_family(header: Header) -> str:
+    """SD1 or SDXL (the refiner included), from the key layout; see `detect_model`."""
+    return detect_model(header)[0]
 
 
 # ---------------------------------------------------------------- inference
@@ -220,11 +248,14 @@ def _shape(shapes: dict, key: str, what: str, name: str) -> tuple:
         ) from None
 
 
-def infer_unet_config(shapes: dict, family: str, name: str, pooled_dim: int | None = None) -> dict:
+def infer_unet_config(
+    shapes: dict, family: str, name: str, pooled_dim: int | None = None, variant: str = BASE
+) -> dict:
     """A diffusers UNet2DConditionModel config from LDM UNet shapes (prefix removed).
 
-    pooled_dim: the SDXL second text encoder's projection size, needed to split
+    pooled_dim: the SDXL (last) text encoder's projection size, needed to split
     the addition embedding's input into time ids and pooled text.
+    variant: REFINER for the SDXL refiner (5 time ids instead of 6).
     """
     conv_in = _shape(shapes, "input_blocks.0.0.weight", "UNet", name)
     in_channels, model_channels = int(conv_in[1]), int(conv_in[0])
@@ -269,12 +300,18 @@ def infer_unet_config(shapes: dict, family: str, name: str, pooled_dim: int | No
     layers = [d if d else 1 for d in depths]
     if not depths[-1]:
         layers[-1] = mid_depth
+    transformer_layers = layers if any(n != 1 for n in layers) else 1
+    attention_depths = {d for d in depths if d} | {mid_depth}
+    if variant == REFINER and len(attention_depths) == 1:
+        # The refiner's published config says one depth for every level (4);
+        # the levels without attention ignore it, so the modules are the same.
+        transformer_layers = attention_depths.pop()
 
     attn_keys = [k for k in shapes if k.endswith("transformer_blocks.0.attn2.to_k.weight")]
     proj_in = [k for k in shapes if k.endswith(".proj_in.weight")]
     cross_attention_dim = int(shapes[attn_keys[0]][1])
 
-    config = families.bundled_config(family, "unet")
+    config = families.bundled_config(family, "unet", variant)
     config.update(
         in_channels=in_channels,
         out_channels=out_channels,
@@ -284,7 +321,7 @@ def infer_unet_config(shapes: dict, family: str, name: str, pooled_dim: int | No
         up_block_types=["CrossAttnUpBlock2D" if d else "UpBlock2D" for d in reversed(depths)],
         cross_attention_dim=cross_attention_dim,
         use_linear_projection=len(shapes[proj_in[0]]) == 2,
-        transformer_layers_per_block=layers if any(n != 1 for n in layers) else 1,
+        transformer_layers_per_block=transformer_layers,
     )
     time_embed = _shape(shapes, "time_embed.0.weight", "UNet", name)
     if int(time_embed[0]) != 4 * model_channels:
@@ -298,14 +335,19 @@ def infer_unet_config(shapes: dict, family: str, name: str, pooled_dim: int | No
             )
         adm = int(shapes["label_emb.0.0.weight"][1])
         time_ids = adm - pooled_dim
-        if time_ids <= 0 or time_ids % 6:
+        # SDXL base: original size, crop top-left, target size (6 ids);
+        # the refiner: original size, crop top-left, aesthetic score (5).
+        count = 5 if variant == REFINER else 6
+        if time_ids <= 0 or time_ids % count:
             raise ModelLoadError(
-                f"Checkpoint {name!r}: its UNet's added-embedding input ({adm}) does not match 6 time "
-                f"ids plus the {pooled_dim}-wide pooled text embedding of its second text encoder."
+                f"Checkpoint {name!r}: its UNet's added-embedding input ({adm}) does not match {count} time "
+                f"ids plus the {pooled_dim}-wide pooled text embedding of its OpenCLIP bigG text encoder, "
+                f"as a {families.label_of(family, variant)} UNet takes. The file mixes parts of different "
+                "models or is a variant Diffusers Studio does not support."
             )
         config.update(
             addition_embed_type="text_time",
-            addition_time_embed_dim=time_ids // 6,
+            addition_time_embed_dim=time_ids // count,
             projection_class_embeddings_input_dim=adm,
         )
     elif family == SDXL:
@@ -468,61 +510,70 @@ def fit_text_keys(state_dict: dict, module: torch.nn.Module) -> dict:
     return out
 
 
-def load_single_file(path: str, *, dtype: torch.dtype, device: torch.device | str = "cpu") -> SingleFileModels:
-    """Load an SD1.x / SDXL single-file checkpoint as diffusers modules (eval, frozen)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import (
-        convert_ldm_unet_checkpoint,
-        convert_ldm_vae_checkpoint,
-        convert_open_clip_checkpoint,
+def _load_open_clip(path: str, header: Header, prefix: str, family: str, name: str, dtype: torch.dtype):
+    """SDXL's OpenCLIP bigG encoder under `prefix`, as a CLIPTextModelWithProjection."""
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    g_config = CLIPTextConfig(**infer_open_clip_config(header.with_prefix(prefix), family, name))
+    shim = SimpleNamespace(config=SimpleNamespace(hidden_size=g_config.hidden_size))
+    checkpoint = _load_tensors(path, prefix, dtype)
+    state = convert_open_clip_checkpoint(shim, checkpoint, prefix=prefix)
+    del checkpoint
+    state = {k: v for k, v in state.items() if k not in _IGNORED_TEXT_KEYS}
+    return _assign(
+        lambda: CLIPTextModelWithProjection(g_config),
+        state,
+        "OpenCLIP text encoder",
+        name,
+        adapt_keys=fit_text_keys,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+
+def load_single_file(path: str, *, dtype: torch.dtype, device: torch.device | str = "cpu") -> SingleFileModels:
+    """Load an SD1.x / SDXL / SDXL refiner single-file checkpoint as diffusers modules (eval, frozen)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     check_suffix(path)
     header = read_header(path)
-    family = detect_family(header)
+    family, variant = detect_model(header)
     name = label(path)
-    logger.info("Loading %s single-file checkpoint %s", family, name)
+    logger.info("Loading %s%s single-file checkpoint %s", family, " refiner" if variant == REFINER else "", name)
 
     # Text encoders first: SDXL's UNet config needs the pooled width.
     text_encoders = []
-    clip_prefix = SDXL_CLIP_L_PREFIX if family == SDXL else SD1_CLIP_PREFIX
-    clip_shapes = _normalise_clip_shapes(header.with_prefix(clip_prefix))
-    clip_config = CLIPTextConfig(**infer_clip_config(clip_shapes, family, name))
-    state = _clip_state_dict(_load_tensors(path, clip_prefix, dtype))
-    state.pop("text_projection.weight", None)
-    text_encoders.append(
-        _assign(lambda: CLIPTextModel(clip_config), state, "CLIP text encoder", name, adapt_keys=fit_text_keys)
-    )
-    hidden_total = clip_config.hidden_size
+    hidden_total = 0
     pooled_dim = None
+    if variant != REFINER:
+        clip_prefix = SDXL_CLIP_L_PREFIX if family == SDXL else SD1_CLIP_PREFIX
+        clip_shapes = _normalise_clip_shapes(header.with_prefix(clip_prefix))
+        clip_config = CLIPTextConfig(**infer_clip_config(clip_shapes, family, name))
+        state = _clip_state_dict(_load_tensors(path, clip_prefix, dtype))
+        state.pop("text_projection.weight", None)
+        text_encoders.append(
+            _assign(lambda: CLIPTextModel(clip_config), state, "CLIP text encoder", name, adapt_keys=fit_text_keys)
+        )
+        del state
+        hidden_total += clip_config.hidden_size
 
     if family == SDXL:
-        g_config = CLIPTextConfig(**infer_open_clip_config(header.with_prefix(SDXL_CLIP_G_PREFIX), family, name))
-        shim = SimpleNamespace(config=SimpleNamespace(hidden_size=g_config.hidden_size))
-        checkpoint = _load_tensors(path, SDXL_CLIP_G_PREFIX, dtype)
-        state = convert_open_clip_checkpoint(shim, checkpoint, prefix=SDXL_CLIP_G_PREFIX)
-        del checkpoint
-        state = {k: v for k, v in state.items() if k not in _IGNORED_TEXT_KEYS}
-        text_encoders.append(
-            _assign(
-                lambda: CLIPTextModelWithProjection(g_config),
-                state,
-                "OpenCLIP text encoder",
-                name,
-                adapt_keys=fit_text_keys,
-            )
-        )
-        hidden_total += g_config.hidden_size
-        pooled_dim = g_config.projection_dim
-    del state
+        # SDXL base: bigG is the second embedder; the refiner: the only one.
+        prefix = REFINER_CLIP_G_PREFIX if variant == REFINER else SDXL_CLIP_G_PREFIX
+        clip_g = _load_open_clip(path, header, prefix, family, name, dtype)
+        text_encoders.append(clip_g)
+        hidden_total += clip_g.config.hidden_size
+        pooled_dim = clip_g.config.projection_dim
 
-    unet_config = infer_unet_config(header.with_prefix(UNET_PREFIX), family, name, pooled_dim=pooled_dim)
+    unet_config = infer_unet_config(
+        header.with_prefix(UNET_PREFIX), family, name, pooled_dim=pooled_dim, variant=variant
+    )
     if unet_config["cross_attention_dim"] != hidden_total:
         raise ModelLoadError(
             f"Checkpoint {name!r}: its UNet expects {unet_config['cross_attention_dim']}-wide text "
             f"embeddings but its text encoder(s) produce {hidden_total}; this is not a standard "
-            f"{families.FAMILY_LABELS[family]} checkpoint."
+            f"{families.label_of(family, variant)} checkpoint."
         )
     state = convert_ldm_unet_checkpoint(_load_tensors(path, UNET_PREFIX, dtype), unet_config)
     unet = _assign(lambda: UNet2DConditionModel(**unet_config), state, "UNet", name)
@@ -538,4 +589,4 @@ def load_single_file(path: str, *, dtype: torch.dtype, device: torch.device | st
         module.to(device)
         module.eval()
         module.requires_grad_(False)
-    return SingleFileModels(family=family, unet=unet, vae=vae, text_encoders=tuple(text_encoders))
+    return SingleFileModels(family=family, unet=unet, vae=vae, text_encoders=tuple(text_encoders), variant=variant)

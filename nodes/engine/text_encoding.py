@@ -28,7 +28,15 @@ Decisions, each A1111's unless said otherwise:
   clip_skip = n - 1). SDXL: both encoders give hidden_states[-(n + 1)] without
   the final layer norm (1 = penultimate, as diffusers' SDXL), concatenated on
   the feature axis; pooled is the second encoder's projection (text_embeds) of
-  the first chunk, unweighted.
+  the first chunk, unweighted. The SDXL refiner has only the second encoder
+  (OpenCLIP bigG): its penultimate hidden states (1280 wide) and its
+  projection, as diffusers' StableDiffusionXLImg2ImgPipeline.encode_prompt
+  does with text_encoder=None.
+- An empty prompt is encoded as the empty string, never replaced by zeros:
+  diffusers zeroes an SDXL base negative only when none is given at all
+  (force_zeros_for_empty_prompt), which a graph cannot express; the refiner's
+  model_index sets force_zeros_for_empty_prompt to False, so there the two
+  agree exactly.
 - SDXL's two tokenizers are run separately (their pad tokens differ). Should
   they ever cut a prompt into different numbers of chunks, the shorter side is
   padded with empty chunks and a warning is logged.
@@ -42,7 +50,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from .components import FAMILIES, SD1, SDXL, Conditioning, TextEncoderBundle
+from .components import BASE, FAMILIES, REFINER, SD1, SDXL, Conditioning, TextEncoderBundle
 from .prompt_weights import parse_prompt_chunks
 
 logger = logging.getLogger(__name__)
@@ -226,10 +234,11 @@ def _check(bundle: TextEncoderBundle, text, clip_skip) -> None:
         raise ValueError(
             f"text_encoder: family {bundle.family!r} is not supported; expected one of {FAMILIES}"
         )
-    expected = _ENCODER_COUNT[bundle.family]
+    expected = 1 if getattr(bundle, "variant", None) == REFINER else _ENCODER_COUNT[bundle.family]
     if len(bundle.text_encoders) != expected or len(bundle.tokenizers) != expected:
+        kind = "an SDXL refiner" if expected == 1 and bundle.family == SDXL else f"a {bundle.family}"
         raise ValueError(
-            f"text_encoder: a {bundle.family} text encoder needs {expected} tokenizer/encoder "
+            f"text_encoder: {kind} text encoder needs {expected} tokenizer/encoder "
             f"pair(s), got {len(bundle.tokenizers)} tokenizer(s) and "
             f"{len(bundle.text_encoders)} encoder(s); reload the checkpoint"
         )
@@ -286,7 +295,7 @@ def encode_prompt(text_encoder: TextEncoderBundle, text: str, *, clip_skip: int 
     if text_encoder.family == SDXL:
         if pooled is None:
             raise ValueError(
-                f"text_encoder: the second SDXL encoder of {text_encoder.name!r} gives no pooled "
+                f"text_encoder: the OpenCLIP bigG encoder of {text_encoder.name!r} gives no pooled "
                 "output; it must be a CLIPTextModelWithProjection"
             )
         pooled = pooled.to(device=device, dtype=dtype)
@@ -297,6 +306,7 @@ def encode_prompt(text_encoder: TextEncoderBundle, text: str, *, clip_skip: int 
         embeds=embeds.to(device=device, dtype=dtype),
         empty_chunk=empty.to(device=device, dtype=dtype),
         pooled=pooled,
+        variant=getattr(text_encoder, "variant", BASE),
     )
 
 

@@ -161,6 +161,16 @@ def test_hires_fix_and_refiner(server):
     assert "Refiner: v1-5-pruned-emaonly, Refiner switch at: 0.5" in json.loads(refined["info"])["infotexts"][0]
 
 
+def test_sdxl_base_with_the_sdxl_refiner(server):
+    """A1111's usual pair: sd_xl_base_1.0 hands off to sd_xl_refiner_1.0 (bigG only, aesthetic score)."""
+    from harness.models_refiner import SDXL_REFINER
+
+    refined = _ok(_txt2img(server, seed=23, steps=4, refiner_checkpoint=SDXL_REFINER, refiner_switch_at=0.5,
+                           override_settings={"sd_model_checkpoint": SDXL_CHECKPOINT}))
+    assert _decode(refined["images"][0]).size == (64, 64)
+    assert "Refiner: sd_xl_refiner_1.0, Refiner switch at: 0.5" in json.loads(refined["info"])["infotexts"][0]
+
+
 def test_wrong_type_is_a_422(server):
     response = _txt2img(server, steps="many")
     assert response.status_code == 422, response.text

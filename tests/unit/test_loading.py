@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from diffusers_studio.nodes.engine import families, single_file
-from diffusers_studio.nodes.engine.components import SD1, SDXL
+from diffusers_studio.nodes.engine.components import BASE, REFINER, SD1, SDXL
 from diffusers_studio.nodes.engine.loading import (
     CacheKey,
     CheckpointCache,
@@ -25,6 +25,7 @@ from diffusers_studio.nodes.engine.loading import (
     load_checkpoint,
 )
 from ldm_export import (
+    REFINER_CLIP_G,
     SD1_CLIP,
     SDXL_CLIP_G,
     SDXL_CLIP_L,
@@ -32,11 +33,18 @@ from ldm_export import (
     open_clip_to_ldm,
     save_diffusers_folder,
     save_sd1_single_file,
+    save_sdxl_refiner_single_file,
     save_sdxl_single_file,
     unet_to_ldm,
     vae_to_ldm,
 )
-from tiny_models import tiny_sd1_components, tiny_sdxl_components, tokenizer_dir
+from tiny_models import (
+    sdxl_refiner_pipeline,
+    tiny_sd1_components,
+    tiny_sdxl_components,
+    tiny_sdxl_refiner_components,
+    tokenizer_dir,
+)
 
 TOKENIZER_DIR = str(tokenizer_dir())
 
@@ -64,6 +72,18 @@ def exported(tmp_path_factory):
             "file": str(save_sdxl_single_file(sdxl, root / "tiny_sdxl.safetensors")),
             "folder": str(save_diffusers_folder(StableDiffusionXLPipeline(**sdxl), root / "tiny_sdxl_diffusers")),
         },
+    }
+
+
+@pytest.fixture(scope="module")
+def refiner(tmp_path_factory):
+    """A tiny SDXL refiner as sd_xl_refiner_1.0 ships: a single file and a diffusers folder."""
+    root = tmp_path_factory.mktemp("refiner")
+    components = tiny_sdxl_refiner_components()
+    return {
+        "components": components,
+        "file": str(save_sdxl_refiner_single_file(components, root / "tiny_refiner.safetensors")),
+        "folder": str(save_diffusers_folder(sdxl_refiner_pipeline(0, components), root / "tiny_refiner_diffusers")),
     }
 
 
@@ -151,6 +171,35 @@ def test_diffusers_folder_round_trip(exported, family):
     scheduler = exported[family]["components"]["scheduler"]
     assert loaded[0].scheduler_config["_class_name"] == type(scheduler).__name__
     assert loaded[0].scheduler_config["clip_sample"] is False
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_sdxl_refiner_round_trip(refiner, kind):
+    model, text, vae = _load(refiner[kind])
+    components = refiner["components"]
+    assert (model.family, model.variant, text.variant, vae.variant) == (SDXL, REFINER, REFINER, REFINER)
+    assert model.is_refiner and text.is_refiner
+    _assert_same_module(model.unet, components["unet"], "unet")
+    _assert_same_module(vae.vae, components["vae"], "vae")
+    assert len(text.text_encoders) == len(text.tokenizers) == 1
+    _assert_same_module(text.text_encoders[0], components["text_encoder_2"], "text_encoder_2")
+    assert text.tokenizers[0].pad_token == "!" and text.tokenizers[0].model_max_length == 77
+    assert model.unet.config.transformer_layers_per_block == 2  # one depth, as the real refiner's config
+    assert model.latent_scaling_factor == vae.scaling_factor
+    if kind == "file":
+        assert model.scheduler_config == families.scheduler_config(SDXL)
+
+
+def test_sdxl_refiner_and_base_share_the_latent_space(refiner, exported):
+    """The tiny refiner's VAE and bigG are the tiny base's, as the real ones are."""
+    _, _, base_vae = _load(exported[SDXL]["file"])
+    _, r_text, r_vae = _load(refiner["file"])
+    base_text = _load(exported[SDXL]["file"])[1]
+    assert all(torch.equal(a, b) for a, b in zip(base_vae.vae.state_dict().values(), r_vae.vae.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(base_text.text_encoders[1].state_dict().values(), r_text.text_encoders[0].state_dict().values())
+    )
 
 
 def test_sdxl_single_file_unet_computes_like_the_original(exported):
@@ -328,6 +377,53 @@ def test_folder_with_missing_component(tmp_path, exported):
     _expect_error(folder, "text_encoder")
 
 
+def test_refiner_file_without_unet_names_what_is_missing(tmp_path, refiner):
+    components = refiner["components"]
+    path = tmp_path / "refiner_no_unet.safetensors"
+    tensors = {**vae_to_ldm(components["vae"]), **open_clip_to_ldm(components["text_encoder_2"], REFINER_CLIP_G)}
+    tensors["model.diffusion_model.label_emb.0.0.weight"] = torch.zeros(4, 72)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    _expect_error(path, "refiner", "UNet")
+
+
+def test_refiner_text_encoder_with_a_base_unet_is_refused(tmp_path, refiner, exported):
+    """bigG as embedder 0 but SDXL base's UNet (6 time ids, 64-wide text): neither model."""
+    path = tmp_path / "mixed.safetensors"
+    tensors = {
+        **unet_to_ldm(exported[SDXL]["components"]["unet"]),
+        **vae_to_ldm(refiner["components"]["vae"]),
+        **open_clip_to_ldm(refiner["components"]["text_encoder_2"], REFINER_CLIP_G),
+    }
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    _expect_error(path, "5 time ids", "refiner")
+
+
+def test_refiner_folder_with_a_base_unet_is_refused(tmp_path, refiner, exported):
+    folder = tmp_path / "refiner_with_base_unet"
+    shutil.copytree(refiner["folder"], folder)
+    shutil.rmtree(folder / "unet")
+    shutil.copytree(os.path.join(exported[SDXL]["folder"], "unet"), folder / "unet")
+    _expect_error(folder, "refiner", "cross_attention_dim 64")
+
+
+def test_sdxl_folder_without_any_text_encoder_is_refused(tmp_path, refiner):
+    import json
+
+    folder = tmp_path / "no_text"
+    shutil.copytree(refiner["folder"], folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["text_encoder_2"] = [None, None]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    _expect_error(folder, "text_encoder_2", "refiner")
+
+
+def test_refiner_folder_with_missing_text_encoder_2(tmp_path, refiner):
+    folder = tmp_path / "refiner_missing_te2"
+    shutil.copytree(refiner["folder"], folder)
+    shutil.rmtree(folder / "text_encoder_2")
+    _expect_error(folder, "text_encoder_2", "Stable Diffusion XL refiner")
+
+
 def test_folder_with_missing_weights(tmp_path, exported):
     folder = tmp_path / "no_weights_sd1"
     shutil.copytree(exported[SD1]["folder"], folder)
@@ -384,3 +480,39 @@ def test_full_size_configs_are_inferred_from_shapes(family):
         assert u["addition_time_embed_dim"] == 256
     else:
         assert u["attention_head_dim"] == 8 and u["cross_attention_dim"] == 768
+
+
+def test_full_size_refiner_config_is_inferred_from_shapes():
+    """sd_xl_refiner_1.0's key layout gives back its published UNet config."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    with init_empty_weights():
+        unet = UNet2DConditionModel(**families.bundled_config(SDXL, "unet", REFINER))
+        vae = AutoencoderKL(**families.bundled_config(SDXL, "vae", REFINER))
+        clip_g = CLIPTextModelWithProjection(CLIPTextConfig(**families.bundled_config(SDXL, "text_encoder_2", REFINER)))
+    tensors = {**unet_to_ldm(unet), **vae_to_ldm(vae), **open_clip_to_ldm(clip_g, REFINER_CLIP_G)}
+    header = single_file.Header(path="sd_xl_refiner_1.0.safetensors", shapes={k: tuple(v.shape) for k, v in tensors.items()})
+    assert single_file.detect_model(header) == (SDXL, REFINER)
+    assert single_file.detect_family(header) == SDXL
+
+    g = single_file.infer_open_clip_config(header.with_prefix(REFINER_CLIP_G), SDXL, "real")
+    assert (g["hidden_size"], g["num_hidden_layers"], g["projection_dim"]) == (1280, 32, 1280)
+    u = single_file.infer_unet_config(
+        header.with_prefix(single_file.UNET_PREFIX), SDXL, "real", g["projection_dim"], variant=REFINER
+    )
+    assert u == {k: v for k, v in _config(unet).items() if k in u}
+    assert u["block_out_channels"] == [384, 768, 1536, 1536]
+    assert u["attention_head_dim"] == [6, 12, 24, 24] and u["transformer_layers_per_block"] == 4
+    assert u["cross_attention_dim"] == 1280 and u["projection_class_embeddings_input_dim"] == 2560
+    assert u["addition_time_embed_dim"] == 256
+    assert u["down_block_types"] == ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+    v = single_file.infer_vae_config(header.with_prefix(single_file.VAE_PREFIX), SDXL, "real")
+    assert v["scaling_factor"] == 0.13025
+
+
+def test_refiner_variant_is_only_for_sdxl():
+    assert families.bundled_config(SDXL, "vae", REFINER) == families.bundled_config(SDXL, "vae", BASE)
+    with pytest.raises(ValueError, match="variant"):
+        families.bundled_config(SD1, "unet", REFINER)

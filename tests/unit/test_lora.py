@@ -399,6 +399,59 @@ def test_sdxl_lora_on_an_sd1_model_names_both():
     assert "SDXL" in message and "SD1.x" in message
 
 
+def _refiner_bundles():
+
+    from tiny_models import sdxl_refiner_pipeline
+
+    pipe = sdxl_refiner_pipeline(0)
+    model = ModelBundle("sdxl", "tiny-refiner", pipe.unet, dict(pipe.scheduler.config), torch.float32,
+                        latent_scaling_factor=pipe.vae.config.scaling_factor, variant="refiner")
+    te = TextEncoderBundle("sdxl", "tiny-refiner", (pipe.tokenizer_2,), (pipe.text_encoder_2,), variant="refiner")
+    return pipe, model, te
+
+
+def test_sdxl_base_lora_on_the_refiner_says_so():
+    from tiny_models import sdxl_pipeline
+
+    _, model, te = _refiner_bundles()
+    loaded = lora_mod.lora_from_state_dict(kohya_sdxl_lora(sdxl_pipeline(0), seed=14), "xl-style.safetensors")
+    with pytest.raises(ValueError) as info:
+        lora_mod.apply_lora(model, te, loaded)
+    message = str(info.value)
+    assert "lora_name" in message and "xl-style.safetensors" in message and "'tiny-refiner'" in message
+    assert "SDXL refiner" in message and "do not apply to the SDXL refiner" in message and "base model" in message
+
+
+def test_a_refiner_lora_reaches_bigG_as_the_refiners_only_encoder():
+    """A LoRA trained on the refiner names bigG as text encoder 2 (lora_te2_), as on SDXL."""
+    import ldm_export
+
+    pipe, model, te = _refiner_bundles()
+    utils, _ = ldm_export._comfy()
+    mapping = utils.unet_to_diffusers(ldm_export._ldm_unet_layout(pipe.unet.config))
+    gen = torch.Generator().manual_seed(15)
+    sd = {}
+    for name, module in _targets(pipe.unet, UNET_LAYERS):
+        down, up = _lora_pair(module.weight, 4, gen, 0.15)
+        key = "lora_unet_" + mapping[name + ".weight"][: -len(".weight")].replace(".", "_")
+        sd[key + ".lora_down.weight"], sd[key + ".lora_up.weight"] = down, up
+    for name, module in _targets(pipe.text_encoder_2, TE_ATTENTION):
+        down, up = _lora_pair(module.weight, 4, gen)
+        key = "lora_te2_text_model_" + name.removeprefix("text_model.").replace(".", "_")
+        sd[key + ".lora_down.weight"], sd[key + ".lora_up.weight"] = down, up
+    loaded = lora_mod.lora_from_state_dict(sd, "refiner-lora.safetensors")
+    patched_model, patched_te = lora_mod.apply_lora(model, te, loaded)
+    assert len(patched_te.patches[0].targets) == 1 and patched_te.patches[0].targets[0]
+    assert len(patched_model.patches[0].targets) == len(loaded.parsed.layers["unet"])
+    assert not torch.equal(encode_prompt(patched_te, "a cat").embeds, encode_prompt(te, "a cat").embeds)
+
+    with_te1 = dict(sd)
+    with_te1["lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight"] = torch.zeros(4, 32)
+    with_te1["lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight"] = torch.zeros(32, 4)
+    with pytest.raises(ValueError, match="first text encoder"):
+        lora_mod.apply_lora(model, te, lora_mod.lora_from_state_dict(with_te1, "two-te.safetensors"))
+
+
 def test_a_lora_with_no_matching_key_is_an_error(sd1):
     junk = {"foo.bar": torch.ones(2), "lora_unet_nowhere_to_q.lora_down.weight": torch.ones(2, 4),
             "lora_unet_nowhere_to_q.lora_up.weight": torch.ones(4, 2)}

@@ -349,6 +349,100 @@ def test_sdxl_negative_size_conditioning_batch_of_two_matches_diffusers(sdxl):
     assert _sdxl_sized(sdxl, 2) <= TOL
 
 
+# ---------------------------------------------------------------- SDXL refiner
+
+
+@pytest.fixture(scope="module")
+def refiner():
+    """The refiner (bigG alone, 5 time ids) with diffusers' own encodings."""
+    from tiny_models import sdxl_refiner_pipeline
+
+    pipe = sdxl_refiner_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    pe, ne, pp, npool = pipe.encode_prompt(
+        "a photo of a cat", device="cpu", do_classifier_free_guidance=True, negative_prompt="blurry"
+    )
+    empty = pipe.encode_prompt("", device="cpu", do_classifier_free_guidance=False)[0]
+    model = _bundle(pipe, "sdxl")
+    from dataclasses import replace
+
+    return {
+        "pipe": pipe,
+        "model": replace(model, variant="refiner"),
+        "kwargs": dict(
+            prompt_embeds=pe, negative_prompt_embeds=ne, pooled_prompt_embeds=pp, negative_pooled_prompt_embeds=npool
+        ),
+        "pos": Conditioning("sdxl", pe, empty, pooled=pp, variant="refiner"),
+        "neg": Conditioning("sdxl", ne, empty, pooled=npool, variant="refiner"),
+    }
+
+
+_REFINER_POS = {"original_size": (128, 96), "crop": (8, 4)}
+_REFINER_NEG = {"original_size": (32, 48), "crop": (0, 0)}
+
+
+@pytest.mark.parametrize("sampler,schedule", [("Euler", "normal"), ("DPM++ 2M", "karras")])
+def test_refiner_img2img_matches_diffusers_with_sizes_and_scores(refiner, sampler, schedule):
+    """5 time ids per row: original size, crop top-left, aesthetic score (negative's own)."""
+    from dataclasses import replace
+
+    pipe, model = refiner["pipe"], refiner["model"]
+    pipe.scheduler = make_scheduler(model.scheduler_config, sampler, schedule)
+    init = _init_latents(9)
+    batch = 2
+    ref = pipe(
+        **refiner["kwargs"], image=init * model.latent_scaling_factor, strength=0.6, num_inference_steps=STEPS,
+        guidance_scale=CFG, num_images_per_prompt=batch, output_type="latent",
+        generator=[torch.Generator().manual_seed(SEED + i) for i in range(batch)],
+        original_size=_REFINER_POS["original_size"], crops_coords_top_left=_REFINER_POS["crop"],
+        negative_original_size=_REFINER_NEG["original_size"],
+        negative_crops_coords_top_left=_REFINER_NEG["crop"], aesthetic_score=7.0, negative_aesthetic_score=2.0,
+    ).images
+    ours = sample(
+        model, replace(refiner["pos"], size_conditioning=_REFINER_POS),
+        replace(refiner["neg"], size_conditioning=_REFINER_NEG), {"samples": init.repeat(batch, 1, 1, 1)},
+        seed=SEED, steps=STEPS, cfg=CFG, sampler_name=sampler, schedule=schedule, denoise=0.6,
+        aesthetic_score=7.0, negative_aesthetic_score=2.0,
+    )
+    assert _max_diff(ours, ref, model.latent_scaling_factor) <= TOL
+
+
+def test_refiner_time_ids_and_the_conditionings_own_score(refiner):
+    from dataclasses import replace
+
+    from diffusers_studio.nodes.engine.sampling import _unet_inputs
+
+    model = refiner["model"]
+    inputs = _unet_inputs(model, refiner["pos"], refiner["neg"], CFG, 1, (64, 64), torch.device("cpu"),
+                          aesthetic_scores=(6.0, 2.5))
+    assert inputs.added_cond_kwargs["time_ids"].tolist() == [[64, 64, 0, 0, 2.5], [64, 64, 0, 0, 6.0]]
+    own = replace(refiner["pos"], size_conditioning={"aesthetic_score": 9.0})
+    inputs = _unet_inputs(model, own, refiner["neg"], 1.0, 1, (64, 64), torch.device("cpu"))
+    assert inputs.added_cond_kwargs["time_ids"].tolist() == [[64, 64, 0, 0, 9.0]]
+
+
+def test_aesthetic_scores_do_not_change_the_base_model(sdxl):
+    def run(score):
+        return sample(sdxl["model"], sdxl["pos"], sdxl["neg"], _zeros(), seed=SEED, steps=2, cfg=CFG,
+                      sampler_name="Euler", aesthetic_score=score)["samples"]
+
+    assert torch.equal(run(6.0), run(9.0))
+
+
+def test_refiner_prompts_on_the_base_and_back_are_named(sdxl, refiner):
+    with pytest.raises(ValueError, match="positive conditioning was encoded with the SDXL refiner text encoder"):
+        sample(sdxl["model"], refiner["pos"], sdxl["neg"], _zeros(), seed=1, steps=2, cfg=CFG, sampler_name="Euler")
+    with pytest.raises(ValueError, match=r"negative conditioning was encoded with the SDXL text encoder.*\(sdxl refiner\)"):
+        sample(refiner["model"], refiner["pos"], sdxl["neg"], _zeros(), seed=1, steps=2, cfg=CFG, sampler_name="Euler")
+
+
+@pytest.mark.parametrize("name", ["aesthetic_score", "negative_aesthetic_score"])
+def test_bad_aesthetic_score_is_named(refiner, name):
+    with pytest.raises(ValueError, match=name):
+        sample(refiner["model"], refiner["pos"], refiner["neg"], _zeros(), seed=1, steps=2, cfg=CFG,
+               sampler_name="Euler", **{name: float("nan")})
+
+
 # ---------------------------------------------------------------- callbacks
 
 

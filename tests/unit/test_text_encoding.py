@@ -1,4 +1,4 @@
-"""encode_prompt against diffusers' own encode_prompt on tiny SD1/SDXL encoders."""
+"""encode_prompt against diffusers' own encode_prompt on tiny SD1/SDXL/SDXL refiner encoders."""
 from __future__ import annotations
 
 import contextlib
@@ -17,7 +17,7 @@ from diffusers_studio.nodes.engine.text_encoding import (
     encode_prompt,
     tokenize_prompt,
 )
-from tiny_models import sd1_pipeline, sdxl_pipeline
+from tiny_models import sd1_pipeline, sdxl_pipeline, sdxl_refiner_pipeline
 
 PROMPTS = ["a photo of a cat", "A castle on a hill, golden hour, highly detailed"]
 WORDS = "cat dog house tree river sky castle cloud mountain flower".split()
@@ -47,6 +47,17 @@ def sdxl():
         name="tiny-xl",
         tokenizers=(pipe.tokenizer, pipe.tokenizer_2),
         text_encoders=(pipe.text_encoder, pipe.text_encoder_2),
+    )
+    return pipe, bundle
+
+
+@pytest.fixture(scope="module")
+def refiner():
+    """The refiner: bigG alone (StableDiffusionXLImg2ImgPipeline with text_encoder=None)."""
+    pipe = sdxl_refiner_pipeline()
+    bundle = TextEncoderBundle(
+        family="sdxl", name="tiny-refiner", tokenizers=(pipe.tokenizer_2,), text_encoders=(pipe.text_encoder_2,),
+        variant="refiner",
     )
     return pipe, bundle
 
@@ -108,6 +119,50 @@ def test_sdxl_matches_diffusers(sdxl, prompt, clip_skip):
     assert (cond.embeds - embeds).abs().max() <= 1e-6
     assert cond.pooled.shape == pooled.shape == (1, 32)
     assert (cond.pooled - pooled).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("clip_skip", [1, 2])
+@pytest.mark.parametrize("prompt", PROMPTS + [""])
+def test_sdxl_refiner_matches_diffusers(refiner, prompt, clip_skip):
+    """bigG's penultimate hidden states (1280 wide for the real one) and its projection."""
+    pipe, bundle = refiner
+    embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
+        prompt=prompt,
+        device=DEVICE,
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=True,
+        clip_skip=diffusers_clip_skip(clip_skip),
+    )
+    cond = encode_prompt(bundle, prompt, clip_skip=clip_skip)
+    assert (cond.family, cond.variant) == ("sdxl", "refiner")
+    assert cond.embeds.shape == embeds.shape == (1, 77, 32)
+    assert torch.equal(cond.embeds, embeds)
+    assert cond.pooled.shape == pooled.shape == (1, 32)
+    assert torch.equal(cond.pooled, pooled)
+    # No negative prompt: force_zeros_for_empty_prompt is False for the refiner,
+    # so diffusers encodes "" (not zeros), as an empty Diffusers Text Encode does.
+    empty = encode_prompt(bundle, "")
+    assert pipe.config.force_zeros_for_empty_prompt is False
+    if clip_skip == 1:  # diffusers encodes the negative at the penultimate layer whatever clip_skip is
+        assert torch.equal(empty.embeds, negative) and torch.equal(empty.pooled, negative_pooled)
+        assert torch.equal(cond.empty_chunk, empty.embeds)
+
+
+def test_sdxl_refiner_long_prompts_and_emphasis(refiner):
+    _, bundle = refiner
+    cond = encode_prompt(bundle, LONG_PROMPT)
+    assert cond.embeds.shape == (1, 77 * 3, 32)
+    weighted = encode_prompt(bundle, "a (cat:1.5) on a hill")
+    assert not torch.equal(weighted.embeds, encode_prompt(bundle, "a cat on a hill").embeds)
+
+
+def test_refiner_bundle_needs_exactly_one_encoder(sdxl):
+    _, bundle = sdxl
+    wrong = TextEncoderBundle(
+        family="sdxl", name="x", tokenizers=bundle.tokenizers, text_encoders=bundle.text_encoders, variant="refiner"
+    )
+    with pytest.raises(ValueError, match="SDXL refiner text encoder needs 1"):
+        encode_prompt(wrong, "a cat")
 
 
 def test_plain_prompt_is_bit_identical_to_diffusers(sd1):
