@@ -88,14 +88,15 @@ def tiny_scheduler():
     )
 
 
-def tiny_sd1_components(seed: int = 0, in_channels: int = 4) -> dict:
-    """Components for StableDiffusionPipeline (in_channels=9 for inpainting)."""
+def tiny_sd1_components(seed: int = 0, in_channels: int = 4, block_out_channels: tuple = (32, 64)) -> dict:
+    """Components for StableDiffusionPipeline (in_channels=9 for inpainting; wider
+    block_out_channels for a bigger UNet, e.g. when memory must be measurable)."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
+        block_out_channels=block_out_channels,
         layers_per_block=2,
         sample_size=32,
         in_channels=in_channels,

@@ -12,6 +12,7 @@ names the file, what was found and what to do.
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -253,6 +254,11 @@ def load_checkpoint(
             logger.debug("Checkpoint %s served from the cache", label(path))
             return cached
 
+    # Models the host has let go may still be waiting in reference cycles (a
+    # host can hang its own handle on a module, as the node layer does);
+    # collect them before allocating another model, so that switching
+    # checkpoints holds one at a time instead of two until the next idle gc.
+    gc.collect()
     started = time.perf_counter()
     if is_folder:
         loaded = _load_diffusers_folder(path, torch_dtype, device)
