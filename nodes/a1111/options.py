@@ -32,7 +32,12 @@ DEFAULTS: dict[str, Any] = {
     "live_previews_enable": True,
     "outdir_txt2img_samples": "a1111/txt2img-images",
     "outdir_img2img_samples": "a1111/img2img-images",
+    # the SDXL refiner's aesthetic-score conditioning (positive / negative prompt)
+    "sdxl_refiner_high_aesthetic_score": 6.0,
+    "sdxl_refiner_low_aesthetic_score": 2.5,
 }
+AESTHETIC_SCORE_KEYS = ("sdxl_refiner_high_aesthetic_score", "sdxl_refiner_low_aesthetic_score")
+AESTHETIC_SCORE_RANGE = (0.0, 1000.0)  # DSSampler's inputs accept this range
 
 
 class OptionError(ValueError):
@@ -72,6 +77,12 @@ def check_value(key: str, value: Any) -> Any:
         if not isinstance(value, str) or os.path.isabs(value) or ".." in value.replace("\\", "/").split("/"):
             raise OptionError(key, f"must be a folder inside ComfyUI's output folder, got {value!r}")
         return value
+    if key in AESTHETIC_SCORE_KEYS:
+        low, high = AESTHETIC_SCORE_RANGE
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise OptionError(key, f"must be a number from {low:g} to {high:g} (A1111's default "
+                                   f"{DEFAULTS[key]:g}), got {value!r}")
+        return float(value)
     if key == "eta_noise_seed_delta":
         if value not in (0, None):
             raise OptionError(key, "only 0 is supported (the pack's noise does not use ENSD)")

@@ -37,6 +37,8 @@ from ..engine.schedulers import (
 from . import extras, infotext
 from .errors import ApiError, not_found, unsupported
 from .models import MAX_SIDE, Img2ImgRequest, Txt2ImgRequest
+from .options import AESTHETIC_SCORE_KEYS, OptionError, check_value
+from .options import DEFAULTS as OPTION_DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -228,12 +230,13 @@ def _ref(value) -> list:
 
 def _sampler(g: Graph, model, pos, neg, latent, *, seed: int, steps: int, cfg: float,
              sampler: str, schedule: str, denoise: float, start: int = 0, end: int = END_AT_LAST_STEP,
-             variation_seed: int = 0, variation_strength: float = 0.0) -> str:
+             variation_seed: int = 0, variation_strength: float = 0.0, **refiner_scores: float) -> str:
+    """A DSSampler node; `refiner_scores` (aesthetic_score, negative_aesthetic_score) for the refiner pass."""
     return g.add(
         "DSSampler", model=_ref(model), positive=_ref(pos), negative=_ref(neg), latent_image=_ref(latent),
         seed=seed, steps=steps, cfg=cfg, sampler_name=sampler, schedule=schedule, denoise=denoise,
         start_step=start, end_step=end, variation_seed=variation_seed, variation_strength=variation_strength,
-        batch_seed_mode="increment",
+        batch_seed_mode="increment", **refiner_scores,
     )
 
 
@@ -247,6 +250,8 @@ class _Settings:
     clip_skip: int
     save: bool
     outdir: str
+    aesthetic_score: float = 6.0
+    negative_aesthetic_score: float = 2.5
 
 
 @dataclass
@@ -329,7 +334,17 @@ def _settings(req, options: dict, catalog: Catalog, kind: str) -> _Settings:
     if vae not in (None, "Automatic", "None"):
         raise not_found("VAE", vae, ["Automatic", "None"])
     outdir = options.get(f"outdir_{kind}_samples") or f"a1111/{kind}-images"
-    return _Settings(model=model, clip_skip=int(clip_skip), save=bool(req.save_images), outdir=outdir)
+    high, low = (_aesthetic_score(merged, key) for key in AESTHETIC_SCORE_KEYS)
+    return _Settings(model=model, clip_skip=int(clip_skip), save=bool(req.save_images), outdir=outdir,
+                     aesthetic_score=high, negative_aesthetic_score=low)
+
+
+def _aesthetic_score(merged: dict, key: str) -> float:
+    """A refiner aesthetic-score option, checked as POST /options checks it (an override may carry any value)."""
+    try:
+        return check_value(key, merged.get(key, OPTION_DEFAULTS[key]))
+    except OptionError as exc:
+        raise unsupported(str(exc)) from None
 
 
 def _hires(req: Txt2ImgRequest, catalog: Catalog, sampler: str, schedule: str) -> Optional[_Hires]:
@@ -519,7 +534,9 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
             r_pos = g.add("DSTextEncode", text_encoder=[r_loader, 1], text=prompt, clip_skip=settings.clip_skip)
             r_neg = g.add("DSTextEncode", text_encoder=[r_loader, 1], text=negative, clip_skip=settings.clip_skip)
             out = _sampler(g, r_loader, r_pos, r_neg, out, steps=req.steps, cfg=req.cfg_scale, sampler=sampler,
-                           schedule=schedule, denoise=denoise, start=switch, **common)
+                           schedule=schedule, denoise=denoise, start=switch, **common,
+                           aesthetic_score=settings.aesthetic_score,
+                           negative_aesthetic_score=settings.negative_aesthetic_score)
             steps_of[out] = req.steps
             vae_source = r_loader
         if hires:

@@ -135,3 +135,29 @@ def test_lora_named_weights_and_unknown_lora():
     assert caught.value.status == 404 and "missing" in str(caught.value.detail)
     plan = _plan("txt2img", prompt="<lora:missing:1>", disable_extra_networks=True)
     assert not _by_class(plan.graphs[0], "DSLoadLoRA")
+
+
+def _refiner_plan(options: dict, **fields):
+    body = {"prompt": "a cat", "steps": 10, "width": 64, "height": 64, "seed": 1,
+            "refiner_checkpoint": "refiner.safetensors", "refiner_switch_at": 0.8, **fields}
+    catalog = translate.Catalog(models=["m.safetensors", "refiner.safetensors"], node_types=NODE_TYPES,
+                                store_image=lambda png: "x.png")
+    return translate.build_plan(models.Txt2ImgRequest.model_validate(body), "txt2img", options, catalog)
+
+
+def test_refiner_pass_takes_the_aesthetic_score_options():
+    samplers = _by_class(_refiner_plan({}).graphs[0], "DSSampler")
+    assert len(samplers) == 2 and "aesthetic_score" not in samplers[0]  # the base pass: DSSampler's default
+    assert (samplers[1]["aesthetic_score"], samplers[1]["negative_aesthetic_score"]) == (6.0, 2.5)  # A1111's defaults
+
+    stored = {"sdxl_refiner_high_aesthetic_score": 7.5, "sdxl_refiner_low_aesthetic_score": 1.0}
+    refiner = _by_class(_refiner_plan(stored).graphs[0], "DSSampler")[1]
+    assert (refiner["aesthetic_score"], refiner["negative_aesthetic_score"]) == (7.5, 1.0)
+
+    overridden = _refiner_plan(stored, override_settings={"sdxl_refiner_low_aesthetic_score": 3})
+    assert _by_class(overridden.graphs[0], "DSSampler")[1]["negative_aesthetic_score"] == 3.0
+
+
+def test_a_bad_aesthetic_score_override_is_named():
+    with pytest.raises(errors.ApiError, match=r"sdxl_refiner_high_aesthetic_score: must be a number from 0 to 1000"):
+        _refiner_plan({}, override_settings={"sdxl_refiner_high_aesthetic_score": "high"})

@@ -3,8 +3,9 @@
 The side-by-side benchmark (test_sd15_side_by_side.py) compares whole graphs
 across processes; this one isolates the model options, so every row runs the
 same engine call (`sampling.sample`) in the same process on the same loaded
-checkpoint (the benchmark's random-weight SD1.5, built by that benchmark's
-worker if missing), at the same size, steps, sampler, cfg and seed:
+checkpoint (the benchmark's random-weight SD1.5, built by the side-by-side
+benchmark's worker if missing; this file sorts after that one, so its
+process's memory does not weigh on that one's servers), at the same size, steps, sampler, cfg and seed:
 
 - weight storage: default, float8_e4m3fn, int8 (torchao), NF4 (bitsandbytes):
   the UNet's stored bytes (`parameter_bytes`: inner tensors of quantized
@@ -16,8 +17,10 @@ worker if missing), at the same size, steps, sampler, cfg and seed:
 - torch.compile (regional, the UNet's transformer blocks): the first run,
   which compiles, then the steady seconds per step of a second run.
 
-Seconds per step are the mean interval between consecutive step callbacks
-(the first step, which includes per-run set-up, is left out); CPU seconds per
+A warm-up run comes first (a process's first run is slower: allocator and
+thread-pool start-up). Seconds per step are the mean interval between
+consecutive step callbacks (the first step, which includes per-run set-up, is
+left out); CPU seconds per
 step (process user + system time over the same span) are printed beside them,
 since other processes on the machine inflate wall time but hardly CPU time.
 Nothing is asserted about speed. DS_BENCH_COMPILE=0 leaves out the compile
@@ -117,6 +120,7 @@ def test_model_options_cost_and_saving():
     negative = encode_prompt(text_encoder, "blurry, low quality")
     base_bytes = mo.parameter_bytes(model.unet)
 
+    _run(model, positive, negative, settings, sync)  # warm-up: the process's first run is slower
     rows = []
     baseline = None
     for storage in [mo.STORAGE_DEFAULT, mo.STORAGE_FP8_E4M3, mo.STORAGE_INT8, mo.STORAGE_NF4]:
@@ -201,6 +205,13 @@ def test_model_options_cost_and_saving():
             f"| {second['cpu_step'] / plain['cpu_step']:.3f} |",
             f"Compiled vs eager latents: max |difference| / max |latent| = {compile_rows['moved']:.2e}.",
         ]
+    # let the models go before the next benchmark (its servers and its diffusers
+    # process need the memory; the side-by-side one runs first by file name)
+    del model, text_encoder, _vae, positive, negative
+    mo.clear_stored_copies()
+    import gc
+
+    gc.collect()
     report = "\n".join(lines)
     print("\n" + report)
     CACHE.mkdir(parents=True, exist_ok=True)
