@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import functools
 import io
 import json
 import logging
@@ -44,6 +43,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from aiohttp import web
+
+from .http_guard import guarded
 
 log = logging.getLogger(__name__)
 
@@ -408,23 +409,15 @@ def _error(exc: WorkflowError) -> web.Response:
 
 
 def _handler(fn):
-    @functools.wraps(fn)
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await fn(request)
-        except WorkflowError as exc:
-            return _error(exc)
-        except (asyncio.CancelledError, web.HTTPException):
-            raise
-        except Exception as exc:
-            from .a1111.errors import ApiError
+    """Workflow errors as 4xx answers, A1111-shaped errors (shared queue code) as theirs, the rest a 500."""
+    from .a1111.errors import ApiError
 
-            if isinstance(exc, ApiError):
-                return exc.response()
-            log.exception("workflow endpoint error on %s %s", request.method, request.path)
-            return web.json_response({"error": type(exc).__name__, "detail": str(exc)}, status=500)
-
-    return wrapped
+    return guarded(
+        {WorkflowError: _error, ApiError: lambda exc: exc.response()},
+        lambda exc: web.json_response({"error": type(exc).__name__, "detail": str(exc)}, status=500),
+        log,
+        "workflow endpoint",
+    )(fn)
 
 
 @_handler

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import io
 import json
 import logging
@@ -15,6 +14,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from . import images, openapi, options, queue, translate
+from ..http_guard import guarded
 from .errors import ApiError, pydantic_errors, validation_response
 from .models import Img2ImgRequest, Txt2ImgRequest
 
@@ -23,24 +23,14 @@ log = logging.getLogger(__name__)
 PREFIX = "/sdapi/v1"
 
 
-def _api(handler):
-    """Every answer in A1111's shapes; an unexpected failure is a 500 with its name, never a dropped connection."""
-
-    @functools.wraps(handler)
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ApiError as exc:
-            return exc.response()
-        except (asyncio.CancelledError, web.HTTPException):
-            raise
-        except Exception as exc:  # reported, and the server keeps serving
-            log.exception("A1111 API error on %s %s", request.method, request.path)
-            return web.json_response(
-                {"error": type(exc).__name__, "detail": "", "body": "", "errors": str(exc)}, status=500
-            )
-
-    return wrapped
+_api = guarded(
+    {ApiError: lambda exc: exc.response()},
+    lambda exc: web.json_response({"error": type(exc).__name__, "detail": "", "body": "", "errors": str(exc)},
+                                  status=500),
+    log,
+    "A1111 API",
+)
+"""Every answer in A1111's shapes; an unexpected failure is a 500 with its name, never a dropped connection."""
 
 
 async def _json_body(request: web.Request) -> Any:
