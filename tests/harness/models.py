@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
 from pathlib import Path
+
+from .tests_modules import tests_module
 
 log = logging.getLogger(__name__)
 
-TESTS_DIR = Path(__file__).resolve().parent.parent
 
 SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
@@ -30,16 +30,10 @@ CHECKPOINTS = (SD15_CHECKPOINT, SDXL_CHECKPOINT)
 DIFFUSERS_FOLDERS = (SD15_DIFFUSERS,)
 
 
-def _tests_module(name: str):
-    if str(TESTS_DIR) not in sys.path:
-        sys.path.insert(0, str(TESTS_DIR))
-    return importlib.import_module(name)
-
-
 def ldm_export_available() -> bool:
     """Whether `tests/ldm_export.py` (single-file LDM writer) exists yet."""
     try:
-        _tests_module("ldm_export")
+        tests_module("ldm_export")
     except ModuleNotFoundError as exc:
         if exc.name != "ldm_export":
             raise
@@ -56,7 +50,7 @@ def write_tiny_models(models_dir: Path, seed: int = 0) -> list[Path]:
     `diffusers/tiny-sd15/` (SD1 diffusers folder). Existing files are
     overwritten. Needs COMFYUI_PATH (the CLIP tokenizer comes from ComfyUI).
     """
-    tiny_models = _tests_module("tiny_models")
+    tiny_models = tests_module("tiny_models")
     models_dir = Path(models_dir)
     checkpoints = models_dir / "checkpoints"
     diffusers_dir = models_dir / "diffusers"
@@ -67,7 +61,7 @@ def write_tiny_models(models_dir: Path, seed: int = 0) -> list[Path]:
     sd1 = tiny_models.sd1_pipeline(seed)
     folder = diffusers_dir / SD15_DIFFUSERS
     if ldm_export_available():
-        ldm_export = _tests_module("ldm_export")
+        ldm_export = tests_module("ldm_export")
         ldm_export.save_diffusers_folder(sd1, folder)
         written.append(folder)
         ldm_export.save_sd1_single_file(tiny_models.tiny_sd1_components(seed), checkpoints / SD15_CHECKPOINT)

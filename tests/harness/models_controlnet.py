@@ -19,24 +19,17 @@ diffusers-based converter.
 """
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
 import torch
 
-TESTS_DIR = Path(__file__).resolve().parent.parent
+from .tests_modules import tests_module
+
 
 SD15_CANNY = "control_v11p_sd15_canny.safetensors"
 SDXL_CANNY = "controlnet-canny-sdxl-1.0.safetensors"
 SD15_LINEART_FOLDER = "control_v11p_sd15_lineart"
 LDM_PREFIX = "control_model."
-
-
-def _tests_module(name: str):
-    if str(TESTS_DIR) not in sys.path:
-        sys.path.insert(0, str(TESTS_DIR))
-    return importlib.import_module(name)
 
 
 def _randomise(controlnet, seed: int, std: float = 0.3):
@@ -64,16 +57,16 @@ def tiny_controlnet(unet, seed: int = 0):
 
 
 def tiny_sd1_controlnet(seed: int = 0):
-    return tiny_controlnet(_tests_module("tiny_models").tiny_sd1_components(seed)["unet"], seed)
+    return tiny_controlnet(tests_module("tiny_models").tiny_sd1_components(seed)["unet"], seed)
 
 
 def tiny_sdxl_controlnet(seed: int = 0):
-    return tiny_controlnet(_tests_module("tiny_models").tiny_sdxl_components(seed)["unet"], seed)
+    return tiny_controlnet(tests_module("tiny_models").tiny_sdxl_components(seed)["unet"], seed)
 
 
 def controlnet_to_ldm(controlnet, prefix: str = LDM_PREFIX) -> dict:
     """The ControlNet's weights under LDM names (lllyasviel's layout)."""
-    ldm_export = _tests_module("ldm_export")
+    ldm_export = tests_module("ldm_export")
     utils, _ = ldm_export._comfy()
     mapping = utils.unet_to_diffusers(ldm_export._ldm_unet_layout(controlnet.config))
     hint = controlnet.controlnet_cond_embedding

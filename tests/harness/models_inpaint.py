@@ -8,26 +8,13 @@ SD1 components of `tests/tiny_models.py` with a 9-channel UNet (latents + mask
 """
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
-TESTS_DIR = Path(__file__).resolve().parent.parent
+from .tests_modules import tests_module, write_single_file
 
 SD15_INPAINTING = "sd-v1-5-inpainting.safetensors"
 
 
-def _tests_module(name: str):
-    if str(TESTS_DIR) not in sys.path:
-        sys.path.insert(0, str(TESTS_DIR))
-    return importlib.import_module(name)
-
-
 def write(models_dir: Path, seed: int = 0) -> list[Path]:
-    tiny_models = _tests_module("tiny_models")
-    ldm_export = _tests_module("ldm_export")
-    checkpoints = Path(models_dir) / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    path = checkpoints / SD15_INPAINTING
-    ldm_export.save_sd1_single_file(tiny_models.tiny_sd1_components(seed, in_channels=9), path)
-    return [path]
+    components = tests_module("tiny_models").tiny_sd1_components(seed, in_channels=9)
+    return write_single_file(models_dir, SD15_INPAINTING, "save_sd1_single_file", components)

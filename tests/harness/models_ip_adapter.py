@@ -12,13 +12,12 @@ Random weights: the image prompts have an effect, not a meaning.
 """
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
 import torch
 
-TESTS_DIR = Path(__file__).resolve().parent.parent
+from .tests_modules import tests_module
+
 
 SD15_BASE = "ip-adapter_sd15.safetensors"
 SD15_PLUS = "ip-adapter-plus_sd15.safetensors"
@@ -32,12 +31,6 @@ ENCODER_SHAPES = {
     VIT_H: dict(hidden_size=64, projection_dim=48, num_attention_heads=1),
     VIT_BIGG: dict(hidden_size=128, projection_dim=40, num_attention_heads=2),
 }
-
-
-def _tiny_models():
-    if str(TESTS_DIR) not in sys.path:
-        sys.path.insert(0, str(TESTS_DIR))
-    return importlib.import_module("tiny_models")
 
 
 def tiny_image_encoder(name: str = VIT_H, seed: int = 0):
@@ -149,7 +142,7 @@ def save_adapter(state: dict, path: Path) -> Path:
 
 def write(models_dir: Path, seed: int = 0) -> list[Path]:
     """models/ipadapter/* and models/clip_vision/* for the shipped IP-Adapter workflows."""
-    tiny = _tiny_models()
+    tiny = tests_module("tiny_models")
     models_dir = Path(models_dir)
     ipadapter, clip_vision = models_dir / "ipadapter", models_dir / "clip_vision"
     written = []

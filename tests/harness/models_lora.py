@@ -9,23 +9,15 @@ so `example_workflows/txt2img_lora.json` runs with the demo models.
 """
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
 import torch
 
-TESTS_DIR = Path(__file__).resolve().parent.parent
+from .tests_modules import tests_module
 
 SD15_LORA = "example_lora_sd15.safetensors"
 UNET_LAYERS = ("attn1.to_q", "attn1.to_v", "attn2.to_k", "attn2.to_out.0", "ff.net.2", "proj_out", "resnets.0.conv1")
 TEXT_LAYERS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj")
-
-
-def _tests_module(name: str):
-    if str(TESTS_DIR) not in sys.path:
-        sys.path.insert(0, str(TESTS_DIR))
-    return importlib.import_module(name)
 
 
 def kohya_lora(unet, text_encoder, seed: int, rank: int = 4, alpha: float = 2.0, magnitude: float = 0.2) -> dict:
@@ -55,7 +47,7 @@ def kohya_lora(unet, text_encoder, seed: int, rank: int = 4, alpha: float = 2.0,
 def write(models_dir: Path, seed: int = 0) -> list[Path]:
     from safetensors.torch import save_file
 
-    tiny_models = _tests_module("tiny_models")
+    tiny_models = tests_module("tiny_models")
     components = tiny_models.tiny_sd1_components(seed)
     folder = Path(models_dir) / "loras"
     folder.mkdir(parents=True, exist_ok=True)

@@ -10,26 +10,13 @@ base's latents hand off to it as real ones do.
 """
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
-TESTS_DIR = Path(__file__).resolve().parent.parent
+from .tests_modules import tests_module, write_single_file
 
 SDXL_REFINER = "sd_xl_refiner_1.0.safetensors"
 
 
-def _tests_module(name: str):
-    if str(TESTS_DIR) not in sys.path:
-        sys.path.insert(0, str(TESTS_DIR))
-    return importlib.import_module(name)
-
-
 def write(models_dir: Path, seed: int = 0) -> list[Path]:
-    tiny_models = _tests_module("tiny_models")
-    ldm_export = _tests_module("ldm_export")
-    checkpoints = Path(models_dir) / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    path = checkpoints / SDXL_REFINER
-    ldm_export.save_sdxl_refiner_single_file(tiny_models.tiny_sdxl_refiner_components(seed), path)
-    return [path]
+    components = tests_module("tiny_models").tiny_sdxl_refiner_components(seed)
+    return write_single_file(models_dir, SDXL_REFINER, "save_sdxl_refiner_single_file", components)
