@@ -24,7 +24,8 @@ server graphs, `callback_on_step_end` for diffusers. The second prompt changes
 only the seed, so a server reuses the loaded model and the encoded prompts.
 
 Settings: 256x256, 4 steps, float32 on a CPU; 512x512, 20 steps, float16 when
-CUDA is present (the diffusers run; the harness starts servers with --cpu).
+CUDA is present (all three: the servers then start without --cpu, and
+ComfyUI and the pack pick float16 on the GPU as diffusers is told to).
 DS_BENCH_SIZE, DS_BENCH_STEPS and DS_BENCH_EXTRAS (all, none, or a comma
 list of lora, cn1, cn2: the adapter runs, each on fresh servers after the
 main table) override them. Next to wall seconds per step, CPU seconds per
@@ -361,7 +362,8 @@ def _server_phase(name: str, graph_fn, names: dict, settings: dict, workdir: Pat
         if not link.exists():
             link.symlink_to(CACHE / names[key])
     start = time.perf_counter()
-    running = server.start_server(base, workdir / f"server_{name}.log", timeout=180)
+    running = server.start_server(base, workdir / f"server_{name}.log", timeout=180,
+                                  cpu=settings["device"] == "cpu")
     startup_s = time.perf_counter() - start
     try:
         problems = server.pack_import_problems(running.log_text())
@@ -500,7 +502,8 @@ def _report(settings, model_info, machine, versions, diff, pack, native) -> str:
         f"transformers {versions['transformers']}, ComfyUI {versions['comfyui']}.",
         f"Work: SD1.5 architecture, random weights (UNet {model_info['params']['unet'] / 1e6:.0f} M parameters, "
         f"float16 on disk), {settings['size']}x{settings['size']}, {settings['steps']} steps, Euler (normal schedule), "
-        f"cfg {CFG}, batch 1, {settings['dtype']} on {settings['device']}; servers started with --cpu.",
+        f"cfg {CFG}, batch 1, {settings['dtype']} on {settings['device']}; servers started "
+        f"{'with --cpu' if settings['device'] == 'cpu' else 'on the GPU'}.",
         f"Server start-up (not counted above): pack {pack['startup_s']:.1f} s, native {native['startup_s']:.1f} s. "
         f"Server RSS before the first prompt: pack {_gib(pack['rss_idle'])} GiB, native {_gib(native['rss_idle'])} GiB. "
         f"Peak RSS is the process's VmHWM (psutil sampling: pack {_gib(pack['peak_rss_sampled'])}, "

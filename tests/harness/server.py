@@ -238,6 +238,7 @@ def start_server(
     extra_args: Sequence[str] = (),
     timeout: float = 90.0,
     attempts: int = 3,
+    cpu: bool = True,
 ) -> ComfyServer:
     """Start ComfyUI on a free loopback port with `base_dir` as its base directory.
 
@@ -245,7 +246,9 @@ def start_server(
     with a whitelist), so a user's own checkout with other packs installed
     gives the same results. Latent previews are on (`--preview-method auto`)
     so the tests see what the editor sees. A port taken between our probe and
-    the server's bind is retried with another port.
+    the server's bind is retried with another port. `cpu=False` lets ComfyUI
+    use its GPU (the benchmark on a machine with one); tests keep `--cpu` so
+    that they give the same results everywhere.
     """
     root = Path(root) if root else comfyui_path()
     python = python or os.environ.get("COMFYUI_PYTHON") or sys.executable
@@ -256,7 +259,7 @@ def start_server(
         command = [
             python,
             str(root / "main.py"),
-            "--cpu",
+            *(["--cpu"] if cpu else []),
             "--listen",
             "127.0.0.1",
             "--port",
