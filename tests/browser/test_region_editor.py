@@ -6,6 +6,14 @@ read back through /view) must be the drawn rectangles. The rectangles are
 kept in the node's `regions` widget, so they are saved with the workflow and
 come back, drawn, when it is loaded again. Each region shows the first words
 of the prompt its mask feeds.
+
+The same for free-hand painting: the brush paints a stroke with the mouse,
+the eraser takes part of it away, and the mask the server makes is checked
+twice: pixel for pixel against the stroke points the editor stored (the
+backend's rule, worked out here by brute force), and against the mouse path
+itself with a tolerance of 1.5 mask pixels at the stroke's edge (the editor
+keeps one point per 0.5 % of the canvas and the mouse lands on whole screen
+pixels, so the stored path is the drawn one up to about a pixel).
 """
 from __future__ import annotations
 
@@ -66,7 +74,8 @@ _STATE_JS = """
   const editor = node.dsRegionEditor;
   const canvas = editor.canvas;
   const ctx = canvas.getContext("2d");
-  const centres = editor.regions.map((r) => {
+  const centres = editor.regions.map((region) => {
+    const r = region?.rect;
     if (!r) return null;
     const pixel = ctx.getImageData(Math.floor((r.x + r.w / 2) * canvas.width),
                                    Math.floor((r.y + r.h / 2) * canvas.height), 1, 1).data;
@@ -92,6 +101,21 @@ def _rectangle(width: int, height: int, x: float, y: float, w: float, h: float) 
         return (np.minimum(before, after) >= 0).astype(np.uint8)
 
     return ramp(height, y * height, h * height)[:, None] * ramp(width, x * width, w * width)[None, :] * 255
+
+
+def _stroke_pixels(width: int, height: int, points, size: float, grow: float = 0.0) -> np.ndarray:
+    """Pixels whose centre lies within size/2 (of the shorter side) + grow px of the polyline: the backend's rule."""
+    radius = max(size * min(width, height) / 2 + grow, 0.0)
+    ys, xs = np.mgrid[0:height, 0:width] + 0.5
+    pts = np.asarray(points, dtype=np.float64) * [width, height]
+    pts = np.vstack([pts, pts]) if len(pts) == 1 else pts
+    out = np.zeros((height, width), dtype=bool)
+    for a, b in zip(pts[:-1], pts[1:]):
+        d = b - a
+        length2 = float(d @ d)
+        t = np.zeros_like(xs) if length2 == 0 else np.clip(((xs - a[0]) * d[0] + (ys - a[1]) * d[1]) / length2, 0, 1)
+        out |= (xs - a[0] - t * d[0]) ** 2 + (ys - a[1] - t * d[1]) ** 2 <= radius * radius
+    return out
 
 
 def _drag(editor, region: int, rect) -> None:
@@ -164,5 +188,181 @@ def test_draw_two_regions_queue_and_reload(editor, idle_comfy, artifacts_dir):
     assert reloaded["regions"][:2] == state["regions"][:2] and reloaded["regions"][2:] == [None, None]
     assert reloaded["centres"][:2] == state["centres"][:2], (reloaded["centres"], state["centres"])
     editor.page.screenshot(path=str(artifacts_dir / "region_editor-reloaded.png"))
+    errors = [entry for entry in editor.pack_errors() if entry in editor.console[logged_before:]]
+    assert not errors, "\n".join(map(str, errors))
+
+
+# The painting test: a 128x96 mask (brush sizes are fractions of the shorter side, 96).
+PAINT_W, PAINT_H = 128, 96
+BRUSH = ([(0.15, 0.30), (0.85, 0.30), (0.60, 0.80)], 12)  # mouse waypoints (canvas fractions), size in %
+ERASER = ([(0.50, 0.05), (0.50, 0.55)], 8)
+EDGE = 1.5  # tolerance at the stroke's edge against the mouse path, in mask pixels
+
+_TOOL_JS = """
+([id, tool, percent]) => {
+  const editor = app.graph.getNodeById(id).dsRegionEditor;
+  editor.root.querySelector(`.ds-region-tool[data-tool="${tool}"]`).click();
+  const slider = editor.root.querySelector(".ds-region-size");
+  slider.value = String(percent);
+  slider.dispatchEvent(new Event("input", { bubbles: true }));
+  return [editor.tool, editor.brush];
+}
+"""
+
+_PIXELS_JS = """
+([id, points]) => {
+  const canvas = app.graph.getNodeById(id).dsRegionEditor.canvas;
+  const ctx = canvas.getContext("2d");
+  return points.map(([x, y]) => Array.from(ctx.getImageData(Math.floor(x * canvas.width),
+                                                             Math.floor(y * canvas.height), 1, 1).data.slice(0, 3)));
+}
+"""
+
+
+def _paint(editor, waypoints, steps: int = 60) -> int:
+    """Press, move through the waypoints (straight lines, `steps` mouse events each), release."""
+    box = editor.page.locator(".ds-region-canvas").bounding_box()
+    assert box and box["width"] > 50 and box["height"] > 50, f"the region canvas is not on screen: {box}"
+    mouse = editor.page.mouse
+    at = lambda x, y: (box["x"] + x * box["width"], box["y"] + y * box["height"])  # noqa: E731
+    mouse.move(*at(*waypoints[0]))
+    mouse.down()
+    for point in waypoints[1:]:
+        mouse.move(*at(*point), steps=steps)
+    mouse.up()
+    return steps * (len(waypoints) - 1)
+
+
+def test_paint_and_erase_a_region_queue_and_reload(editor, idle_comfy, artifacts_dir):
+    logged_before = len(editor.console)
+    editor.load_workflow(EMPTY_WORKFLOW, "region_paint_test")
+    ids = editor.page.evaluate(_BUILD_JS, SIZE)
+    editor.page.evaluate("(ids) => ids.forEach((id) => app.graph.remove(app.graph.getNodeById(id)))", ids["extra"])
+    editor.page.evaluate(
+        """([id, w, h]) => {
+          for (const widget of app.graph.getNodeById(id).widgets) {
+            if (widget.name === "width") widget.value = w;
+            if (widget.name === "height") widget.value = h;
+          }
+          app.graph.setDirtyCanvas(true, true);
+        }""",
+        [ids["canvasNode"], PAINT_W, PAINT_H],
+    )
+    editor.page.wait_for_timeout(500)
+    editor.page.locator('.ds-region-button[data-region="1"]').click()
+    assert editor.page.evaluate(_TOOL_JS, [ids["canvasNode"], "brush", BRUSH[1]]) == ["brush", BRUSH[1]]
+    moves = _paint(editor, BRUSH[0], steps=250)  # about 0.25 % of the canvas per mouse event
+    assert editor.page.evaluate(_TOOL_JS, [ids["canvasNode"], "erase", ERASER[1]]) == ["erase", ERASER[1]]
+    _paint(editor, ERASER[0])
+    editor.page.wait_for_timeout(200)
+    editor.page.screenshot(path=str(artifacts_dir / "region_editor-painted.png"))
+
+    value = editor.page.evaluate(
+        "(id) => app.graph.getNodeById(id).widgets.find((w) => w.name === 'regions').value", ids["canvasNode"])
+    stored = json.loads(value)["regions"]
+    assert len(stored) == 1 and "x" not in stored[0], stored
+    brush, eraser = stored[0]["strokes"]
+    assert brush["size"] == BRUSH[1] / 100 and not brush.get("erase"), brush
+    assert eraser["size"] == ERASER[1] / 100 and eraser["erase"] is True, eraser
+    # Simplified: one point per 0.5 % of the canvas at most, not one per mouse event.
+    assert 10 < len(brush["points"]) < 0.6 * moves, (len(brush["points"]), moves)
+    steps = np.hypot(*np.diff(np.asarray(brush["points"]), axis=0).T)
+    assert steps[:-1].min() >= 0.005 - 1e-4, steps.min()  # (the last point is where the mouse was lifted)
+    for stroke, (waypoints, _) in ((brush, BRUSH), (eraser, ERASER)):
+        for point, drawn in ((stroke["points"][0], waypoints[0]), (stroke["points"][-1], waypoints[-1])):
+            assert abs(point[0] - drawn[0]) < 0.01 and abs(point[1] - drawn[1]) < 0.01, (point, drawn)
+
+    run = editor.queue_and_wait(timeout=120, output_types=("PreviewImage",))
+    assert not run.get("timed_out") and not run["nodeErrors"] and not run["executionError"], run
+    shown = {entry["id"]: entry["images"] for entry in run["shown"]}
+    masks = []
+    for preview_id in ids["previews"]:
+        body = editor.page.request.get(shown[preview_id][0]["src"]).body()
+        masks.append(np.asarray(Image.open(io.BytesIO(body)).convert("L")))
+    mask, empty = masks
+    assert mask.shape == (PAINT_H, PAINT_W) and empty.max() == 0
+    assert set(np.unique(mask)) <= {0, 255}
+    painted = mask == 255
+
+    # 1. Exactly the stored strokes, by the backend's rule.
+    expected = (_stroke_pixels(PAINT_W, PAINT_H, brush["points"], brush["size"])
+                & ~_stroke_pixels(PAINT_W, PAINT_H, eraser["points"], eraser["size"]))
+    assert np.array_equal(painted, expected), f"{(painted != expected).sum()} px differ from the stored strokes"
+    # 2. The mouse path, up to EDGE px at the edges: sure inside is painted, sure outside is not.
+    def band(stroke, grow):
+        return _stroke_pixels(PAINT_W, PAINT_H, stroke[0], stroke[1] / 100, grow)
+
+    inside = band(BRUSH, -EDGE) & ~band(ERASER, EDGE)
+    outside = ~band(BRUSH, EDGE) | band(ERASER, -EDGE)
+    assert inside.sum() > 300 and painted[inside].all(), f"{(~painted & inside).sum()} px of the stroke missing"
+    assert not painted[outside].any(), f"{(painted & outside).sum()} px painted outside the stroke"
+    cut = (int(0.30 * PAINT_H), int(0.50 * PAINT_W))  # where the eraser crossed the brush
+    assert not painted[cut] and painted[int(0.30 * PAINT_H), int(0.25 * PAINT_W)]
+
+    # Saved with the workflow and back, painted, after a reload.
+    on_canvas = [(0.25, 0.30), (0.50, 0.30), (0.05, 0.90)]  # painted, erased, never painted
+    before = editor.page.evaluate(_PIXELS_JS, [ids["canvasNode"], on_canvas])
+    assert before[0] != [34, 34, 34] and before[1] == [34, 34, 34] == before[2], before
+    saved = editor.page.evaluate("() => JSON.parse(JSON.stringify(app.graph.serialize()))")
+    node = next(entry for entry in saved["nodes"] if entry["type"] == "DSRegionCanvas")
+    assert node["widgets_values"] == [PAINT_W, PAINT_H, 0, value], node["widgets_values"]
+    editor.load_workflow(EMPTY_WORKFLOW, "region_paint_empty")
+    report = editor.load_workflow(saved, "region_paint_reloaded")
+    assert not report["missing"] and not report["invalid"] and not report["dialogs"], report
+    editor.page.wait_for_timeout(500)
+    reloaded_id = editor.page.evaluate("() => app.graph.nodes.find((n) => n.type === 'DSRegionCanvas').id")
+    reloaded = editor.page.evaluate(_STATE_JS, reloaded_id)
+    assert reloaded["value"] == value
+    assert reloaded["regions"][0]["strokes"] == [
+        {"points": stroke["points"], "size": stroke["size"], "erase": bool(stroke.get("erase"))}
+        for stroke in (brush, eraser)
+    ]
+    assert editor.page.evaluate(_PIXELS_JS, [reloaded_id, on_canvas]) == before
+    editor.page.screenshot(path=str(artifacts_dir / "region_editor-painted-reloaded.png"))
+    errors = [entry for entry in editor.pack_errors() if entry in editor.console[logged_before:]]
+    assert not errors, "\n".join(map(str, errors))
+
+
+# A pen as the browser reports it: pointer events with pointerType "pen"; its
+# eraser end presses button 5 and erases whatever tool is selected.
+_PEN_JS = """
+([id, strokes]) => {
+  const editor = app.graph.getNodeById(id).dsRegionEditor;
+  const canvas = editor.canvas;
+  const box = canvas.getBoundingClientRect();
+  const send = (type, [x, y], button) => canvas.dispatchEvent(new PointerEvent(type, {
+    pointerId: 7, pointerType: "pen", isPrimary: true, bubbles: true, cancelable: true, button,
+    buttons: type === "pointerup" ? 0 : (button === 5 ? 32 : 1), pressure: 0.5,
+    clientX: box.left + x * box.width, clientY: box.top + y * box.height,
+  }));
+  for (const [points, button] of strokes) {
+    send("pointerdown", points[0], button);
+    for (const point of points.slice(1)) send("pointermove", point, -1);
+    send("pointerup", points[points.length - 1], button);
+  }
+  return app.graph.getNodeById(id).widgets.find((w) => w.name === "regions").value;
+}
+"""
+
+
+def test_a_pen_paints_its_eraser_end_erases_and_clear_empties_the_region(editor, idle_comfy):
+    logged_before = len(editor.console)
+    editor.load_workflow(EMPTY_WORKFLOW, "region_pen_test")
+    ids = editor.page.evaluate(_BUILD_JS, SIZE)
+    editor.page.wait_for_timeout(500)
+    editor.page.locator('.ds-region-button[data-region="2"]').click()
+    assert editor.page.evaluate(_TOOL_JS, [ids["canvasNode"], "brush", 10]) == ["brush", 10]
+    line = [[0.1 + 0.02 * i, 0.5] for i in range(41)]  # 2 % apart: every point is kept
+    value = editor.page.evaluate(_PEN_JS, [ids["canvasNode"], [[line, 0], [[[0.5, 0.3], [0.5, 0.7]], 5]]])
+    regions = json.loads(value)["regions"]
+    assert regions[0] is None and len(regions) == 2, regions
+    brush, eraser = regions[1]["strokes"]
+    assert len(brush["points"]) == 41 and brush["size"] == 0.1 and not brush.get("erase")
+    assert all(abs(a - b) < 0.01 for p, q in zip(brush["points"], line) for a, b in zip(p, q)), brush["points"]
+    assert eraser["erase"] is True and eraser["size"] == 0.1
+    editor.page.locator(".ds-region-clear").click()
+    value = editor.page.evaluate(
+        "(id) => app.graph.getNodeById(id).widgets.find((w) => w.name === 'regions').value", ids["canvasNode"])
+    assert json.loads(value) == {"version": 1, "regions": []}, value
     errors = [entry for entry in editor.pack_errors() if entry in editor.console[logged_before:]]
     assert not errors, "\n".join(map(str, errors))

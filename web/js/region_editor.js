@@ -1,46 +1,33 @@
 // Region editor for Diffusers Region Canvas (DSRegionCanvas): a canvas on the
-// node where the user draws, moves and resizes one rectangle per region. Each
-// region has its own colour and shows the first words of the prompt its mask
-// feeds (through Diffusers Regional Prompt). The rectangles live in the node's
-// `regions` STRING widget as JSON (fractions of the picture), so they are
-// saved in the workflow, restored on load and sent to the backend, which turns
-// them into MASKs (nodes/region_masks.py).
+// node where the user draws, moves and resizes one rectangle per region and
+// paints or erases free-hand strokes (InvokeAI's regional guidance paints its
+// regions). Each region has its own colour and shows the first words of the
+// prompt its mask feeds (through Diffusers Regional Prompt). The drawing lives
+// in the node's `regions` STRING widget as JSON (fractions of the picture), so
+// it is saved in the workflow, restored on load and sent to the backend, which
+// turns it into MASKs (nodes/region_masks.py). The data format and the drawing
+// of a region are in region_geometry.js.
 //
 // Public frontend API only: app.registerExtension, beforeRegisterNodeDef,
 // node.addDOMWidget, the graph's nodes and links. Only DSRegionCanvas is touched.
 import { app } from "../../../scripts/app.js";
+import {
+  MAX_CHARS, MAX_POINTS, MAX_STROKES, addPoint, anchorOf, paintRegion, parseRegions, serialiseRegions,
+} from "./region_geometry.js";
+
+export { parseRegions, serialiseRegions };
 
 const NODE_TYPE = "DSRegionCanvas";
-const MAX_REGIONS = 4;
 export const REGION_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231"];
 const HANDLE_PX = 10; // corner handle, in screen pixels
 const MIN_FRACTION = 0.01;
-const EDITOR_HEIGHT = 240;
-
-export function parseRegions(text) {
-  const regions = new Array(MAX_REGIONS).fill(null);
-  let data;
-  try {
-    data = JSON.parse(text || "{}");
-  } catch {
-    return regions;
-  }
-  const list = Array.isArray(data?.regions) ? data.regions : [];
-  list.slice(0, MAX_REGIONS).forEach((region, index) => {
-    if (region && ["x", "y", "w", "h"].every((key) => Number.isFinite(region[key]))) {
-      regions[index] = { x: region.x, y: region.y, w: region.w, h: region.h };
-    }
-  });
-  return regions;
-}
-
-const round = (value) => Math.round(Math.min(Math.max(value, 0), 1) * 10000) / 10000;
-
-export function serialiseRegions(regions) {
-  const list = regions.map((r) => (r ? { x: round(r.x), y: round(r.y), w: round(r.w), h: round(r.h) } : null));
-  while (list.length && list[list.length - 1] === null) list.pop();
-  return JSON.stringify({ version: 1, regions: list });
-}
+const EDITOR_HEIGHT = 264;
+const TOOLS = [
+  ["rect", "Rectangle", "Drag a rectangle; drag inside it to move it, by its corner to resize it"],
+  ["brush", "Brush", "Paint the selected region free-hand (mouse or pen)"],
+  ["erase", "Eraser", "Take painted parts (and parts of the rectangle) away from the selected region"],
+];
+const DEFAULT_BRUSH = 5; // percent of the picture's shorter side
 
 function linkOf(graph, id) {
   if (id == null || !graph?.links) return null;
@@ -67,11 +54,28 @@ function promptWords(node, slot) {
   return "";
 }
 
+const buttonStyle = (border) => ({ border, borderRadius: "4px", padding: "1px 6px", background: "transparent",
+  color: "inherit", cursor: "pointer", fontSize: "11px" });
+
+function button(className, text, title, border, onClick) {
+  const element = document.createElement("button");
+  element.type = "button";
+  element.className = className;
+  element.textContent = text;
+  element.title = title;
+  Object.assign(element.style, buttonStyle(border));
+  element.addEventListener("click", onClick);
+  return element;
+}
+
 class RegionEditor {
   constructor(node) {
     this.node = node;
     this.active = 0;
+    this.tool = "rect";
+    this.brush = DEFAULT_BRUSH;
     this.drag = null;
+    this.hover = null;
     this.signature = "";
     this.store = node.widgets?.find((widget) => widget.name === "regions");
     if (this.store) {
@@ -99,27 +103,40 @@ class RegionEditor {
     const bar = document.createElement("div");
     Object.assign(bar.style, { display: "flex", gap: "4px", flexWrap: "wrap" });
     this.buttons = REGION_COLOURS.map((colour, index) => {
-      const button = document.createElement("button");
-      button.type = "button";
-      button.className = "ds-region-button";
-      button.dataset.region = String(index + 1);
-      button.textContent = `Region ${index + 1}`;
-      button.title = `Draw region ${index + 1} (output region_${index + 1})`;
-      Object.assign(button.style, { border: `2px solid ${colour}`, borderRadius: "4px", padding: "1px 6px",
-        background: "transparent", color: "inherit", cursor: "pointer", fontSize: "11px" });
-      button.addEventListener("click", () => { this.active = index; this.render(true); });
-      bar.appendChild(button);
-      return button;
+      const element = button("ds-region-button", `Region ${index + 1}`,
+        `Draw region ${index + 1} (output region_${index + 1})`, `2px solid ${colour}`,
+        () => { this.active = index; this.render(true); });
+      element.dataset.region = String(index + 1);
+      return element;
     });
-    const clear = document.createElement("button");
-    clear.type = "button";
-    clear.className = "ds-region-clear";
-    clear.textContent = "Clear";
-    clear.title = "Remove the selected region's rectangle";
-    Object.assign(clear.style, { border: "1px solid #888", borderRadius: "4px", padding: "1px 6px",
-      background: "transparent", color: "inherit", cursor: "pointer", fontSize: "11px" });
-    clear.addEventListener("click", () => { this.regions[this.active] = null; this.commit(); });
-    bar.appendChild(clear);
+    const clear = button("ds-region-clear", "Clear", "Remove the selected region's rectangle and painting",
+      "1px solid #888", () => { this.regions[this.active] = null; this.say(""); this.commit(); });
+    bar.append(...this.buttons, clear);
+    const tools = document.createElement("div");
+    Object.assign(tools.style, { display: "flex", gap: "4px", flexWrap: "wrap", alignItems: "center",
+      fontSize: "11px" });
+    this.toolButtons = TOOLS.map(([tool, text, title]) => {
+      const element = button("ds-region-tool", text, title, "1px solid #888", () => {
+        this.tool = tool;
+        this.render(true);
+      });
+      element.dataset.tool = tool;
+      return element;
+    });
+    const size = document.createElement("input");
+    Object.assign(size, { type: "range", min: "0.5", max: "50", step: "0.5", value: String(this.brush),
+      className: "ds-region-size", title: "Brush and eraser size: diameter in % of the picture's shorter side" });
+    Object.assign(size.style, { width: "70px" });
+    const sizeLabel = document.createElement("span");
+    size.addEventListener("input", () => { this.brush = Number(size.value); this.render(true); });
+    // The graph must not take the slider's drag for a node drag.
+    size.addEventListener("pointerdown", (event) => event.stopPropagation());
+    this.status = document.createElement("span");
+    this.status.className = "ds-region-status";
+    Object.assign(this.status.style, { color: "#f88" });
+    tools.append(...this.toolButtons, size, sizeLabel, this.status);
+    this.sizeInput = size;
+    this.sizeLabel = sizeLabel;
     const stage = document.createElement("div");
     Object.assign(stage.style, { flex: "1", minHeight: "0", display: "flex", alignItems: "center",
       justifyContent: "center", overflow: "hidden" });
@@ -127,14 +144,16 @@ class RegionEditor {
     canvas.className = "ds-region-canvas";
     Object.assign(canvas.style, { touchAction: "none", cursor: "crosshair", background: "#222" });
     stage.appendChild(canvas);
-    root.append(bar, stage);
+    root.append(bar, tools, stage);
     canvas.addEventListener("pointerdown", (event) => this.onDown(event));
     canvas.addEventListener("pointermove", (event) => this.onMove(event));
     canvas.addEventListener("pointerup", (event) => this.onUp(event));
     canvas.addEventListener("pointercancel", (event) => this.onUp(event));
+    canvas.addEventListener("pointerleave", () => { this.hover = null; this.render(); });
     this.root = root;
     this.stage = stage;
     this.canvas = canvas;
+    this.layer = document.createElement("canvas"); // one region at a time, laid over half transparent
   }
 
   size() {
@@ -149,6 +168,10 @@ class RegionEditor {
     return this.regions.map((_, index) => promptWords(this.node, index));
   }
 
+  say(message) {
+    this.status.textContent = message;
+  }
+
   // The widget's value changed (workflow loaded, user typed): take it.
   load() {
     this.regions = parseRegions(this.store?.value);
@@ -157,7 +180,14 @@ class RegionEditor {
 
   commit() {
     if (this.store) {
-      this.store.value = serialiseRegions(this.regions);
+      let value = serialiseRegions(this.regions);
+      if (value.length > MAX_CHARS) {
+        // Too much painting for one workflow: the last stroke is not kept.
+        this.regions[this.active]?.strokes.pop();
+        value = serialiseRegions(this.regions);
+        this.say("Too much painting: clear a region and paint it with fewer strokes.");
+      }
+      this.store.value = value;
       this.store.callback?.(this.store.value);
       this.regions = parseRegions(this.store.value); // what is shown is exactly what is sent
     }
@@ -176,33 +206,89 @@ class RegionEditor {
   }
 
   onDown(event) {
-    if (event.button !== 0) return;
+    // Left button, pen tip, or a pen's eraser end (button 5), which erases whatever the tool.
+    const penEraser = event.pointerType === "pen" && event.button === 5;
+    if (event.button !== 0 && !penEraser) return;
     event.preventDefault();
     event.stopPropagation();
     const p = this.point(event);
-    const inside = (r) => r && p.x >= r.x && p.x <= r.x + r.w && p.y >= r.y && p.y <= r.y + r.h;
-    const nearCorner = (r) => r && Math.abs(p.x - (r.x + r.w)) <= p.handle && Math.abs(p.y - (r.y + r.h)) <= p.handleY;
-    const order = [this.active, ...this.regions.keys()].filter((i, n, all) => all.indexOf(i) === n);
-    const hit = order.find((i) => nearCorner(this.regions[i])) ?? order.find((i) => inside(this.regions[i]));
-    if (hit !== undefined) {
-      this.active = hit;
-      const r = this.regions[hit];
-      this.drag = nearCorner(r) ? { mode: "resize", x0: r.x, y0: r.y } : { mode: "move", dx: p.x - r.x, dy: p.y - r.y };
-    } else {
-      this.drag = { mode: "draw", x0: p.x, y0: p.y };
-      this.regions[this.active] = { x: p.x, y: p.y, w: 0, h: 0 };
+    if (this.tool === "rect" && !penEraser) this.startRect(p);
+    else if (!this.startStroke(p, penEraser || this.tool === "erase")) return;
+    try {
+      this.canvas.setPointerCapture(event.pointerId); // keep the drag when the pointer leaves the canvas
+    } catch {
+      // A pointer the browser no longer tracks: the drag still works while it stays on the canvas.
     }
-    this.canvas.setPointerCapture?.(event.pointerId);
     this.render(true);
   }
 
+  startRect(p) {
+    const rectOf = (i) => this.regions[i]?.rect;
+    const inside = (r) => r && p.x >= r.x && p.x <= r.x + r.w && p.y >= r.y && p.y <= r.y + r.h;
+    const nearCorner = (r) => r && Math.abs(p.x - (r.x + r.w)) <= p.handle && Math.abs(p.y - (r.y + r.h)) <= p.handleY;
+    const order = [this.active, ...this.regions.keys()].filter((i, n, all) => all.indexOf(i) === n);
+    const hit = order.find((i) => nearCorner(rectOf(i))) ?? order.find((i) => inside(rectOf(i)));
+    if (hit !== undefined) {
+      this.active = hit;
+      const r = rectOf(hit);
+      this.drag = nearCorner(r) ? { mode: "resize", x0: r.x, y0: r.y } : { mode: "move", dx: p.x - r.x, dy: p.y - r.y };
+    } else {
+      this.drag = { mode: "draw", x0: p.x, y0: p.y };
+      this.regionOf(this.active).rect = { x: p.x, y: p.y, w: 0, h: 0 };
+    }
+  }
+
+  regionOf(index) {
+    this.regions[index] ??= { rect: null, strokes: [] };
+    return this.regions[index];
+  }
+
+  // A new brush or eraser stroke on the selected region; false at the cap.
+  startStroke(p, erase) {
+    if (erase && !this.regions[this.active]) return false; // nothing to erase
+    const region = this.regionOf(this.active);
+    if (region.strokes.length >= MAX_STROKES) {
+      this.say(`Region ${this.active + 1} has ${MAX_STROKES} strokes, the most it can hold: clear it to paint again.`);
+      return false;
+    }
+    this.stroke = { points: [[p.x, p.y]], size: this.brush / 100, erase };
+    region.strokes.push(this.stroke);
+    this.drag = { mode: "paint" };
+    return true;
+  }
+
+  // Points while painting: one per MIN_STEP of travel; a long stroke goes on as a new one.
+  extendStroke(p, last = false) {
+    if (!addPoint(this.stroke, p.x, p.y, last) || this.stroke.points.length < MAX_POINTS) return;
+    const region = this.regions[this.active];
+    if (region.strokes.length >= MAX_STROKES) {
+      this.say(`Region ${this.active + 1} is full (${MAX_STROKES} strokes): clear it to paint more.`);
+      this.drag = { mode: "done" };
+      return;
+    }
+    this.stroke = { points: [[p.x, p.y]], size: this.stroke.size, erase: this.stroke.erase };
+    region.strokes.push(this.stroke);
+  }
+
   onMove(event) {
-    if (!this.drag) return;
+    const p = this.point(event);
+    if (!this.drag) {
+      this.hover = this.tool === "rect" ? null : p;
+      if (this.hover) this.render();
+      return;
+    }
     event.preventDefault();
     event.stopPropagation();
-    const p = this.point(event);
-    const r = this.regions[this.active];
-    if (!r) return;
+    if (this.drag.mode === "paint") {
+      // Pens and fast mice report several positions per event (none for a synthetic event).
+      const samples = event.getCoalescedEvents?.() ?? [];
+      for (const sample of samples.length ? samples : [event]) this.extendStroke(this.point(sample));
+      this.hover = p;
+      this.render(true);
+      return;
+    }
+    const r = this.regions[this.active]?.rect;
+    if (!r || this.drag.mode === "done") return;
     if (this.drag.mode === "move") {
       r.x = Math.min(Math.max(p.x - this.drag.dx, 0), 1 - r.w);
       r.y = Math.min(Math.max(p.y - this.drag.dy, 0), 1 - r.h);
@@ -219,10 +305,15 @@ class RegionEditor {
   onUp(event) {
     if (!this.drag) return;
     event.stopPropagation();
-    this.canvas.releasePointerCapture?.(event.pointerId);
-    const r = this.regions[this.active];
-    if (r && (r.w < MIN_FRACTION || r.h < MIN_FRACTION)) this.regions[this.active] = null; // a click, not a drag
+    if (this.canvas.hasPointerCapture?.(event.pointerId)) this.canvas.releasePointerCapture(event.pointerId);
+    const region = this.regions[this.active];
+    if (this.drag.mode === "paint") this.extendStroke(this.point(event), true); // ends where the pointer lifts
+    else if (region?.rect && (region.rect.w < MIN_FRACTION || region.rect.h < MIN_FRACTION)) {
+      region.rect = null; // a click, not a drag
+    }
+    if (region && !region.rect && !region.strokes.length) this.regions[this.active] = null;
     this.drag = null;
+    this.stroke = null;
     this.commit();
   }
 
@@ -232,14 +323,21 @@ class RegionEditor {
     const labels = this.labels();
     const availW = this.stage.clientWidth;
     const availH = this.stage.clientHeight;
-    const signature = JSON.stringify([this.regions, this.active, width, height, labels, availW, availH]);
+    const signature = JSON.stringify([this.regions, this.active, this.tool, this.brush, this.hover, width, height,
+      labels, availW, availH]);
     if (!force && signature === this.signature) return;
     this.signature = signature;
-    this.buttons.forEach((button, index) => {
-      button.style.background = index === this.active ? REGION_COLOURS[index] : "transparent";
-      button.style.color = index === this.active ? "#fff" : "inherit";
-      button.textContent = labels[index] ? `${index + 1}: ${labels[index]}` : `Region ${index + 1}`;
+    this.buttons.forEach((element, index) => {
+      element.style.background = index === this.active ? REGION_COLOURS[index] : "transparent";
+      element.style.color = index === this.active ? "#fff" : "inherit";
+      element.textContent = labels[index] ? `${index + 1}: ${labels[index]}` : `Region ${index + 1}`;
     });
+    this.toolButtons.forEach((element) => {
+      const on = element.dataset.tool === this.tool;
+      element.style.background = on ? "#666" : "transparent";
+      element.style.color = on ? "#fff" : "inherit";
+    });
+    this.sizeLabel.textContent = `${this.brush}%`;
     if (availW < 2 || availH < 2) return;
     const scale = Math.min(availW / width, availH / height);
     const cssW = Math.max(1, Math.floor(width * scale));
@@ -247,8 +345,8 @@ class RegionEditor {
     this.canvas.style.width = `${cssW}px`;
     this.canvas.style.height = `${cssH}px`;
     const dpr = window.devicePixelRatio || 1;
-    this.canvas.width = Math.round(cssW * dpr);
-    this.canvas.height = Math.round(cssH * dpr);
+    this.canvas.width = this.layer.width = Math.round(cssW * dpr);
+    this.canvas.height = this.layer.height = Math.round(cssH * dpr);
     const ctx = this.canvas.getContext("2d");
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, cssW, cssH);
@@ -258,20 +356,38 @@ class RegionEditor {
     ctx.textBaseline = "top";
     const order = [...this.regions.keys()].filter((i) => i !== this.active).concat(this.active);
     for (const index of order) {
-      const r = this.regions[index];
-      if (!r) continue;
+      const region = this.regions[index];
+      if (!region) continue;
       const colour = REGION_COLOURS[index];
-      const [x, y, w, h] = [r.x * cssW, r.y * cssH, r.w * cssW, r.h * cssH];
+      paintRegion(this.layer, region, cssW, cssH, dpr, colour);
+      ctx.save();
+      ctx.setTransform(1, 0, 0, 1, 0, 0);
       ctx.globalAlpha = 0.45;
-      ctx.fillStyle = colour;
-      ctx.fillRect(x, y, w, h);
-      ctx.globalAlpha = 1;
-      ctx.strokeStyle = colour;
-      ctx.lineWidth = index === this.active ? 2 : 1;
-      ctx.strokeRect(x, y, w, h);
-      if (index === this.active) ctx.fillRect(x + w - HANDLE_PX / 2, y + h - HANDLE_PX / 2, HANDLE_PX, HANDLE_PX);
-      ctx.fillStyle = "#fff";
-      ctx.fillText(labels[index] || `Region ${index + 1}`, x + 3, y + 3, Math.max(w - 6, 10));
+      ctx.drawImage(this.layer, 0, 0);
+      ctx.restore();
+      ctx.fillStyle = ctx.strokeStyle = colour;
+      const r = region.rect;
+      if (r) {
+        const [x, y, w, h] = [r.x * cssW, r.y * cssH, r.w * cssW, r.h * cssH];
+        ctx.lineWidth = index === this.active ? 2 : 1;
+        ctx.strokeRect(x, y, w, h);
+        if (index === this.active && this.tool === "rect") {
+          ctx.fillRect(x + w - HANDLE_PX / 2, y + h - HANDLE_PX / 2, HANDLE_PX, HANDLE_PX);
+        }
+      }
+      const anchor = anchorOf(region);
+      if (anchor) {
+        ctx.fillStyle = "#fff";
+        ctx.fillText(labels[index] || `Region ${index + 1}`, anchor[0] * cssW + 3, anchor[1] * cssH + 3,
+          Math.max(r ? r.w * cssW - 6 : cssW / 3, 10));
+      }
+    }
+    if (this.hover && this.tool !== "rect") { // the brush's outline under the pointer
+      ctx.beginPath();
+      ctx.arc(this.hover.x * cssW, this.hover.y * cssH, (this.brush / 100) * Math.min(cssW, cssH) / 2, 0, 2 * Math.PI);
+      ctx.lineWidth = 1;
+      ctx.strokeStyle = "#fff";
+      ctx.stroke();
     }
   }
 }
@@ -285,7 +401,7 @@ app.registerExtension({
       const result = onNodeCreated?.apply(this, arguments);
       this.dsRegionEditor = new RegionEditor(this);
       const [w, h] = this.size ?? [0, 0];
-      this.setSize?.([Math.max(w, 320), Math.max(h, EDITOR_HEIGHT + 140)]);
+      this.setSize?.([Math.max(w, 340), Math.max(h, EDITOR_HEIGHT + 140)]);
       return result;
     };
     const onConfigure = nodeType.prototype.onConfigure;
