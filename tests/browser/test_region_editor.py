@@ -23,6 +23,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from region_reference import stroke_pixels as _stroke_pixels
 
 pytestmark = pytest.mark.integration
 
@@ -101,21 +102,6 @@ def _rectangle(width: int, height: int, x: float, y: float, w: float, h: float) 
         return (np.minimum(before, after) >= 0).astype(np.uint8)
 
     return ramp(height, y * height, h * height)[:, None] * ramp(width, x * width, w * width)[None, :] * 255
-
-
-def _stroke_pixels(width: int, height: int, points, size: float, grow: float = 0.0) -> np.ndarray:
-    """Pixels whose centre lies within size/2 (of the shorter side) + grow px of the polyline: the backend's rule."""
-    radius = max(size * min(width, height) / 2 + grow, 0.0)
-    ys, xs = np.mgrid[0:height, 0:width] + 0.5
-    pts = np.asarray(points, dtype=np.float64) * [width, height]
-    pts = np.vstack([pts, pts]) if len(pts) == 1 else pts
-    out = np.zeros((height, width), dtype=bool)
-    for a, b in zip(pts[:-1], pts[1:]):
-        d = b - a
-        length2 = float(d @ d)
-        t = np.zeros_like(xs) if length2 == 0 else np.clip(((xs - a[0]) * d[0] + (ys - a[1]) * d[1]) / length2, 0, 1)
-        out |= (xs - a[0] - t * d[0]) ** 2 + (ys - a[1] - t * d[1]) ** 2 <= radius * radius
-    return out
 
 
 def _drag(editor, region: int, rect) -> None:
@@ -364,5 +350,150 @@ def test_a_pen_paints_its_eraser_end_erases_and_clear_empties_the_region(editor,
     value = editor.page.evaluate(
         "(id) => app.graph.getNodeById(id).widgets.find((w) => w.name === 'regions').value", ids["canvasNode"])
     assert json.loads(value) == {"version": 1, "regions": []}, value
+    errors = [entry for entry in editor.pack_errors() if entry in editor.console[logged_before:]]
+    assert not errors, "\n".join(map(str, errors))
+
+
+# Undo and redo: every finished edit is one step, Ctrl+Z / Ctrl+Shift+Z / Ctrl+Y
+# while the pointer is over the editor (or it was clicked), buttons in the toolbar.
+_HISTORY_JS = """
+([id, points]) => {
+  const editor = app.graph.getNodeById(id).dsRegionEditor;
+  const canvas = editor.canvas;
+  const ctx = canvas.getContext("2d");
+  const undo = editor.root.querySelector(".ds-region-undo");
+  const redo = editor.root.querySelector(".ds-region-redo");
+  return {
+    value: app.graph.getNodeById(id).widgets.find((w) => w.name === "regions").value,
+    pixels: points.map(([x, y]) => Array.from(ctx.getImageData(Math.floor(x * canvas.width),
+                                                                Math.floor(y * canvas.height), 1, 1).data.slice(0, 3))),
+    undo: !undo.disabled,
+    redo: !redo.disabled,
+    focused: document.activeElement === editor.keys,
+  };
+}
+"""
+# Where a graph click lands on nothing: left of the Region Canvas node (graph position, scale 1).
+_EMPTY_SPOT_JS = """
+() => {
+  const box = app.canvas.canvas.getBoundingClientRect();
+  for (const [gx, gy] of [[120, 300], [160, 420], [80, 200], [600, 60]]) {
+    const x = box.left + gx, y = box.top + gy;
+    if (document.elementFromPoint(x, y) === app.canvas.canvas && !app.graph.getNodeOnPos(gx, gy)) return [x, y];
+  }
+  return null;
+}
+"""
+STROKE_2 = [(0.60, 0.80), (0.90, 0.80)]  # region 2's stroke, clear of region 1's rectangle
+ON_CANVAS = [(0.30, 0.40), (0.75, 0.80), (0.05, 0.95)]  # in the rectangle, on the stroke, nothing
+
+
+def _history(editor, node_id: int) -> dict:
+    return editor.page.evaluate(_HISTORY_JS, [node_id, ON_CANVAS])
+
+
+def test_undo_and_redo_by_keyboard_and_buttons_then_queue(editor, idle_comfy):
+    logged_before = len(editor.console)
+    editor.load_workflow(EMPTY_WORKFLOW, "region_history_test")
+    ids = editor.page.evaluate(_BUILD_JS, SIZE)
+    editor.page.evaluate("(ids) => ids.forEach((id) => app.graph.remove(app.graph.getNodeById(id)))", ids["extra"])
+    editor.page.wait_for_timeout(500)
+    node_id = ids["canvasNode"]
+    background = [34, 34, 34]
+    start = _history(editor, node_id)
+    assert not start["undo"] and not start["redo"], start
+
+    _drag(editor, 1, DRAWN[0])
+    with_rect = _history(editor, node_id)
+    editor.page.locator('.ds-region-button[data-region="2"]').click()
+    assert editor.page.evaluate(_TOOL_JS, [node_id, "brush", 10]) == ["brush", 10]
+    _paint(editor, STROKE_2, steps=30)
+    editor.page.wait_for_timeout(100)
+    done = _history(editor, node_id)
+    regions = json.loads(done["value"])["regions"]
+    assert len(regions) == 2 and "x" in regions[0] and len(regions[1]["strokes"]) == 1, regions
+    assert done["undo"] and not done["redo"] and done["focused"], done
+    assert done["pixels"][0] != background and done["pixels"][1] != background, done
+    assert done["pixels"][2] == background
+
+    # The pointer is over the editor (it just painted there): the keys are the editor's.
+    keyboard = editor.page.keyboard
+    keyboard.press("Control+z")
+    editor.page.wait_for_timeout(100)
+    once = _history(editor, node_id)
+    assert once["value"] == with_rect["value"] and len(json.loads(once["value"])["regions"]) == 1, once
+    assert once["pixels"][1] == background and once["pixels"][0] != background, once  # the stroke is gone
+    assert once["undo"] and once["redo"], once
+    keyboard.press("Control+z")
+    editor.page.wait_for_timeout(100)
+    twice = _history(editor, node_id)
+    assert json.loads(twice["value"]) == {"version": 1, "regions": []}, twice
+    assert twice["pixels"] == [background] * 3, twice  # the rectangle is gone too
+    assert not twice["undo"] and twice["redo"], twice
+    keyboard.press("Control+Shift+z")
+    keyboard.press("Control+y")
+    editor.page.wait_for_timeout(100)
+    redone = _history(editor, node_id)
+    assert redone["value"] == done["value"] and redone["pixels"] == done["pixels"], (redone, done)
+    assert redone["undo"] and not redone["redo"], redone
+    # The toolbar's buttons do the same.
+    editor.page.locator(".ds-region-undo").click()
+    assert _history(editor, node_id)["value"] == with_rect["value"]
+    editor.page.locator(".ds-region-redo").click()
+    by_buttons = _history(editor, node_id)
+    assert by_buttons["value"] == done["value"] and by_buttons["undo"] and not by_buttons["redo"], by_buttons
+
+    # Away from the editor Ctrl+Z is ComfyUI's own (its workflow undo), not the editor's: with
+    # another change (feather) as the workflow's last, ComfyUI undoes that and the regions stay.
+    spot = editor.page.evaluate(_EMPTY_SPOT_JS)
+    assert spot, "no empty spot on the graph to click"
+    editor.page.evaluate(
+        "(id) => { app.graph.getNodeById(id).widgets.find((w) => w.name === 'feather').value = 3; }", node_id)
+    editor.page.mouse.click(*spot)  # the click's mouseup lets ComfyUI record the change
+    editor.page.wait_for_timeout(200)
+    assert not _history(editor, node_id)["focused"]
+    keyboard.press("Control+z")
+    editor.page.wait_for_function(
+        "(id) => app.graph.getNodeById(id)?.widgets.find((w) => w.name === 'feather').value === 0", arg=node_id,
+        timeout=5000)
+    editor.page.wait_for_timeout(300)
+    outside = _history(editor, node_id)
+    assert outside["value"] == done["value"], outside
+    assert outside["pixels"] == done["pixels"], (outside, done)
+    # The pointer over the editor (no click) gives it the keys; leaving gives them back.
+    box = editor.page.locator(".ds-region-canvas").bounding_box()
+    editor.page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=5)
+    assert _history(editor, node_id)["focused"]
+    editor.page.mouse.move(*spot, steps=5)
+    assert not _history(editor, node_id)["focused"]
+
+    # The server's mask is the redone drawing.
+    run = editor.queue_and_wait(timeout=120, output_types=("PreviewImage",))
+    assert not run.get("timed_out") and not run["nodeErrors"] and not run["executionError"], run
+    shown = {entry["id"]: entry["images"] for entry in run["shown"]}
+    rect, painted = json.loads(done["value"])["regions"]
+    stroke = painted["strokes"][0]
+    expected = [_rectangle(SIZE, SIZE, rect["x"], rect["y"], rect["w"], rect["h"]),
+                _stroke_pixels(SIZE, SIZE, stroke["points"], stroke["size"]).astype(np.uint8) * 255]
+    for preview_id, want in zip(ids["previews"], expected):
+        body = editor.page.request.get(shown[preview_id][0]["src"]).body()
+        mask = np.asarray(Image.open(io.BytesIO(body)).convert("L"))
+        assert np.array_equal(mask, want), f"mask of preview {preview_id} differs in {(mask != want).sum()} px"
+
+    # A new edit after an undo drops what was undone. (ComfyUI's undo above loaded the workflow
+    # again: a new editor, on region 1 with the rectangle tool.)
+    editor.page.locator('.ds-region-button[data-region="2"]').click()
+    assert editor.page.evaluate(_TOOL_JS, [node_id, "brush", 10]) == ["brush", 10]
+    _paint(editor, [(0.60, 0.10), (0.90, 0.10)], steps=20)
+    editor.page.wait_for_timeout(100)
+    keyboard.press("Control+z")
+    editor.page.wait_for_timeout(100)
+    assert _history(editor, node_id)["redo"]
+    _paint(editor, [(0.60, 0.30), (0.90, 0.30)], steps=20)
+    editor.page.wait_for_timeout(100)
+    branched = _history(editor, node_id)
+    assert branched["undo"] and not branched["redo"], branched
+    strokes = json.loads(branched["value"])["regions"][1]["strokes"]
+    assert len(strokes) == 2 and abs(strokes[1]["points"][0][1] - 0.30) < 0.01, strokes
     errors = [entry for entry in editor.pack_errors() if entry in editor.console[logged_before:]]
     assert not errors, "\n".join(map(str, errors))

@@ -1,6 +1,6 @@
 """DSRegionCanvas (the region editor's node) as ComfyUI calls it: JSON rectangles and strokes to MASKs.
 
-Painted strokes are checked against a brute-force reference written here: a
+Painted strokes are checked against a brute-force reference (tests/region_reference.py): a
 pixel is painted when its centre lies within size/2 (size a fraction of the
 shorter side) of the stroke's polyline. The node works it out row by row in
 closed form, so the two must agree pixel for pixel.
@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from region_reference import stroke_pixels as _reference
 
 
 def _regions(*rects) -> str:
@@ -83,21 +84,6 @@ def test_bad_json_is_a_clear_error_naming_the_input(models_dir, text, words):
     assert isinstance(message, str) and message.startswith("regions:") and words in message
     with pytest.raises(ValueError, match="regions:"):
         DSRegionCanvas.execute(16, 16, 0, text)
-
-
-def _reference(width: int, height: int, points, size: float) -> np.ndarray:
-    """Brute force: pixel centres within size/2 (of the shorter side) of the polyline."""
-    radius = size * min(width, height) / 2
-    ys, xs = np.mgrid[0:height, 0:width] + 0.5
-    pts = np.asarray(points, dtype=np.float64) * [width, height]
-    pts = np.vstack([pts, pts]) if len(pts) == 1 else pts
-    out = np.zeros((height, width), dtype=bool)
-    for a, b in zip(pts[:-1], pts[1:]):
-        d = b - a
-        length2 = float(d @ d)
-        t = np.zeros_like(xs) if length2 == 0 else np.clip(((xs - a[0]) * d[0] + (ys - a[1]) * d[1]) / length2, 0, 1)
-        out |= (xs - a[0] - t * d[0]) ** 2 + (ys - a[1] - t * d[1]) ** 2 <= radius * radius
-    return out
 
 
 def _stroke(points, size, erase=False) -> dict:

@@ -8,8 +8,21 @@
 // turns it into MASKs (nodes/region_masks.py). The data format and the drawing
 // of a region are in region_geometry.js.
 //
+// Undo and redo: every finished edit (a rectangle drawn, moved or resized, a
+// stroke, a Clear) is one step of a bounded history kept in memory per node
+// (not in the workflow). Ctrl+Z / Cmd+Z undo, Ctrl+Shift+Z / Ctrl+Y redo while
+// the editor is the keyboard's target: ComfyUI's own Ctrl+Z (its ChangeTracker)
+// listens on the window in the capture phase, ahead of any DOM widget, and
+// leaves the keys alone only while an <input> has focus, as a text widget's
+// does. So the editor takes focus into a small (invisible, read-only) input of
+// its own when the pointer comes over it or it is clicked, handles only the
+// undo/redo keys there, and gives the focus back when the pointer leaves (or a
+// click lands elsewhere): everywhere else Ctrl+Z stays ComfyUI's.
+//
 // Public frontend API only: app.registerExtension, beforeRegisterNodeDef,
-// node.addDOMWidget, the graph's nodes and links. Only DSRegionCanvas is touched.
+// node.addDOMWidget, the graph's nodes and links, app.canvas.emitBeforeChange /
+// emitAfterChange (so that ComfyUI records an undo or redo as a change of the
+// workflow). Only DSRegionCanvas is touched.
 import { app } from "../../../scripts/app.js";
 import {
   MAX_CHARS, MAX_POINTS, MAX_STROKES, addPoint, anchorOf, paintRegion, parseRegions, serialiseRegions,
@@ -28,6 +41,7 @@ const TOOLS = [
   ["erase", "Eraser", "Take painted parts (and parts of the rectangle) away from the selected region"],
 ];
 const DEFAULT_BRUSH = 5; // percent of the picture's shorter side
+const MAX_HISTORY = 100; // undo steps kept per node
 
 function linkOf(graph, id) {
   if (id == null || !graph?.links) return null;
@@ -68,6 +82,13 @@ function button(className, text, title, border, onClick) {
   return element;
 }
 
+// Where typing goes to text (ComfyUI's text widgets, dialogs): the editor does not take the focus from it.
+function isTextEntry(element) {
+  if (!element || element === document.body) return false;
+  if (element.isContentEditable || element.tagName === "TEXTAREA" || element.tagName === "SELECT") return true;
+  return element.tagName === "INPUT" && !["range", "button", "checkbox", "radio"].includes(element.type);
+}
+
 class RegionEditor {
   constructor(node) {
     this.node = node;
@@ -84,6 +105,9 @@ class RegionEditor {
       this.store.computeSize = () => [0, -4];
     }
     this.regions = parseRegions(this.store?.value);
+    this.current = serialiseRegions(this.regions); // the value the history's steps lead from
+    this.undoStack = [];
+    this.redoStack = [];
     this.buildDom();
     const widget = node.addDOMWidget("region_canvas", "ds_region_canvas", this.root, {
       serialize: false,
@@ -111,7 +135,11 @@ class RegionEditor {
     });
     const clear = button("ds-region-clear", "Clear", "Remove the selected region's rectangle and painting",
       "1px solid #888", () => { this.regions[this.active] = null; this.say(""); this.commit(); });
-    bar.append(...this.buttons, clear);
+    this.undoButton = button("ds-region-undo", "Undo", "Undo the last edit (Ctrl+Z)", "1px solid #888",
+      () => this.undo());
+    this.redoButton = button("ds-region-redo", "Redo", "Redo the edit undone (Ctrl+Shift+Z or Ctrl+Y)",
+      "1px solid #888", () => this.redo());
+    bar.append(...this.buttons, clear, this.undoButton, this.redoButton);
     const tools = document.createElement("div");
     Object.assign(tools.style, { display: "flex", gap: "4px", flexWrap: "wrap", alignItems: "center",
       fontSize: "11px" });
@@ -144,7 +172,34 @@ class RegionEditor {
     canvas.className = "ds-region-canvas";
     Object.assign(canvas.style, { touchAction: "none", cursor: "crosshair", background: "#222" });
     stage.appendChild(canvas);
-    root.append(bar, tools, stage);
+    // The keyboard's target while the pointer is over the editor or after a click in it (see the top).
+    const keys = document.createElement("input");
+    Object.assign(keys, { type: "text", readOnly: true, tabIndex: -1, className: "ds-region-keys" });
+    keys.setAttribute("aria-label", "Region editor: Ctrl+Z undo, Ctrl+Shift+Z or Ctrl+Y redo");
+    Object.assign(keys.style, { position: "absolute", left: "0", top: "0", width: "1px", height: "1px",
+      opacity: "0", pointerEvents: "none", border: "0", padding: "0" });
+    root.style.position = "relative";
+    root.append(bar, tools, stage, keys);
+    this.keys = keys;
+    root.addEventListener("keydown", (event) => this.onKey(event));
+    root.addEventListener("pointerenter", () => {
+      if (!isTextEntry(document.activeElement)) this.focusKeys(false);
+    });
+    root.addEventListener("pointerleave", () => {
+      if (this.focusByHover && document.activeElement === keys && !this.drag) keys.blur();
+    });
+    // A click in the editor keeps its keys until a click elsewhere; a button clicked hands the keys back.
+    root.addEventListener("pointerdown", (event) => {
+      if (!isTextEntry(event.target)) this.focusKeys(true);
+    }, true);
+    root.addEventListener("click", (event) => {
+      if (event.target.closest?.("button")) this.focusKeys(true);
+    });
+    this.outside = (event) => {
+      if (!root.contains(event.target) && document.activeElement === keys) keys.blur();
+    };
+    keys.addEventListener("focus", () => document.addEventListener("pointerdown", this.outside, true));
+    keys.addEventListener("blur", () => document.removeEventListener("pointerdown", this.outside, true));
     canvas.addEventListener("pointerdown", (event) => this.onDown(event));
     canvas.addEventListener("pointermove", (event) => this.onMove(event));
     canvas.addEventListener("pointerup", (event) => this.onUp(event));
@@ -154,6 +209,70 @@ class RegionEditor {
     this.stage = stage;
     this.canvas = canvas;
     this.layer = document.createElement("canvas"); // one region at a time, laid over half transparent
+  }
+
+  focusKeys(byClick) {
+    this.focusByHover = !byClick && (document.activeElement !== this.keys || this.focusByHover);
+    if (document.activeElement !== this.keys) this.keys.focus({ preventScroll: true });
+  }
+
+  // Ctrl+Z / Cmd+Z, Ctrl+Shift+Z, Ctrl+Y: handled (and kept from ComfyUI) only here; other keys go on.
+  onKey(event) {
+    if (!(event.ctrlKey || event.metaKey) || event.altKey) return;
+    const key = event.key.toLowerCase();
+    const action = key === "z" ? (event.shiftKey ? "redo" : "undo") : key === "y" && !event.shiftKey ? "redo" : null;
+    if (!action) return;
+    event.preventDefault();
+    event.stopPropagation();
+    this[action]();
+  }
+
+  canUndo() {
+    return this.undoStack.length > 0 && !this.drag;
+  }
+
+  canRedo() {
+    return this.redoStack.length > 0 && !this.drag;
+  }
+
+  undo() {
+    if (!this.canUndo()) return;
+    this.redoStack.push(this.current);
+    this.restore(this.undoStack.pop());
+  }
+
+  redo() {
+    if (!this.canRedo()) return;
+    this.undoStack.push(this.current);
+    this.restore(this.redoStack.pop());
+  }
+
+  // A value from the history into the widget (marking the graph changed for ComfyUI) and on screen.
+  restore(value) {
+    const canvas = app.canvas;
+    canvas?.emitBeforeChange?.();
+    try {
+      this.current = value;
+      if (this.store) {
+        this.store.value = value;
+        this.store.callback?.(value);
+      }
+      this.regions = parseRegions(value);
+      this.say("");
+      this.node.setDirtyCanvas?.(true, true);
+      this.node.graph?.change?.();
+    } finally {
+      canvas?.emitAfterChange?.();
+    }
+    this.render(true);
+  }
+
+  updateHistoryButtons() {
+    for (const [element, enabled] of [[this.undoButton, this.canUndo()], [this.redoButton, this.canRedo()]]) {
+      element.disabled = !enabled;
+      element.style.opacity = enabled ? "1" : "0.4";
+      element.style.cursor = enabled ? "pointer" : "default";
+    }
   }
 
   size() {
@@ -175,6 +294,9 @@ class RegionEditor {
   // The widget's value changed (workflow loaded, user typed): take it.
   load() {
     this.regions = parseRegions(this.store?.value);
+    this.current = serialiseRegions(this.regions);
+    this.undoStack = [];
+    this.redoStack = [];
     this.render(true);
   }
 
@@ -190,6 +312,12 @@ class RegionEditor {
       this.store.value = value;
       this.store.callback?.(this.store.value);
       this.regions = parseRegions(this.store.value); // what is shown is exactly what is sent
+      if (value !== this.current) { // one finished edit: one step; a new edit drops what was undone
+        this.undoStack.push(this.current);
+        if (this.undoStack.length > MAX_HISTORY) this.undoStack.shift();
+        this.redoStack = [];
+        this.current = value;
+      }
     }
     this.node.setDirtyCanvas?.(true, true);
     this.render(true);
@@ -338,6 +466,7 @@ class RegionEditor {
       element.style.color = on ? "#fff" : "inherit";
     });
     this.sizeLabel.textContent = `${this.brush}%`;
+    this.updateHistoryButtons();
     if (availW < 2 || availH < 2) return;
     const scale = Math.min(availW / width, availH / height);
     const cssW = Math.max(1, Math.floor(width * scale));
@@ -409,6 +538,12 @@ app.registerExtension({
       const result = onConfigure?.apply(this, arguments);
       this.dsRegionEditor?.load();
       return result;
+    };
+    const onRemoved = nodeType.prototype.onRemoved;
+    nodeType.prototype.onRemoved = function () {
+      const keys = this.dsRegionEditor?.keys;
+      if (keys && document.activeElement === keys) keys.blur(); // the keys go back to ComfyUI
+      return onRemoved?.apply(this, arguments);
     };
     const onDrawForeground = nodeType.prototype.onDrawForeground;
     nodeType.prototype.onDrawForeground = function () {
