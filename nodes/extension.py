@@ -19,11 +19,13 @@ from . import (
     regional,
     routes,
     sample,
+    sdxl_conditioning,
     vae,
 )
 
 CONCEPT_MODULES = [
-    loaders, encode, sample, vae, ip_adapter, controlnet, inpaint, regional, region_masks, lora, model_options,
+    loaders, encode, sdxl_conditioning, sample, vae, ip_adapter, controlnet, inpaint, regional, region_masks,
+    lora, model_options,
 ]
 
 NODES: list[type[io.ComfyNode]] = [node for module in CONCEPT_MODULES for node in module.NODES]
