@@ -1,20 +1,29 @@
-"""Out-of-process work for the SD1.5 benchmark: build the random model, run diffusers.
+"""Out-of-process work for the side-by-side benchmark: build the random model, run diffusers.
 
 Run as a script so that each job has a process of its own: the model
 generation's memory is returned to the OS when it ends, and the diffusers
 run's peak resident memory (`ru_maxrss`) is its own, comparable with the
 ComfyUI server process's.
 
-    python sd15_worker.py generate CACHE_DIR
-    python sd15_worker.py diffusers CACHE_DIR SIZE STEPS CFG SEED1 SEED2 DTYPE DEVICE
+    python sd15_worker.py generate CACHE_DIR [MODEL]
+    python sd15_worker.py diffusers CACHE_DIR SIZE STEPS CFG SEED1 SEED2 DTYPE DEVICE [MODEL]
 
-Both print one JSON line (prefixed `RESULT `) on stdout.
+MODEL is sd15 (the default) or sdxl. Both print one JSON line (prefixed
+`RESULT `) on stdout.
 
 The model is a full-size SD1.5 architecture (the configs the pack bundles under
 nodes/engine/configs/sd1/) with seeded random weights, stored as float16:
 a single-file LDM checkpoint (what DSLoadModel and CheckpointLoaderSimple
 read), the same weights as a diffusers folder (what StableDiffusionPipeline
 reads), a kohya-format LoRA and an LDM-format ControlNet of full size.
+
+The SDXL model (`generate CACHE sdxl`) is a full-size SDXL base architecture
+(nodes/engine/configs/sdxl/: UNet of about 2.6 B parameters, CLIP-L, OpenCLIP
+bigG with projection, VAE), built directly in float16 (this machine's memory
+would not hold two float32 copies), saved as an SDXL single-file LDM
+checkpoint (`ldm_export.save_sdxl_single_file`) and as a diffusers folder for
+StableDiffusionXLPipeline; no LoRA or ControlNet. It has its own DONE marker,
+so the two models are built and reused independently.
 """
 from __future__ import annotations
 
@@ -28,7 +37,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 TESTS_DIR = HERE.parent
 REPO_ROOT = TESTS_DIR.parent
-CONFIGS = REPO_ROOT / "nodes" / "engine" / "configs" / "sd1"
+CONFIGS_ROOT = REPO_ROOT / "nodes" / "engine" / "configs"
+CONFIGS = CONFIGS_ROOT / "sd1"
 
 CHECKPOINT = "ds_bench_sd15_random.safetensors"
 DIFFUSERS_FOLDER = "ds_bench_sd15_random"
@@ -37,12 +47,25 @@ CONTROLNET = "ds_bench_sd15_random_controlnet.safetensors"
 DONE = "complete.json"
 FORMAT = 1  # bump when the files' content changes
 
+SDXL_CHECKPOINT = "ds_bench_sdxl_random.safetensors"
+SDXL_DIFFUSERS_FOLDER = "ds_bench_sdxl_random"
+SDXL_DONE = "complete_sdxl.json"
+SDXL_FORMAT = 1
+
+# Per model: the files the benchmark reads and the marker of a finished build.
+MODELS = {
+    "sd15": {"label": "SD1.5", "checkpoint": CHECKPOINT, "folder": DIFFUSERS_FOLDER, "done": DONE, "format": FORMAT,
+             "lora": LORA, "controlnet": CONTROLNET},
+    "sdxl": {"label": "SDXL", "checkpoint": SDXL_CHECKPOINT, "folder": SDXL_DIFFUSERS_FOLDER, "done": SDXL_DONE,
+             "format": SDXL_FORMAT},
+}
+
 PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
 NEGATIVE = "blurry, low quality"
 
 
-def _config(name: str) -> dict:
-    data = json.loads((CONFIGS / name).read_text())
+def _config(name: str, family: str = "sd1") -> dict:
+    data = json.loads((CONFIGS_ROOT / family / name).read_text())
     return {k: v for k, v in data.items() if not k.startswith("_")}
 
 
@@ -55,23 +78,44 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def is_complete(cache: Path) -> bool:
-    marker = Path(cache) / DONE
+def is_complete(cache: Path, model: str = "sd15") -> bool:
+    spec = MODELS[model]
+    marker = Path(cache) / spec["done"]
     if not marker.is_file():
         return False
     try:
-        return json.loads(marker.read_text()).get("format") == FORMAT
+        return json.loads(marker.read_text()).get("format") == spec["format"]
     except ValueError:
         return False
 
 
+def _build(family: str) -> dict:
+    """The UNet, VAE and text encoder(s) of a bundled config family, seeded random weights.
+
+    The parameters take torch's default dtype (the SDXL build sets float16).
+    """
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    modules = {}
+    torch.manual_seed(0)
+    modules["unet"] = UNet2DConditionModel.from_config(_config("unet.json", family)).eval()
+    torch.manual_seed(1)
+    modules["vae"] = AutoencoderKL.from_config(_config("vae.json", family)).eval()
+    torch.manual_seed(2)
+    modules["text_encoder"] = CLIPTextModel(CLIPTextConfig(**_config("text_encoder.json", family))).eval()
+    if (CONFIGS_ROOT / family / "text_encoder_2.json").is_file():
+        torch.manual_seed(3)
+        config = CLIPTextConfig(**_config("text_encoder_2.json", family))
+        modules["text_encoder_2"] = CLIPTextModelWithProjection(config).eval()
+    return modules
+
+
 def generate(cache: Path) -> dict:
     import torch
-    from diffusers import AutoencoderKL, ControlNetModel, EulerDiscreteScheduler, StableDiffusionPipeline
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import ControlNetModel, EulerDiscreteScheduler, StableDiffusionPipeline
 
-    sys.path.insert(0, str(TESTS_DIR))
     import ldm_export
     import tiny_models
     from harness import models_controlnet, models_lora
@@ -80,12 +124,8 @@ def generate(cache: Path) -> dict:
     cache.mkdir(parents=True, exist_ok=True)
     timings = {}
     start = time.perf_counter()
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(_config("unet.json")).eval()
-    torch.manual_seed(1)
-    vae = AutoencoderKL.from_config(_config("vae.json")).eval()
-    torch.manual_seed(2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**_config("text_encoder.json"))).eval()
+    built = _build("sd1")
+    unet, vae, text_encoder = built["unet"], built["vae"], built["text_encoder"]
     timings["build_s"] = time.perf_counter() - start
 
     # The LoRA and ControlNet follow the UNet's shapes; build them before halving.
@@ -130,16 +170,76 @@ def generate(cache: Path) -> dict:
     return result
 
 
-def run_diffusers(cache: Path, size: int, steps: int, cfg: float, seeds, dtype: str, device: str) -> dict:
+def generate_sdxl(cache: Path) -> dict:
+    """The full-size SDXL base model, built in float16 and saved as soon as built."""
+    import gc
+
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    start = time.perf_counter()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float16)  # parameters are created in float16: no float32 copy ever exists
+    try:
+        with torch.no_grad():
+            modules = _build("sdxl")
+    finally:
+        torch.set_default_dtype(previous)
+    import ldm_export
+    import tiny_models
+
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    with torch.no_grad():
+        for module in modules.values():
+            module.to(torch.float16)  # a no-op unless a library forced float32 somewhere
+    timings["build_s"] = time.perf_counter() - start
+    unet, vae, text_encoder, text_encoder_2 = (modules[k] for k in ("unet", "vae", "text_encoder", "text_encoder_2"))
+    params = {name: sum(p.numel() for p in module.parameters()) for name, module in modules.items()}
+    dtypes = sorted({str(p.dtype) for module in modules.values() for p in module.parameters()})
+
+    start = time.perf_counter()
+    ldm_export.save_sdxl_single_file(modules, cache / SDXL_CHECKPOINT)
+    gc.collect()
+    timings["save_single_file_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tiny_models.clip_tokenizer(),
+        tokenizer_2=tiny_models.clip_tokenizer(pad_token="!"),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler.from_config(_config("scheduler_config.json", "sdxl")),
+    )
+    pipe.save_pretrained(str(cache / SDXL_DIFFUSERS_FOLDER), safe_serialization=True)
+    timings["save_diffusers_s"] = time.perf_counter() - start
+    result = {
+        "format": SDXL_FORMAT,
+        "params": params,
+        "dtypes": dtypes,
+        "timings": timings,
+        "peak_rss_bytes": _peak_rss_bytes(),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    (cache / SDXL_DONE).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def run_diffusers(cache: Path, size: int, steps: int, cfg: float, seeds, dtype: str, device: str,
+                  model: str = "sd15") -> dict:
     start = time.perf_counter()
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+    import diffusers
+    from diffusers import EulerDiscreteScheduler
 
+    pipeline_class = diffusers.StableDiffusionXLPipeline if model == "sdxl" else diffusers.StableDiffusionPipeline
     imports_s = time.perf_counter() - start
     torch_dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
     start = time.perf_counter()
-    pipe = StableDiffusionPipeline.from_pretrained(
-        str(Path(cache) / DIFFUSERS_FOLDER), torch_dtype=torch_dtype, local_files_only=True
+    pipe = pipeline_class.from_pretrained(
+        str(Path(cache) / MODELS[model]["folder"]), torch_dtype=torch_dtype, local_files_only=True
     )
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe = pipe.to(device)
@@ -199,11 +299,14 @@ def run_diffusers(cache: Path, size: int, steps: int, cfg: float, seeds, dtype: 
 
 def main(argv: list[str]) -> None:
     mode, cache = argv[1], Path(argv[2])
+    sys.path.insert(0, str(TESTS_DIR))  # ldm_export, tiny_models, harness
     if mode == "generate":
-        _emit(generate(cache))
+        model = argv[3] if len(argv) > 3 else "sd15"
+        _emit(generate_sdxl(cache) if model == "sdxl" else generate(cache))
     elif mode == "diffusers":
         size, steps, cfg, seed1, seed2, dtype, device = argv[3:10]
-        _emit(run_diffusers(cache, int(size), int(steps), float(cfg), [int(seed1), int(seed2)], dtype, device))
+        model = argv[10] if len(argv) > 10 else "sd15"
+        _emit(run_diffusers(cache, int(size), int(steps), float(cfg), [int(seed1), int(seed2)], dtype, device, model))
     else:
         raise SystemExit(f"unknown mode {mode!r}: generate or diffusers")
 

@@ -1,4 +1,4 @@
-"""SD1.5 side by side: diffusers directly, this pack's graph, ComfyUI's native graph.
+"""SD1.5 (and SDXL) side by side: diffusers directly, this pack's graph, ComfyUI's native graph.
 
 One full-size SD1.5-architecture model with random weights (float16 on disk,
 built once into ~/.cache/diffusers-studio/bench/ and reused) is run, in one
@@ -31,6 +31,15 @@ list of lora, cn1, cn2: the adapter runs, each on fresh servers after the
 main table) override them. Next to wall seconds per step, CPU seconds per
 step (user + system of the process, all threads) are reported: other
 processes sharing the cores inflate the first, hardly the second.
+
+DS_BENCH_MODEL selects the model: sd15 (the default), sdxl, or all (both, one
+test each). SDXL is a full-size SDXL base architecture with random weights
+(nodes/engine/configs/sdxl/, built once in float16 by the worker, with a
+marker of its own), run by StableDiffusionXLPipeline, the same pack graph and
+the same native graph (ComfyUI's CLIPTextEncode handles SDXL's two encoders);
+no adapter runs. Its defaults: 1024x1024, 20 steps, float16 on CUDA; 512x512,
+3 steps, float32 on a CPU. DS_BENCH_SIZE and DS_BENCH_STEPS override the
+size and steps of every selected model. Its report goes to last_run_sdxl.md.
 """
 from __future__ import annotations
 
@@ -76,16 +85,35 @@ def _extras_selected(value: str) -> list:
     return [_EXTRA_KEYS[key.strip()] for key in value.split(",") if key.strip() in _EXTRA_KEYS]
 
 
-def _settings() -> dict:
+# DS_BENCH_MODEL: sd15 (default), sdxl or all. Per model: (size, steps) on CUDA
+# and on a CPU, and whether the adapter runs exist for it.
+MODEL_DEFAULTS = {
+    "sd15": {"cuda": (512, 20), "cpu": (256, 4), "extras": True},
+    "sdxl": {"cuda": (1024, 20), "cpu": (512, 3), "extras": False},
+}
+
+
+def _models_selected() -> list:
+    value = os.environ.get("DS_BENCH_MODEL", "sd15").strip().lower()
+    if value in ("all", "both"):
+        return list(MODEL_DEFAULTS)
+    models = [key.strip() for key in value.split(",") if key.strip() in MODEL_DEFAULTS]
+    return models or ["sd15"]
+
+
+def _settings(model: str = "sd15") -> dict:
     import torch
 
     cuda = torch.cuda.is_available()
+    defaults = MODEL_DEFAULTS[model]
+    size, steps = defaults["cuda" if cuda else "cpu"]
     return {
+        "model": model,
         "device": "cuda" if cuda else "cpu",
         "dtype": "float16" if cuda else "float32",
-        "size": int(os.environ.get("DS_BENCH_SIZE", 512 if cuda else 256)),
-        "steps": int(os.environ.get("DS_BENCH_STEPS", 20 if cuda else 4)),
-        "extras": _extras_selected(os.environ.get("DS_BENCH_EXTRAS", "all")),
+        "size": int(os.environ.get("DS_BENCH_SIZE", size)),
+        "steps": int(os.environ.get("DS_BENCH_STEPS", steps)),
+        "extras": _extras_selected(os.environ.get("DS_BENCH_EXTRAS", "all")) if defaults["extras"] else [],
         "torch": torch.__version__,
     }
 
@@ -103,15 +131,16 @@ def _worker(*args: str, timeout: float = 3600) -> dict:
     )
 
 
-def _ensure_model() -> dict:
+def _ensure_model(model: str = "sd15") -> dict:
     import sd15_worker
 
-    if sd15_worker.is_complete(CACHE):
-        info = json.loads((CACHE / sd15_worker.DONE).read_text())
+    spec = sd15_worker.MODELS[model]
+    if sd15_worker.is_complete(CACHE, model):
+        info = json.loads((CACHE / spec["done"]).read_text())
         info["reused"] = True
         return info
-    print(f"\n[bench] building the random full-size SD1.5 model into {CACHE} (once; a few minutes)", flush=True)
-    info = _worker("generate", str(CACHE))
+    print(f"\n[bench] building the random full-size {spec['label']} model into {CACHE} (once; a few minutes)", flush=True)
+    info = _worker("generate", str(CACHE), model)
     info["reused"] = False
     return info
 
@@ -357,6 +386,8 @@ def _server_phase(name: str, graph_fn, names: dict, settings: dict, workdir: Pat
     base = workdir / f"base_{name}"
     server.prepare_base_dir(base)
     for folder, key in (("checkpoints", "checkpoint"), ("loras", "lora"), ("controlnet", "controlnet")):
+        if not names.get(key):
+            continue
         (base / "models" / folder).mkdir(parents=True, exist_ok=True)
         link = base / "models" / folder / names[key]
         if not link.exists():
@@ -500,7 +531,7 @@ def _report(settings, model_info, machine, versions, diff, pack, native) -> str:
         f"{', '.join(f'{x:.1f}' for x in machine['loadavg'])}.",
         f"Software: Python {machine['python']}, torch {versions['torch']}, diffusers {versions['diffusers']}, "
         f"transformers {versions['transformers']}, ComfyUI {versions['comfyui']}.",
-        f"Work: SD1.5 architecture, random weights (UNet {model_info['params']['unet'] / 1e6:.0f} M parameters, "
+        f"Work: {model_info.get('label', 'SD1.5')} architecture, random weights (UNet {model_info['params']['unet'] / 1e6:.0f} M parameters, "
         f"float16 on disk), {settings['size']}x{settings['size']}, {settings['steps']} steps, Euler (normal schedule), "
         f"cfg {CFG}, batch 1, {settings['dtype']} on {settings['device']}; servers started "
         f"{'with --cpu' if settings['device'] == 'cpu' else 'on the GPU'}.",
@@ -529,21 +560,24 @@ def _versions() -> dict:
 # ------------------------------------------------------------------- test
 
 
-def test_sd15_side_by_side(tmp_path):
+@pytest.mark.parametrize("model", _models_selected())
+def test_side_by_side(tmp_path, model):
     if not os.environ.get("COMFYUI_PATH"):
         pytest.skip("COMFYUI_PATH is not set: run with `make bench`")
     sys.path.insert(0, str(HERE))
     import sd15_worker as w
 
-    settings = _settings()
+    spec = w.MODELS[model]
+    settings = _settings(model)
     load_before = os.getloadavg()
-    model_info = _ensure_model()
-    names = {"checkpoint": w.CHECKPOINT, "lora": w.LORA, "controlnet": w.CONTROLNET}
+    model_info = _ensure_model(model)
+    model_info["label"] = spec["label"]
+    names = {key: spec.get(key) for key in ("checkpoint", "lora", "controlnet")}
     print(f"\n[bench] model: {'reused' if model_info['reused'] else 'built'} in {CACHE}; settings {settings}", flush=True)
 
     diff = _worker(
         "diffusers", str(CACHE), str(settings["size"]), str(settings["steps"]), str(CFG),
-        str(SEEDS[0]), str(SEEDS[1]), settings["dtype"], settings["device"],
+        str(SEEDS[0]), str(SEEDS[1]), settings["dtype"], settings["device"], model,
     )
     print(f"[bench] diffusers: {json.dumps(diff)}", flush=True)
 
@@ -573,7 +607,8 @@ def test_sd15_side_by_side(tmp_path):
 def _write_report(report: str, settings, diff, pack, native) -> None:
     print("\n" + report, flush=True)
     CACHE.mkdir(parents=True, exist_ok=True)
-    (CACHE / "last_run.md").write_text(report)
-    (CACHE / "last_run.json").write_text(
+    stem = "last_run" if settings.get("model", "sd15") == "sd15" else f"last_run_{settings['model']}"
+    (CACHE / f"{stem}.md").write_text(report)
+    (CACHE / f"{stem}.json").write_text(
         json.dumps({"settings": settings, "diffusers": diff, "pack": pack, "native": native}, indent=1)
     )
