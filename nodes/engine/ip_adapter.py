@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from . import hooks
-from .components import BASE, REFINER, SDXL, ModelBundle
+from .components import SDXL, ModelBundle
 from .image_encoder import IMAGE_EMBEDS, ImageEmbeds, encode_images
 from .ip_adapter_loading import IPAdapter
 
@@ -363,7 +363,7 @@ def check_embeds(adapter: IPAdapter, embeds: ImageEmbeds) -> None:
 
 def check_model(adapter: IPAdapter, model: ModelBundle) -> list[str]:
     """The UNet's cross-attention names, after checking the adapter fits them."""
-    if getattr(model, "variant", BASE) == REFINER:
+    if model.is_refiner:
         raise ValueError(
             f"ip_adapter: '{adapter.name}' cannot be applied to the model '{model.name}', which is the SDXL "
             "refiner: IP-Adapters are made for base models (SDXL ones for SDXL base's 2048-wide "

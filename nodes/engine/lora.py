@@ -339,7 +339,7 @@ def apply_lora(
         unet_targets, unet_unmatched = match_layers(lora, fmt.UNET, model.unet)
         te_targets, te_unmatched = [], []
         encoders = tuple(text_encoder.text_encoders) if text_encoder is not None else ()
-        refiner_te = text_encoder is not None and getattr(text_encoder, "variant", BASE) == REFINER
+        refiner_te = text_encoder is not None and text_encoder.is_refiner
         # The refiner's only encoder is OpenCLIP bigG, SDXL's text_encoder_2.
         components = (fmt.TEXT_ENCODER_2,) if refiner_te else (fmt.TEXT_ENCODER, fmt.TEXT_ENCODER_2)
         for index, component in enumerate(components):
@@ -357,7 +357,7 @@ def apply_lora(
             )
     except LoraMismatch as exc:
         raise _mismatch_error(
-            lora, model.name, model.family, model.unet, exc, getattr(model, "variant", BASE)
+            lora, model.name, model.family, model.unet, exc, model.variant
         ) from exc
 
     te_total = sum(len(t) for t in te_targets)

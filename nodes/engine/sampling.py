@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import hooks as hooks_mod
-from .components import BASE, REFINER, SDXL, Conditioning, ModelBundle, model_kind_label
+from .components import SDXL, Conditioning, ModelBundle, model_kind_label
 from .noise import generators_for, initial_noise, seed_plan
 from .schedulers import make_scheduler
 
@@ -38,7 +38,7 @@ OnStep = Callable[[int, int, torch.Tensor], None]
 
 
 def _model_label(model: ModelBundle) -> str:
-    kind = "sdxl refiner" if getattr(model, "variant", BASE) == REFINER else model.family
+    kind = "sdxl refiner" if model.is_refiner else model.family
     return f"DS model {model.name!r} ({kind})"
 
 
@@ -79,7 +79,7 @@ def _check_conditioning(model: ModelBundle, cond: Conditioning, which: str) -> N
             f"{which} conditioning was encoded for {cond.family}, but {_model_label(model)} "
             f"is {model.family}: encode the prompt with the text encoder of the same checkpoint"
         )
-    cond_variant, model_variant = getattr(cond, "variant", BASE), getattr(model, "variant", BASE)
+    cond_variant, model_variant = cond.variant, model.variant
     if cond_variant != model_variant:
         raise ValueError(
             f"{which} conditioning was encoded with the {model_kind_label(cond.family, cond_variant)} text "
@@ -203,7 +203,7 @@ def _time_id_count(model: ModelBundle, pooled_dim: int) -> int:
     as; the variant decides only when the UNet does not tell.
     """
     unet = model.unet
-    default = 5 if getattr(model, "variant", BASE) == REFINER else 6
+    default = 5 if model.is_refiner else 6
     time_dim = getattr(unet.config, "addition_time_embed_dim", None)
     linear = getattr(getattr(unet, "add_embedding", None), "linear_1", None)
     if time_dim is None or linear is None:
@@ -468,7 +468,7 @@ def sample(
     if plan is None:
         return dict(latent)
     timesteps, full, order, total = plan.timesteps, plan.full, plan.order, plan.total
-    if plan.is_txt2img and getattr(model, "variant", BASE) == REFINER:
+    if plan.is_txt2img and model.is_refiner:
         # Allowed, as in diffusers, but rarely what was meant.
         logger.warning(
             "%s starts from pure noise: the SDXL refiner is trained for the last, low-noise steps and "

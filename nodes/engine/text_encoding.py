@@ -50,7 +50,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from .components import BASE, FAMILIES, REFINER, SD1, SDXL, Conditioning, TextEncoderBundle
+from .components import FAMILIES, SD1, SDXL, Conditioning, TextEncoderBundle
 from .prompt_weights import parse_prompt_chunks
 
 logger = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ def _check(bundle: TextEncoderBundle, text, clip_skip) -> None:
         raise ValueError(
             f"text_encoder: family {bundle.family!r} is not supported; expected one of {FAMILIES}"
         )
-    expected = 1 if getattr(bundle, "variant", None) == REFINER else _ENCODER_COUNT[bundle.family]
+    expected = 1 if bundle.is_refiner else _ENCODER_COUNT[bundle.family]
     if len(bundle.text_encoders) != expected or len(bundle.tokenizers) != expected:
         kind = "an SDXL refiner" if expected == 1 and bundle.family == SDXL else f"a {bundle.family}"
         raise ValueError(
@@ -306,7 +306,7 @@ def encode_prompt(text_encoder: TextEncoderBundle, text: str, *, clip_skip: int 
         embeds=embeds.to(device=device, dtype=dtype),
         empty_chunk=empty.to(device=device, dtype=dtype),
         pooled=pooled,
-        variant=getattr(text_encoder, "variant", BASE),
+        variant=text_encoder.variant,
     )
 
 
