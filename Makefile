@@ -10,10 +10,15 @@ export COMFYUI_PATH
 export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: env run test bench chromium thumbnails
+.PHONY: env lock run test bench chromium thumbnails
 
 env:
 	@bash scripts/setup_env.sh
+
+# Resolve the requirement ranges afresh and rewrite requirements-lock.txt
+# (on purpose, then `make test` and commit; `make env` installs the lock).
+lock:
+	@DS_LOCK=1 bash scripts/setup_env.sh
 
 run: env
 	@$(PY) scripts/run_comfyui.py

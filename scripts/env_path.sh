@@ -4,5 +4,5 @@
 # reuses a finished environment and a changed requirement builds a new one.
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
-key=$(cat "$here/requirements.txt" "$here/requirements-dev.txt" "$here/scripts/setup_env.sh" | sha256sum | cut -c1-12)
+key=$(cat "$here/requirements.txt" "$here/requirements-dev.txt" "$here/requirements-lock.txt" "$here/scripts/setup_env.sh" | sha256sum | cut -c1-12)
 echo "${DS_ENV_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/diffusers-studio/env-$key}"
