@@ -2,7 +2,8 @@
 
 Kept apart from the test so the figures can be recomputed from a saved
 last_run*.json (`python bench_report.py last_run.json`) after a run on
-another machine (the GPU runs come back as JSON).
+another machine (the GPU runs come back as JSON); several files given are
+pooled into one report, their repetitions counted together.
 """
 from __future__ import annotations
 
@@ -151,5 +152,15 @@ def render(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
-    print(render(json.loads(Path(sys.argv[1]).read_text())))
+def pooled(runs: list) -> dict:
+    """Several runs' records as one (repetitions renumbered; the first run's warm-up and settings)."""
+    data = json.loads(json.dumps(runs[0]))
+    for run in runs[1:]:
+        offset = data["settings"]["reps"]
+        data["prompts"] += [dict(p, rep=p["rep"] + offset) for p in run["prompts"]]
+        data["settings"]["reps"] += run["settings"]["reps"]
+    return data
+
+
+if __name__ == "__main__":  # python bench_report.py RUN.json [MORE.json ...]: one report, runs pooled
+    print(render(pooled([json.loads(Path(arg).read_text()) for arg in sys.argv[1:]])))
