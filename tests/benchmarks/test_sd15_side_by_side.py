@@ -106,7 +106,7 @@ def _settings(model: str) -> dict:
     }
 
 
-def _ensure_model(model: str) -> dict:
+def _ensure_model(model: str = "sd15") -> dict:
     import subprocess
 
     import sd15_worker
