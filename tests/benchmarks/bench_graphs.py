@@ -1,0 +1,163 @@
+"""The three graphs the side-by-side benchmark queues on one ComfyUI server.
+
+Each makes the same image from the same weights: Euler, normal schedule,
+cfg 7, one image, saved by ComfyUI's SaveImage. `prompt` lets the benchmark
+give every queued prompt its own text, so that ComfyUI's cache never skips a
+text encoding that diffusers' pipeline redoes on every call.
+"""
+from __future__ import annotations
+
+CFG = 7.0
+
+
+def _chain_controlnets(graph: dict, class_type: str, count: int, positive: list, negative: list, **extra) -> tuple:
+    """`count` ControlNet apply nodes in a row (nodes 12, 13, ...) on loader 10 and image 11."""
+    for index in range(count):
+        node = str(12 + index)
+        graph[node] = {
+            "class_type": class_type,
+            "inputs": {"positive": positive, "negative": negative, "control_net": ["10", 0], "image": ["11", 0],
+                       "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, **extra},
+        }
+        positive, negative = [node, 0], [node, 1]
+    return positive, negative
+
+
+def pack_graph(names: dict, size: int, steps: int, seed: int, prompt: str = "", lora: bool = False,
+               controlnets: int = 0) -> dict:
+    import sd15_worker as w
+
+    prompt = prompt or w.PROMPT
+    model, text = ["1", 0], ["1", 1]
+    graph = {
+        "1": {"class_type": "DSLoadModel", "inputs": {"model_name": names["checkpoint"], "dtype": "auto"}},
+    }
+    if lora:
+        graph["20"] = {
+            "class_type": "DSLoadLoRA",
+            "inputs": {
+                "model": model,
+                "text_encoder": text,
+                "lora_name": names["lora"],
+                "strength_model": 1.0,
+                "strength_text_encoder": 1.0,
+            },
+        }
+        model, text = ["20", 0], ["20", 1]
+    graph.update(
+        {
+            "2": {"class_type": "DSTextEncode", "inputs": {"text_encoder": text, "text": prompt, "clip_skip": 1}},
+            "3": {"class_type": "DSTextEncode", "inputs": {"text_encoder": text, "text": w.NEGATIVE, "clip_skip": 1}},
+            "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        }
+    )
+    positive, negative = ["2", 0], ["3", 0]
+    if controlnets:
+        graph["10"] = {
+            "class_type": "DSLoadControlNet",
+            "inputs": {"control_net_name": names["controlnet"], "dtype": "auto"},
+        }
+        graph["11"] = {"class_type": "LoadImage", "inputs": {"image": "example.png"}}
+        positive, negative = _chain_controlnets(graph, "DSApplyControlNet", controlnets, positive, negative,
+                                                guess_mode=False)
+    graph.update(
+        {
+            "5": {
+                "class_type": "DSSampler",
+                "inputs": {
+                    "model": model,
+                    "positive": positive,
+                    "negative": negative,
+                    "latent_image": ["4", 0],
+                    "seed": seed,
+                    "steps": steps,
+                    "cfg": CFG,
+                    "sampler_name": "Euler",
+                    "schedule": "normal",
+                    "denoise": 1.0,
+                    "start_step": 0,
+                    "end_step": 10000,
+                    "variation_seed": 0,
+                    "variation_strength": 0.0,
+                    "batch_seed_mode": "increment",
+                },
+            },
+            "6": {"class_type": "DSVAEDecode", "inputs": {"vae": ["1", 2], "samples": ["5", 0], "tiled": False, "tile_size": 512}},
+            "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "bench_pack"}},
+        }
+    )
+    return graph
+
+
+def native_graph(names: dict, size: int, steps: int, seed: int, prompt: str = "", lora: bool = False,
+                 controlnets: int = 0) -> dict:
+    import sd15_worker as w
+
+    prompt = prompt or w.PROMPT
+    model, clip = ["1", 0], ["1", 1]
+    graph = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": names["checkpoint"]}}}
+    if lora:
+        graph["20"] = {
+            "class_type": "LoraLoader",
+            "inputs": {"model": model, "clip": clip, "lora_name": names["lora"], "strength_model": 1.0, "strength_clip": 1.0},
+        }
+        model, clip = ["20", 0], ["20", 1]
+    graph.update(
+        {
+            "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": prompt}},
+            "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": w.NEGATIVE}},
+            "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        }
+    )
+    positive, negative = ["2", 0], ["3", 0]
+    if controlnets:
+        graph["10"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": names["controlnet"]}}
+        graph["11"] = {"class_type": "LoadImage", "inputs": {"image": "example.png"}}
+        positive, negative = _chain_controlnets(graph, "ControlNetApplyAdvanced", controlnets, positive, negative)
+    graph.update(
+        {
+            "5": {
+                "class_type": "KSampler",
+                "inputs": {
+                    "model": model,
+                    "seed": seed,
+                    "steps": steps,
+                    "cfg": CFG,
+                    "sampler_name": "euler",
+                    "scheduler": "normal",
+                    "positive": positive,
+                    "negative": negative,
+                    "latent_image": ["4", 0],
+                    "denoise": 1.0,
+                },
+            },
+            "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+            "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "bench_native"}},
+        }
+    )
+    return graph
+
+
+def diffusers_graph(names: dict, size: int, steps: int, seed: int, prompt: str = "", *, kind: str = "sd15",
+                    dtype: str = "float32") -> dict:
+    """diffusers' own pipeline in one node (tests/benchmarks/ds_bench_diffusers), then SaveImage."""
+    import sd15_worker as w
+
+    return {
+        "1": {
+            "class_type": "DSBenchDiffusersPipeline",
+            "inputs": {
+                "model_folder": names["folder"],
+                "kind": kind,
+                "dtype": dtype,
+                "prompt": prompt or w.PROMPT,
+                "negative": w.NEGATIVE,
+                "width": size,
+                "height": size,
+                "steps": steps,
+                "cfg": CFG,
+                "seed": seed,
+            },
+        },
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bench_diffusers"}},
+    }
