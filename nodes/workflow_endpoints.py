@@ -87,7 +87,9 @@ async def run_workflow(request: web.Request) -> web.Response:
     prompt = await asyncio.to_thread(build_prompt, workflow, body, name)
     job = queue.Job(id=f"workflow({uuid.uuid4().hex[:15]})", kind="workflow")
     try:
-        prompt_id = await queue.submit(job, prompt, {})
+        # A client id of its own, so that a run whose outputs ComfyUI serves
+        # from its cache (the same inputs again) still answers its pictures.
+        prompt_id = await queue.submit(job, prompt, {}, client_id=job.id)
         entry = await queue.wait(job, prompt_id)
     except asyncio.CancelledError:
         queue.cancel_pending(job)

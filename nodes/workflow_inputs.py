@@ -10,7 +10,8 @@ them, so inputs are named after what the editor shows on each node:
   LoadImageMask (sent as base64), the value of a PrimitiveNode, else the
   first of text, seed, value, else the first widget.
 - When several nodes show the same name, `<name>` and `<name>.<widget>` set
-  all of them (as a shared title always did), and `<name> #k` /
+  all of them (as a shared title always did; titled ones only, where a title
+  equals untitled nodes' display name), and `<name> #k` /
   `<name> #k.<widget>` set only the k-th of them, counted from 1 in order
   of node id. A numbered name that another node shows as its own name is
   left to that node.
@@ -124,16 +125,23 @@ def _node_widgets(converter: Converter, node: dict) -> list[Target]:
 
 
 def node_names(workflow_nodes: list[dict]) -> dict[str, list[str]]:
-    """name -> the node ids (as strings) it addresses: shown names, and `#k` names where several share one."""
-    shown: dict[str, list[str]] = {}
+    """name -> the node ids (as strings) it addresses: shown names, and `#k` names where several share one.
+
+    A title wins over a display name: where a title equals the display name
+    of untitled nodes, the bare name sets the titled nodes only (as it did
+    when only titles were names); the untitled ones keep their `#k` names.
+    """
+    shown: dict[str, list[dict]] = {}
     for node in sorted(workflow_nodes, key=lambda n: _id_order(n["id"])):
-        name = node.get("title") or display_name(node.get("type"))
-        shown.setdefault(name, []).append(str(node["id"]))
-    names = dict(shown)
-    for name, ids in shown.items():
-        if len(ids) > 1:
-            for rank, node_id in enumerate(ids, start=1):
-                names.setdefault(f"{name} #{rank}", [node_id])
+        shown.setdefault(node.get("title") or display_name(node.get("type")), []).append(node)
+    names: dict[str, list[str]] = {}
+    for name, group in shown.items():
+        titled = [node for node in group if node.get("title")]
+        names[name] = [str(node["id"]) for node in titled or group]
+    for name, group in shown.items():
+        if len(group) > 1:
+            for rank, node in enumerate(group, start=1):
+                names.setdefault(f"{name} #{rank}", [str(node["id"])])
     return names
 
 
@@ -213,11 +221,20 @@ def coerce(name: str, value: Any, info: dict) -> Any:
 
 
 def suggestions(key: str, names: list[str]) -> list[str]:
-    """Names close to an unknown `key`: by spelling, then those setting a widget of the same name."""
+    """Names close to an unknown `key`.
+
+    A known node name with a misspelt widget is matched on the widget alone
+    (every widget of "Diffusers Sampler" shares that long prefix, which would
+    make them all look close); otherwise by spelling of the whole name, then
+    the names setting a widget of the same name on other nodes.
+    """
+    node, _, widget = key.rpartition(".")
+    widgets = [name[len(node) + 1:] for name in names if node and name.startswith(node + ".")]
+    if widgets:
+        return [f"{node}.{match}" for match in difflib.get_close_matches(widget, widgets, n=3, cutoff=0.6)]
     close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
     close += [name for name in names if name.lower() == key.lower() and name not in close]
-    widget = key.rsplit(".", 1)[-1].lower()
-    close += [name for name in names if name.lower().endswith("." + widget) and name not in close]
+    close += [name for name in names if name.lower().endswith("." + widget.lower()) and name not in close]
     return close[:5]
 
 
@@ -225,8 +242,7 @@ def _unknown(key: str, value: Any, names: list[str], workflow_name: str) -> dict
     close = suggestions(key, names)
     hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
     shown = repr(value) if not isinstance(value, str) or len(value) <= 60 else repr(value[:60] + "...")
-    message = (f"unknown input {key!r} (value {shown}); {hint}GET /ds/workflows/{workflow_name} lists the "
-               f"{len(names)} inputs of this workflow")
+    message = f"unknown input {key!r} (value {shown}); {hint}GET /ds/workflows/{workflow_name} lists this workflow's inputs"
     return {"loc": ["body", key], "msg": message, "type": "value_error"}
 
 

@@ -103,6 +103,15 @@ def test_run_with_named_inputs(server, user_flow):
     assert again.status_code == 200, again.text[:2000]
 
 
+def test_the_same_inputs_again_still_answer_the_pictures(server, user_flow):
+    """ComfyUI serves the second run from its cache; the answer must carry the pictures all the same."""
+    body = {"inputs": {"Picture": _b64_picture(), "Sampler.steps": 1, "Sampler": 99}}
+    answers = [requests.post(server.url + f"/ds/workflows/{user_flow}/run", json=body, timeout=180) for _ in range(2)]
+    assert [answer.status_code for answer in answers] == [200, 200], answers[-1].text[:2000]
+    first, again = (answer.json()["images"] for answer in answers)
+    assert len(first) == 1 and again == first
+
+
 @pytest.mark.parametrize("body", [
     {"No such input": 1},
     {"Sampler.steps": "many"},

@@ -112,6 +112,16 @@ def test_a_shared_title_still_sets_every_node():
     assert prompt["2"]["inputs"]["text"] == "a dog" and prompt["3"]["inputs"]["text"] == "a fox"
 
 
+def test_a_title_wins_over_the_same_display_name():
+    workflow = _workflow()
+    workflow["nodes"][2]["title"] = "KSampler"  # a text encoder titled like the untitled samplers
+    names = node_names(workflow["nodes"])
+    assert names["KSampler"] == ["3"]
+    assert names["KSampler #1"] == ["3"] and names["KSampler #2"] == ["5"] and names["KSampler #3"] == ["6"]
+    prompt = build_prompt(workflow, {"KSampler": "a fox", "KSampler #3.seed": 4})
+    assert prompt["3"]["inputs"]["text"] == "a fox" and prompt["6"]["inputs"]["seed"] == 4
+
+
 @pytest.mark.parametrize("body, words", [
     ({"KSampler.sed": 5}, ["'KSampler.sed'", "did you mean", "'KSampler.seed'", "GET /ds/workflows/flow"]),
     ({"seed": 5}, ["'seed'", "'KSampler #1.seed'"]),
