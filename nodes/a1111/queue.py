@@ -72,8 +72,14 @@ def current_job() -> Optional[Job]:
     return next(iter(JOBS.values()), None)
 
 
-async def submit(job: Job, graph: dict, steps: dict[str, int]) -> str:
-    """Validate and queue one graph as POST /prompt does; 400 with node errors if invalid."""
+async def submit(job: Job, graph: dict, steps: dict[str, int], client_id: Optional[str] = None) -> str:
+    """Validate and queue one graph as POST /prompt does; 400 with node errors if invalid.
+
+    With a `client_id`, ComfyUI records the pictures of output nodes it did not
+    rerun (their inputs unchanged since the last prompt) in the history too;
+    without one it leaves them out, and a repeated request would get none
+    back. Progress messages then go to that client only, not to every editor.
+    """
     import execution
 
     server = _server()
@@ -87,6 +93,8 @@ async def submit(job: Job, graph: dict, steps: dict[str, int]) -> str:
     number = server.number
     server.number += 1
     extra_data = {"create_time": int(time.time() * 1000)}
+    if client_id:
+        extra_data["client_id"] = client_id
     job.prompt_ids.append(prompt_id)
     job.sampler_steps[prompt_id] = steps
     server.prompt_queue.put((number, prompt_id, graph, extra_data, valid[2], {}))

@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import logging
-import os
 import uuid
 from typing import Any
 
@@ -15,6 +14,7 @@ from pydantic import ValidationError
 
 from . import images, openapi, options, queue, translate
 from ..http_guard import guarded
+from ..input_files import store_input_file
 from .errors import ApiError, pydantic_errors, validation_response
 from .models import Img2ImgRequest, Txt2ImgRequest
 
@@ -67,17 +67,7 @@ def _folder_list(folder: str) -> list[str]:
 
 
 def _store_image(png: bytes) -> str:
-    import folder_paths
-
-    name = translate.content_name(png)
-    path = os.path.join(folder_paths.get_input_directory(), *name.split("/"))
-    if not os.path.isfile(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as handle:
-            handle.write(png)
-        os.replace(tmp, path)
-    return name
+    return store_input_file(translate.content_name(png), png)
 
 
 def _catalog() -> translate.Catalog:
