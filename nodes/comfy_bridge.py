@@ -172,6 +172,28 @@ class _Holder(torch.nn.Module):
         self.device = device
 
 
+HOLDER_SUFFIX = " (Diffusers Studio)"
+_holder_classes: dict[str, type] = {}
+
+
+def holder_for(module: torch.nn.Module, device: torch.device) -> _Holder:
+    """A holder whose class is named after the module it wraps.
+
+    ComfyUI logs the class name of what it loads ("Requested to load ...") and
+    unloads; a plain `_Holder` told a reader nothing. The holder of a UNet is
+    a `UNet2DConditionModel (Diffusers Studio)`, of a VAE an
+    `AutoencoderKL (Diffusers Studio)`: the diffusers/transformers class, and
+    that the pack loaded it (ComfyUI's own VAE class is also AutoencoderKL).
+    One subclass per wrapped class, made once.
+    """
+    name = type(module).__name__ + HOLDER_SUFFIX
+    holder_class = _holder_classes.get(name)
+    if holder_class is None:
+        holder_class = type(name, (_Holder,), {"__module__": __name__, "__qualname__": f"_Holder[{name}]"})
+        _holder_classes[name] = holder_class
+    return holder_class(module, device)
+
+
 def patcher_for(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
     """The ModelPatcher that registers `module` with ComfyUI's model management.
 
@@ -188,7 +210,7 @@ def patcher_for(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
         size = comfy.model_management.module_size(module)
         comfy_cast.make_castable(module)
         patcher = comfy.model_patcher.ModelPatcher(
-            _Holder(module, current), load_device=compute_device(), offload_device=offload_device(), size=size
+            holder_for(module, current), load_device=compute_device(), offload_device=offload_device(), size=size
         )
         comfy_cast.follow_partial_load(patcher)
         module.__dict__["_ds_patcher"] = patcher
