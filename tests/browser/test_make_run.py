@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness import make_run, prompts
+from harness import make_run, models, prompts
 from harness.client import ComfyClient
 
 from browser.editor import Editor
@@ -72,12 +72,33 @@ def test_the_packs_models_have_names_a_person_recognises_in_comfyuis_log(make_ru
     # what the pack reports, the size loaded, is the modules' real size.
     figures = re.findall(r"loaded completely; ([0-9.]+) MB usable, ([0-9.]+) MB loaded", log_text)
     assert len(figures) >= 3, log_text
-    checkpoint_mb = (make_run_server.base_dir / "models" / "checkpoints" / prompts.SD15_CHECKPOINT).stat().st_size / 2**20
+    demo_checkpoints = models.demo_dir(make_run_server.base_dir / "models") / "checkpoints"
+    checkpoint_mb = (demo_checkpoints / prompts.SD15_CHECKPOINT).stat().st_size / 2**20
     total_loaded = sum(float(loaded_mb) for _, loaded_mb in figures)
     assert all(float(loaded_mb) > 0 for _, loaded_mb in figures), figures
     assert total_loaded < 2.5 * checkpoint_mb, (figures, checkpoint_mb)  # float32 copies of a float32/16 file
     if make_run_client.system_stats()["devices"][0]["type"] == "cpu":
         assert {usable for usable, _ in figures} == {NO_LIMIT_MB}, figures
+
+
+# ------------------------------------------------------------- demo models
+def _options(node_info: dict, input_name: str) -> list:
+    spec = node_info["input"]["required"][input_name]
+    return spec[0] if isinstance(spec[0], list) else spec[1].get("options", [])
+
+
+def test_native_loaders_do_not_offer_the_demo_files_the_packs_loader_does(make_run_server, make_run_client):
+    """ComfyUI's own loaders cannot read the tiny demo files, so they must not offer them."""
+    demo = models.demo_dir(make_run_server.base_dir / "models")
+    demo_checkpoints = sorted(path.name for path in (demo / "checkpoints").glob("*.safetensors"))
+    demo_loras = sorted(path.name for path in (demo / "loras").glob("*.safetensors"))
+    assert prompts.SD15_CHECKPOINT in demo_checkpoints and demo_loras, (demo_checkpoints, demo_loras)
+    info = make_run_client.object_info()
+    native_checkpoints = _options(info["CheckpointLoaderSimple"], "ckpt_name")
+    assert not set(native_checkpoints) & set(demo_checkpoints), native_checkpoints
+    assert not set(_options(info["LoraLoader"], "lora_name")) & set(demo_loras)
+    assert set(demo_checkpoints) <= set(_options(info["DSLoadModel"], "model_name"))
+    assert set(demo_loras) <= set(_options(info["DSLoadLoRA"], "lora_name"))
 
 
 # ------------------------------------------------------ malformed /prompt bodies
@@ -130,12 +151,14 @@ def test_a_first_visit_shows_the_packs_txt2img_workflow_and_run_makes_an_image(b
         assert not report["invalid"], report["invalid"]
         editor.screenshot_graph(artifacts_dir / "make_run_first_screen.png", clean=False)
 
-        state = editor.queue_and_wait(timeout=300)  # the workflow as shipped: 512x512, 25 steps
+        # Smaller for a shared CPU, as test_workflows.py does (64x64, 3 steps); nothing else changes.
+        editor.shrink(size=64, max_steps=3)
+        state = editor.queue_and_wait(timeout=300)
         assert not state.get("timed_out"), state
         assert not state["nodeErrors"] and not state["executionError"], state
         assert state["done"], state
         images = [image for output in state["shown"] for image in output["images"]]
-        assert images and all(image["width"] == 512 and image["height"] == 512 for image in images), images
+        assert images and all(image["width"] == 64 and image["height"] == 64 for image in images), images
         assert not editor.pack_errors(), editor.pack_errors()
     finally:
         editor.close()
