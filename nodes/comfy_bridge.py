@@ -27,16 +27,29 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- model files
+# `make run`'s random-weight demo models (and the tests' tiny models) live in
+# models/diffusers_studio_demo/<kind>/, under the file names the shipped
+# workflows use. Only the pack lists that folder: ComfyUI's native loaders
+# cannot read these tiny files, and now never offer them.
+DEMO_FOLDER = "diffusers_studio_demo"
+
+
+def demo_root(kind: str) -> str:
+    """models/diffusers_studio_demo/<kind> of the running ComfyUI."""
+    return os.path.join(folder_paths.models_dir, DEMO_FOLDER, kind)
+
+
 @dataclass(frozen=True)
 class ModelFolder:
     """One kind of model in ComfyUI's model folders, picked by name from a widget.
 
     Files are listed by suffix through `folder_paths`; kinds that also come as
     folders (diffusers layouts) list the sub-folders `is_model_dir` accepts,
-    and the files inside such a folder are not offered on their own. Only
-    names that the listing itself produced resolve to a path, so a name with
-    `..`, an absolute path or a symlink trick never reaches outside ComfyUI's
-    model folders.
+    and the files inside such a folder are not offered on their own. The
+    pack's demo folder (`demo_root`) is listed after ComfyUI's folders, and a
+    name found in both is the file in ComfyUI's folder. Only names that the
+    listing itself produced resolve to a path, so a name with `..`, an
+    absolute path or a symlink trick never reaches outside the model folders.
     """
 
     folder: str  # the folder_paths name, e.g. "checkpoints"
@@ -56,7 +69,7 @@ class ModelFolder:
         found: dict[str, str] = {}
         if self.is_model_dir is None:
             return found
-        for root in folder_paths.get_folder_paths(self.folder):
+        for root in [*folder_paths.get_folder_paths(self.folder), demo_root(self.folder)]:
             if not os.path.isdir(root):
                 continue
             for dirpath, dirnames, _files in os.walk(root, followlinks=True):
@@ -66,16 +79,27 @@ class ModelFolder:
                     dirnames[:] = []  # a model folder's sub-folders are its parts
         return found
 
+    def demo_files(self) -> dict[str, str]:
+        """Files of the demo folder, name (relative, with '/') -> path."""
+        found: dict[str, str] = {}
+        root = demo_root(self.folder)
+        if not self.suffixes or not os.path.isdir(root):
+            return found
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames.sort()
+            for filename in filenames:
+                if filename.lower().endswith(self.suffixes):
+                    path = os.path.join(dirpath, filename)
+                    found[os.path.relpath(path, root).replace(os.sep, "/")] = path
+        return found
+
     def files(self, inside: Iterable[str] = ()) -> list[str]:
         if not self.suffixes:
             return []
         skip = tuple(f + "/" for f in inside)
+        listed = [*folder_paths.get_filename_list(self.folder), *self.demo_files()]
         return sorted(
-            {
-                name
-                for name in folder_paths.get_filename_list(self.folder)
-                if name.lower().endswith(self.suffixes) and not (skip and name.startswith(skip))
-            }
+            {name for name in listed if name.lower().endswith(self.suffixes) and not (skip and name.startswith(skip))}
         )
 
     def names(self) -> list[str]:
@@ -89,7 +113,7 @@ class ModelFolder:
         if name in folders:
             return folders[name]
         if name in self.files(folders):
-            return folder_paths.get_full_path(self.folder, name)
+            return folder_paths.get_full_path(self.folder, name) or self.demo_files().get(name)
         return None
 
     def path(self, name: str) -> str:
@@ -172,6 +196,28 @@ class _Holder(torch.nn.Module):
         self.device = device
 
 
+HOLDER_SUFFIX = " (Diffusers Studio)"
+_holder_classes: dict[str, type] = {}
+
+
+def holder_for(module: torch.nn.Module, device: torch.device) -> _Holder:
+    """A holder whose class is named after the module it wraps.
+
+    ComfyUI logs the class name of what it loads ("Requested to load ...") and
+    unloads; a plain `_Holder` told a reader nothing. The holder of a UNet is
+    a `UNet2DConditionModel (Diffusers Studio)`, of a VAE an
+    `AutoencoderKL (Diffusers Studio)`: the diffusers/transformers class, and
+    that the pack loaded it (ComfyUI's own VAE class is also AutoencoderKL).
+    One subclass per wrapped class, made once.
+    """
+    name = type(module).__name__ + HOLDER_SUFFIX
+    holder_class = _holder_classes.get(name)
+    if holder_class is None:
+        holder_class = type(name, (_Holder,), {"__module__": __name__, "__qualname__": f"_Holder[{name}]"})
+        _holder_classes[name] = holder_class
+    return holder_class(module, device)
+
+
 def patcher_for(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
     """The ModelPatcher that registers `module` with ComfyUI's model management.
 
@@ -188,7 +234,7 @@ def patcher_for(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
         size = comfy.model_management.module_size(module)
         comfy_cast.make_castable(module)
         patcher = comfy.model_patcher.ModelPatcher(
-            _Holder(module, current), load_device=compute_device(), offload_device=offload_device(), size=size
+            holder_for(module, current), load_device=compute_device(), offload_device=offload_device(), size=size
         )
         comfy_cast.follow_partial_load(patcher)
         module.__dict__["_ds_patcher"] = patcher

@@ -2,7 +2,9 @@
 
 `GET /diffusers_studio/models` reports which checkpoints the pack holds in
 memory and on which device, so a user (or a test) can see that "Unload
-models" / `POST /free` really released them.
+models" / `POST /free` really released them. `GET /diffusers_studio/first_workflow`
+serves the workflow `make run` opens on a first start (first_screen.py), and
+a malformed `POST /prompt` body is answered 400 (prompt_body_guard.py).
 """
 from __future__ import annotations
 
@@ -32,6 +34,10 @@ def register() -> None:
     from server import PromptServer
 
     PromptServer.instance.routes.get("/diffusers_studio/models")(loaded_models)
+    from . import first_screen, prompt_body_guard
+
+    first_screen.register(PromptServer.instance.routes)
+    prompt_body_guard.install(PromptServer.instance.app)
     from . import a1111
 
     a1111.register(PromptServer.instance.routes)

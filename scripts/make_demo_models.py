@@ -2,10 +2,13 @@
 
 No weights can be downloaded by this project, yet the shipped workflows name
 real checkpoints. The demo models are the tests' tiny SD1.5 and SDXL models
-saved under the real file names (`checkpoints/v1-5-pruned-emaonly.safetensors`,
-`checkpoints/sd_xl_base_1.0.safetensors`, `diffusers/tiny-sd15/`), so every
-shipped workflow runs end to end in seconds, on a CPU. They draw noise: the
-weights are random. Replace them with real checkpoints for real pictures.
+saved under the real file names in the pack's demo folder
+(`diffusers_studio_demo/checkpoints/v1-5-pruned-emaonly.safetensors`,
+`.../sd_xl_base_1.0.safetensors`, `diffusers_studio_demo/diffusers/tiny-sd15/`,
+the ControlNets, IP-Adapters and LoRAs), so every shipped workflow runs end to
+end in seconds, on a CPU. They draw noise: the weights are random. Only the
+pack's loaders list that folder (ComfyUI's native loaders cannot read these
+files); a real checkpoint of the same name in `checkpoints/` is used instead.
 
 Nothing is written when the folder already holds a checkpoint or a diffusers
 model (use --force to write anyway). Needs COMFYUI_PATH (the CLIP tokenizer
@@ -47,9 +50,9 @@ def make_demo_models(models_dir: Path, force: bool = False) -> list[Path]:
         log.info("%s already holds a model: nothing written", models_dir)
         return []
     log.warning(
-        "Writing tiny RANDOM-WEIGHT demo models into %s. They run every shipped workflow but draw noise; "
-        "put real checkpoints in %s for real pictures.",
-        models_dir,
+        "Writing tiny RANDOM-WEIGHT demo models into %s (for the pack's loaders only). They run every shipped "
+        "workflow but draw noise; put real checkpoints in %s for real pictures.",
+        models.demo_dir(models_dir),
         models_dir / "checkpoints",
     )
     written = models.write_tiny_models(models_dir)

@@ -13,13 +13,18 @@ Two ways, chosen by COMFYUI_PATH:
   entry there is this checkout already. No demo models are written.
 
 ComfyUI listens on 127.0.0.1:${DS_PORT:-8188}, with `--cpu` when torch sees no
-GPU. Extra arguments are passed to ComfyUI's main.py.
+GPU. Extra arguments are passed to ComfyUI's main.py. The editor opens on the
+pack's txt2img_sd15 workflow while the browser holds no saved workflow
+(`DS_FIRST_WORKFLOW`, empty for ComfyUI's own first screen). ComfyUI's output
+is shown without the torchaudio import noise, replaced by one line saying why
+(scripts/comfyui_output.py).
 """
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +32,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACK_NAME = "diffusers_studio"
 DEFAULT_BASE = Path("~/.cache/diffusers-studio/comfyui-base")
+FIRST_WORKFLOW_VAR = "DS_FIRST_WORKFLOW"
+FIRST_WORKFLOW = "txt2img_sd15"
 
 log = logging.getLogger("run_comfyui")
 
@@ -90,7 +97,8 @@ def device_args() -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # On stdout, as ComfyUI's output is shown, so the two keep their order.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     own_env = environment_comfyui()
     comfyui = Path(os.environ.get("COMFYUI_PATH") or own_env).expanduser().resolve()
@@ -98,6 +106,10 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"COMFYUI_PATH={comfyui} has no main.py; run `make env` or point it at a ComfyUI checkout")
     os.environ["COMFYUI_PATH"] = str(comfyui)
     port = os.environ.get("DS_PORT", "8188")
+    # The editor's first screen: this shipped workflow instead of ComfyUI's
+    # stock default graph, while the browser holds no saved workflow
+    # (nodes/first_screen.py, web/js/first_screen.js). Empty turns it off.
+    os.environ.setdefault(FIRST_WORKFLOW_VAR, FIRST_WORKFLOW)
     args = [str(comfyui / "main.py"), "--listen", "127.0.0.1", "--port", port, "--preview-method", "auto"]
 
     if comfyui == own_env.resolve():
@@ -112,8 +124,47 @@ def main(argv: list[str]) -> None:
     args += device_args() + argv
     python = os.environ.get("COMFYUI_PYTHON") or sys.executable
     log.info("open http://127.0.0.1:%s once ComfyUI says it is ready", port)
-    os.chdir(comfyui)
-    os.execv(python, [python, *args])
+    sys.exit(run_filtered([python, *args], cwd=comfyui))
+
+
+def run_filtered(command: list[str], cwd: Path) -> int:
+    """Run ComfyUI, showing its output without the torchaudio noise (scripts/comfyui_output.py).
+
+    ComfyUI's stdout and stderr come through one pipe, line by line, in
+    order. Ctrl-C reaches ComfyUI from the terminal (same process group) and
+    SIGTERM sent to this script is passed on; the exit status is ComfyUI's.
+    """
+    import torch
+    from comfyui_output import TorchaudioNoise
+
+    noise = TorchaudioNoise(torch.__version__.split("+")[0])
+    process = subprocess.Popen(
+        command, cwd=str(cwd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, encoding="utf-8", errors="replace", bufsize=1,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    signal.signal(signal.SIGTERM, lambda signum, frame: process.terminate())
+
+    def show(lines: list[str]) -> None:
+        for line in lines:
+            if line == noise.note_text:
+                log.info("%s", line)
+            else:
+                sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    try:
+        for line in process.stdout:
+            show(noise.feed(line.rstrip("\n")))
+    except KeyboardInterrupt:
+        pass  # ComfyUI got the same Ctrl-C; wait for it below
+    finally:
+        show(noise.flush())
+    while True:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            continue
 
 
 if __name__ == "__main__":

@@ -192,7 +192,15 @@ class Editor:
     responses: list[tuple[int, str]] = field(default_factory=list)
 
     @classmethod
-    def open(cls, browser, base_url: str, viewport: Optional[dict] = None, timeout: float = 90.0) -> "Editor":
+    def open(
+        cls, browser, base_url: str, viewport: Optional[dict] = None, timeout: float = 90.0, fresh_user: bool = False
+    ) -> "Editor":
+        """The editor in a new page (its own browser context: empty storage).
+
+        `fresh_user` opens it as a person's first visit: none of the quiet
+        settings or banner dismissals below, so the editor starts as it does
+        for a newcomer (what the server holds for its user stays as it is).
+        """
         page = browser.new_page(viewport=viewport or VIEWPORT)
         editor = cls(page, base_url.rstrip("/"))
         page.on("console", editor._on_console)
@@ -205,17 +213,19 @@ class Editor:
         # Settings the editor reads at start-up (a first-run user otherwise
         # gets the template browser and banners over the graph): the server
         # stores them per user, POST /settings sets several at once.
-        response = page.request.post(editor.base_url + "/api/settings", data=EDITOR_SETTINGS)
-        if not response.ok:
-            raise RuntimeError(f"POST /api/settings answered {response.status}: {response.text()}")
-        page.add_init_script(_QUIET_START_JS)
+        if not fresh_user:
+            response = page.request.post(editor.base_url + "/api/settings", data=EDITOR_SETTINGS)
+            if not response.ok:
+                raise RuntimeError(f"POST /api/settings answered {response.status}: {response.text()}")
+            page.add_init_script(_QUIET_START_JS)
         page.goto(editor.base_url + "/", wait_until="domcontentloaded", timeout=timeout * 1000)
         page.wait_for_function(
             "() => window.app && window.app.graph && window.app.canvas && window.app.extensionManager?.setting",
             timeout=timeout * 1000,
         )
         page.wait_for_timeout(300)
-        editor.close_dialogs()
+        if not fresh_user:
+            editor.close_dialogs()
         return editor
 
     def _on_console(self, message) -> None:

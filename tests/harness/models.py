@@ -1,10 +1,14 @@
-"""The tiny demo models, written under the real model file names.
+"""The tiny demo models, written under the real model file names, in the pack's demo folder.
 
 Shipped workflows name real checkpoints (`v1-5-pruned-emaonly.safetensors`,
 `sd_xl_base_1.0.safetensors`). Writing random-weight tiny models under those
 names lets the tests, and a user trying the pack without weights, run every
 shipped workflow unchanged, in seconds on a CPU. The images are noise: the
-weights are random.
+weights are random. They go to `models/diffusers_studio_demo/`, which only
+the pack's loaders list: ComfyUI's native Load Checkpoint builds the text
+encoder and VAE at full size whatever the file holds, so it cannot read them
+(a natively loadable SD1.5 demo measured 465 MB against 13 MB, and minutes
+for a 512x512 picture on a CPU), and it never offers them.
 
 The components come from `tests/tiny_models.py`; the single-file LDM layout
 comes from `tests/ldm_export.py`. Both live in the tests folder, which this
@@ -20,6 +24,11 @@ from .tests_modules import tests_module
 
 log = logging.getLogger(__name__)
 
+
+# The pack's demo folder (nodes/comfy_bridge.DEMO_FOLDER): the tiny models go
+# to models/diffusers_studio_demo/<kind>/, which only the pack's loaders list,
+# so ComfyUI's native loaders never offer files they cannot read.
+DEMO_FOLDER = "diffusers_studio_demo"
 
 SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
@@ -41,17 +50,23 @@ def ldm_export_available() -> bool:
     return True
 
 
-def write_tiny_models(models_dir: Path, seed: int = 0) -> list[Path]:
-    """Write the tiny SD1 and SDXL models into `models_dir`; returns what it wrote.
+def demo_dir(models_dir: Path) -> Path:
+    """Where the demo models of ComfyUI models folder `models_dir` go."""
+    return Path(models_dir) / DEMO_FOLDER
 
-    Layout, as ComfyUI expects it:
+
+def write_tiny_models(models_dir: Path, seed: int = 0) -> list[Path]:
+    """Write the tiny SD1 and SDXL models into ComfyUI models folder `models_dir`; returns what it wrote.
+
+    Layout, under `models_dir/diffusers_studio_demo/` (see DEMO_FOLDER):
     `checkpoints/v1-5-pruned-emaonly.safetensors` (SD1 single file),
-    `checkpoints/sd_xl_base_1.0.safetensors` (SDXL single file) and
-    `diffusers/tiny-sd15/` (SD1 diffusers folder). Existing files are
-    overwritten. Needs COMFYUI_PATH (the CLIP tokenizer comes from ComfyUI).
+    `checkpoints/sd_xl_base_1.0.safetensors` (SDXL single file),
+    `diffusers/tiny-sd15/` (SD1 diffusers folder) and the concept modules'
+    files. Existing files are overwritten. Needs COMFYUI_PATH (the CLIP
+    tokenizer comes from ComfyUI).
     """
     tiny_models = tests_module("tiny_models")
-    models_dir = Path(models_dir)
+    models_dir = demo_dir(models_dir)
     checkpoints = models_dir / "checkpoints"
     diffusers_dir = models_dir / "diffusers"
     checkpoints.mkdir(parents=True, exist_ok=True)
@@ -95,12 +110,14 @@ def write_concept_models(models_dir: Path, seed: int = 0) -> list[Path]:
 
 
 def has_any_model(models_dir: Path) -> bool:
-    """Whether `models_dir` already holds a checkpoint or a diffusers folder."""
-    models_dir = Path(models_dir)
-    checkpoints = models_dir / "checkpoints"
-    if checkpoints.is_dir() and any(
-        p.suffix.lower() in (".safetensors", ".sft", ".ckpt") for p in checkpoints.rglob("*") if p.is_file()
-    ):
-        return True
-    diffusers_dir = models_dir / "diffusers"
-    return diffusers_dir.is_dir() and any(diffusers_dir.rglob("model_index.json"))
+    """Whether ComfyUI models folder `models_dir` already holds a checkpoint or a diffusers folder (demo ones too)."""
+    for root in (Path(models_dir), demo_dir(models_dir)):
+        checkpoints = root / "checkpoints"
+        if checkpoints.is_dir() and any(
+            p.suffix.lower() in (".safetensors", ".sft", ".ckpt") for p in checkpoints.rglob("*") if p.is_file()
+        ):
+            return True
+        diffusers_dir = root / "diffusers"
+        if diffusers_dir.is_dir() and any(diffusers_dir.rglob("model_index.json")):
+            return True
+    return False
