@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
@@ -36,3 +38,21 @@ def _register_pack() -> None:
 
 
 _register_pack()
+
+
+@pytest.fixture(scope="session")
+def make_run_server(tmp_path_factory):
+    """ComfyUI started by `make run`'s own script (harness/make_run.py), once per session.
+
+    The README examples (tests/integration) and the newcomer's first screen
+    (tests/browser) both need the server a user gets from `make run`; starting
+    it writes the demo models and takes a minute or more, so they share one.
+    """
+    from harness import make_run
+
+    root = tmp_path_factory.mktemp("make_run")
+    running = make_run.start(root / "base", root / "make_run.log")
+    try:
+        yield running
+    finally:
+        running.stop()

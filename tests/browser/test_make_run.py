@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness import make_run, models, prompts
+from harness import models, prompts
 from harness.client import ComfyClient
 
 from browser.editor import Editor
@@ -27,16 +27,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 FIRST_WORKFLOW = json.loads((REPO_ROOT / "example_workflows" / "txt2img_sd15.json").read_text(encoding="utf-8"))
 # ComfyUI's "no limit" for a device without a VRAM budget (model_management: 1e32 bytes), as it logs it in MB.
 NO_LIMIT_MB = f"{1e32 / (1024 * 1024):.2f}"
-
-
-@pytest.fixture(scope="module")
-def make_run_server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("make_run")
-    running = make_run.start(root / "base", root / "make_run.log")
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -299,34 +299,3 @@ def start_server(
             log.warning("port %d was taken; trying another", port)
     raise last_error
 
-
-def start_make_run(base_dir: Path, log_path: Path, *, timeout: float = 240.0) -> ComfyServer:
-    """Start ComfyUI exactly as `make run` does (scripts/run_comfyui.py) on a free port.
-
-    `DS_PORT` picks the port and `DS_BASE_DIR` the private base directory,
-    which run_comfyui.py lays out and fills with its demo models (hence the
-    longer timeout). The script replaces itself with ComfyUI (`execv`), so
-    the process started here is the server and `stop()` ends it.
-    """
-    base_dir = Path(base_dir).resolve()
-    port = free_port()
-    env = server_env(base_dir)
-    env.update(DS_PORT=str(port), DS_BASE_DIR=str(base_dir))
-    env.setdefault("COMFYUI_PATH", str(comfyui_path()))
-    log_file = open(log_path, "ab")
-    process = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "scripts" / "run_comfyui.py")],
-        cwd=str(REPO_ROOT),
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    server = ComfyServer(comfyui_path(), base_dir, port, Path(log_path), process, log_file)
-    try:
-        server.wait_ready(timeout)
-    except ServerError:
-        server.stop()
-        raise
-    return server

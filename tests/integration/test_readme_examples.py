@@ -26,7 +26,6 @@ import pytest
 import requests
 from PIL import Image
 
-from harness import server as harness_server
 from harness.readme_blocks import MAKE_RUN_URL, ReadmeBlockError, readme_blocks
 
 pytestmark = pytest.mark.integration
@@ -42,13 +41,9 @@ except ReadmeBlockError as exc:  # reported by the test below, not as a collecti
 
 
 @pytest.fixture(scope="module")
-def make_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("make_run")
-    running = harness_server.start_make_run(root / "base", root / "server.log")
-    try:
-        yield running
-    finally:
-        running.stop()
+def make_run(make_run_server):
+    """`make run`'s own server (tests/conftest.py: one for the whole session)."""
+    return make_run_server
 
 
 def _wait_for_image(url: str, prompt_id: str, timeout: float = 300.0) -> None:
