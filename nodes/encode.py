@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from . import comfy_bridge
+from . import comfy_bridge, embedding_files
 from .engine.prompt_editing import encode_with_editing
 from .types import DSConditioning, DSTextEncoder, category
 
@@ -35,7 +35,9 @@ class DSTextEncode(io.ComfyNode):
                     tooltip="The prompt. (word:1.3) weights a phrase, (word) is x1.1, [word] is /1.1; "
                     "[cat:dog:0.5] draws cat, then dog from half the steps on (a number without a decimal "
                     "point is a step), [dog:10] adds dog after step 10, [cat::10] removes cat, [cat|dog] "
-                    "alternates every step. An empty prompt is allowed (typical for a negative prompt).",
+                    "alternates every step. A textual-inversion embedding from models/embeddings is used by its "
+                    "name (easynegative) or as embedding:easynegative. An empty prompt is allowed (typical for "
+                    "a negative prompt).",
                 ),
                 io.Int.Input(
                     "clip_skip",
@@ -91,6 +93,7 @@ class DSTextEncode(io.ComfyNode):
                 clip_skip=clip_skip,
                 first_pass_steps=first_pass_steps,
                 old_timelines=old_prompt_editing_timelines,
+                embeddings=embedding_files.library(),
             )
         )
 

@@ -36,6 +36,7 @@ import torch
 
 from . import hooks
 from .components import Conditioning, TextEncoderBundle
+from .embeddings import EmbeddingLibrary
 from .prompt_schedule import entry_at, first_text, has_editing, prompt_schedule
 from .regional import _pad_tokens
 from .text_encoding import encode_prompt
@@ -54,13 +55,14 @@ class PromptEditing:
     clip_skip: int = 1
     first_pass_steps: int = 0  # > 0: this prompt drives a hires-fix pass after that many steps
     old_timelines: bool = False
+    embeddings: Optional[EmbeddingLibrary] = field(default=None, repr=False)
     cache: dict = field(default_factory=dict, repr=False)  # text -> Conditioning
 
     def encoded(self, text: str) -> Conditioning:
         """The Conditioning of one scheduled text, encoded once."""
         found = self.cache.get(text)
         if found is None:
-            found = encode_prompt(self.text_encoder, text, clip_skip=self.clip_skip)
+            found = encode_prompt(self.text_encoder, text, clip_skip=self.clip_skip, embeddings=self.embeddings)
             self.cache[text] = found
         return found
 
@@ -87,6 +89,7 @@ def encode_with_editing(
     clip_skip: int = 1,
     first_pass_steps: int = 0,
     old_timelines: bool = False,
+    embeddings: Optional[EmbeddingLibrary] = None,
 ) -> Conditioning:
     """encode_prompt, plus A1111's prompt editing and alternation.
 
@@ -98,8 +101,8 @@ def encode_with_editing(
             "0 for a normal pass, the first pass's steps for a hires-fix pass"
         )
     if not isinstance(text, str) or not has_editing(text):
-        return encode_prompt(text_encoder, text, clip_skip=clip_skip)
-    editing = PromptEditing(text, text_encoder, clip_skip, first_pass_steps, bool(old_timelines))
+        return encode_prompt(text_encoder, text, clip_skip=clip_skip, embeddings=embeddings)
+    editing = PromptEditing(text, text_encoder, clip_skip, first_pass_steps, bool(old_timelines), embeddings)
     return editing.encoded(first_text(text)).with_extra(editing)
 
 
