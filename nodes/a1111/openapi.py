@@ -98,8 +98,25 @@ def document() -> dict[str, Any]:
             "operationId": "controlnet_model_list",
             "responses": _responses({"type": "object", "properties": {
                 "model_list": {"type": "array", "items": {"type": "string"}}}})}},
-        "/sdapi/v1/face-restorers": {"get": {"summary": "Face restorers (none)", "operationId": "get_face_restorers",
+        "/sdapi/v1/face-restorers": {"get": {"summary": "Face restorers (models/facerestore_models)",
+                                             "operationId": "get_face_restorers",
                                              "responses": _responses({"type": "array", "items": {}})}},
+        "/sdapi/v1/realesrgan-models": {"get": {"summary": "Real-ESRGAN models (models/upscale_models)",
+                                                "operationId": "get_realesrgan_models",
+                                                "responses": _responses({"type": "array", "items": {}})}},
+        "/sdapi/v1/hypernetworks": {"get": {"summary": "Hypernetworks (not supported: always empty)",
+                                            "operationId": "get_hypernetworks",
+                                            "responses": _responses({"type": "array", "items": {}})}},
+        "/sdapi/v1/prompt-styles": {"get": {"summary": "Prompt styles (styles.csv in ComfyUI's user folder)",
+                                            "operationId": "get_prompt_styles",
+                                            "responses": _responses({"type": "array", "items": {}})}},
+        "/sdapi/v1/embeddings": {"get": {"summary": "Textual-inversion embeddings (models/embeddings)",
+                                         "operationId": "get_embeddings",
+                                         "responses": _responses({"type": "object", "properties": {
+                                             "loaded": {"type": "object"}, "skipped": {"type": "object"}}})}},
+        "/sdapi/v1/cmd-flags": {"get": {"summary": "Command-line flags (A1111's names, for this server)",
+                                        "operationId": "get_cmd_flags",
+                                        "responses": _responses({"type": "object", "additionalProperties": True})}},
     }
     return {
         "openapi": "3.1.0",

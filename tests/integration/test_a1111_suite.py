@@ -107,12 +107,12 @@ def test_a1111_requests_the_pack_refuses_say_why(server, field, needle):
 @pytest.mark.parametrize(
     "url",
     ["cmd-flags", "samplers", "upscalers", "sd-models", "hypernetworks", "face-restorers", "realesrgan-models",
-     "prompt-styles"],
+     "prompt-styles", "embeddings"],
 )
 def test_a1111_get_urls(server, url):
     response = requests.get(f"{server.url}{API}/{url}", timeout=30)
     assert response.status_code == 200, response.text[:2000]
-    assert isinstance(response.json(), dict if url == "cmd-flags" else list)
+    assert isinstance(response.json(), dict if url in ("cmd-flags", "embeddings") else list)
 
 
 def test_a1111_options_write_send_seed(server):
@@ -149,3 +149,35 @@ def test_face_restorers_list_the_folder_and_styles_apply(server):
     finally:
         model.unlink(missing_ok=True)
         styles.unlink(missing_ok=True)
+
+
+def test_embeddings_are_listed_in_a1111_shape_and_used_by_name(server):
+    import os
+
+    import torch
+
+    folder = server.base_dir / "models" / "embeddings"
+    folder.mkdir(parents=True, exist_ok=True)
+    good, evil = folder / "tinyneg.pt", folder / "evil.pt"
+    try:
+        vectors = torch.randn(2, 32, generator=torch.Generator().manual_seed(5))  # the tiny SD1 encoder's width
+        torch.save({"string_to_param": {"*": vectors}, "step": 1500, "sd_checkpoint": "abcd",
+                    "sd_checkpoint_name": "v1-5"}, good)
+        torch.save({"string_to_param": {"*": vectors}, "hook": os.getcwd}, evil)
+        listing = requests.get(server.url + API + "/embeddings", timeout=30).json()
+        assert listing["loaded"]["tinyneg"] == {"step": 1500, "sd_checkpoint": "abcd", "sd_checkpoint_name": "v1-5",
+                                                "shape": 32, "vectors": 2}
+        assert "evil" in listing["skipped"] and "evil" not in listing["loaded"]
+        body = {**TXT2IMG, "steps": 1, "seed": 5, "sampler_index": "Euler"}
+        plain = _post(server, "/txt2img", body)
+        named = _post(server, "/txt2img", {**body, "negative_prompt": "tinyneg"})
+        comfy = _post(server, "/txt2img", {**body, "negative_prompt": "embedding:tinyneg"})
+        assert plain.status_code == named.status_code == comfy.status_code == 200, named.text[:2000]
+        pixels = [np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).convert("RGB"))
+                  for r in (plain, named, comfy)]
+        assert np.array_equal(pixels[1], pixels[2]) and not np.array_equal(pixels[0], pixels[1])
+        refused = _post(server, "/txt2img", {**body, "prompt": "embedding:evil"})
+        assert refused.status_code >= 400 and "pickled code" in refused.text
+    finally:
+        good.unlink(missing_ok=True)
+        evil.unlink(missing_ok=True)
