@@ -42,6 +42,14 @@ def _list_of(name: str) -> dict:
     return {"type": "array", "items": _ref(name)}
 
 
+_LISTINGS = [
+    ("/sdapi/v1/face-restorers", "Face restorers (models/facerestore_models)", "get_face_restorers"),
+    ("/sdapi/v1/realesrgan-models", "Real-ESRGAN models (models/upscale_models)", "get_realesrgan_models"),
+    ("/sdapi/v1/hypernetworks", "Hypernetworks (not supported: always empty)", "get_hypernetworks"),
+    ("/sdapi/v1/prompt-styles", "Prompt styles (styles.csv in ComfyUI's user folder)", "get_prompt_styles"),
+]
+
+
 @functools.lru_cache(maxsize=1)
 def document() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
@@ -98,8 +106,16 @@ def document() -> dict[str, Any]:
             "operationId": "controlnet_model_list",
             "responses": _responses({"type": "object", "properties": {
                 "model_list": {"type": "array", "items": {"type": "string"}}}})}},
-        "/sdapi/v1/face-restorers": {"get": {"summary": "Face restorers (none)", "operationId": "get_face_restorers",
-                                             "responses": _responses({"type": "array", "items": {}})}},
+        **{path: {"get": {"summary": summary, "operationId": op,
+                          "responses": _responses({"type": "array", "items": {}})}}
+           for path, summary, op in _LISTINGS},
+        "/sdapi/v1/embeddings": {"get": {"summary": "Textual-inversion embeddings (models/embeddings)",
+                                         "operationId": "get_embeddings",
+                                         "responses": _responses({"type": "object", "properties": {
+                                             "loaded": {"type": "object"}, "skipped": {"type": "object"}}})}},
+        "/sdapi/v1/cmd-flags": {"get": {"summary": "Command-line flags (A1111's names, for this server)",
+                                        "operationId": "get_cmd_flags",
+                                        "responses": _responses({"type": "object", "additionalProperties": True})}},
     }
     return {
         "openapi": "3.1.0",

@@ -35,6 +35,10 @@ DEFAULTS: dict[str, Any] = {
     # the SDXL refiner's aesthetic-score conditioning (positive / negative prompt)
     "sdxl_refiner_high_aesthetic_score": 6.0,
     "sdxl_refiner_low_aesthetic_score": 2.5,
+    "use_old_scheduling": False,  # A1111's "Use old prompt editing timelines"
+    # Read by A1111's own API tests and its UI's "send to" buttons; stored and returned.
+    "send_seed": True,
+    "send_size": True,
 }
 AESTHETIC_SCORE_KEYS = ("sdxl_refiner_high_aesthetic_score", "sdxl_refiner_low_aesthetic_score")
 AESTHETIC_SCORE_RANGE = (0.0, 1000.0)  # DSSampler's inputs accept this range
@@ -68,7 +72,7 @@ def check_value(key: str, value: Any) -> Any:
         if value is not None and not isinstance(value, str):
             raise OptionError(key, f"must be a name (text), got {value!r}")
         return value
-    if key in ("enable_pnginfo", "live_previews_enable"):
+    if key in ("enable_pnginfo", "live_previews_enable", "use_old_scheduling", "send_seed", "send_size"):
         if not isinstance(value, bool):
             raise OptionError(key, f"must be true or false, got {value!r}")
         return value

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from . import images, openapi, options, queue, translate
+from . import images, listings, openapi, options, queue, styles, translate
 from ..http_guard import guarded
 from ..input_files import store_input_file
 from .errors import ApiError, pydantic_errors, validation_response
@@ -80,7 +80,25 @@ def _catalog() -> translate.Catalog:
         store_image=_store_image,
         loras=_lora_names(),
         controlnets=_controlnet_names(),
+        face_restorers=_face_restore_files(),
+        styles=styles.store.all(),
     )
+
+
+def _face_restore_files() -> list[str]:
+    from ..comfy_bridge import ModelFolder
+
+    ModelFolder(listings.FACE_RESTORE_FOLDER, "restore_faces").register()
+    return _folder_list(listings.FACE_RESTORE_FOLDER)
+
+
+def _folder_paths(folder: str) -> list[str]:
+    import folder_paths
+
+    try:
+        return list(folder_paths.get_folder_paths(folder))
+    except KeyError:
+        return []
 
 
 def _lora_names() -> list[str]:
@@ -269,7 +287,38 @@ async def loras(request: web.Request) -> web.Response:
 
 @_api
 async def face_restorers(request: web.Request) -> web.Response:
-    return web.json_response([])
+    return web.json_response(listings.face_restorers(_face_restore_files()))
+
+
+@_api
+async def realesrgan_models(request: web.Request) -> web.Response:
+    return web.json_response(listings.realesrgan_models(_folder_list("upscale_models")))
+
+
+@_api
+async def prompt_styles(request: web.Request) -> web.Response:
+    return web.json_response([{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}
+                              for s in styles.store.all().values()])
+
+
+@_api
+async def embeddings(request: web.Request) -> web.Response:
+    from ..embedding_files import a1111_listing
+
+    return web.json_response(await asyncio.to_thread(a1111_listing))
+
+
+@_api
+async def hypernetworks(request: web.Request) -> web.Response:
+    return web.json_response([])  # the pack does not load hypernetworks
+
+
+@_api
+async def cmd_flags(request: web.Request) -> web.Response:
+    from comfy.cli_args import args
+
+    _face_restore_files()  # registers the folder, so its path is listed
+    return web.json_response(listings.cmd_flags(args, _folder_paths))
 
 
 @_api
@@ -328,6 +377,11 @@ ROUTES = [
     ("GET", f"{PREFIX}/latent-upscale-modes", latent_upscale_modes),
     ("GET", f"{PREFIX}/loras", loras),
     ("GET", f"{PREFIX}/face-restorers", face_restorers),
+    ("GET", f"{PREFIX}/realesrgan-models", realesrgan_models),
+    ("GET", f"{PREFIX}/hypernetworks", hypernetworks),
+    ("GET", f"{PREFIX}/prompt-styles", prompt_styles),
+    ("GET", f"{PREFIX}/embeddings", embeddings),
+    ("GET", f"{PREFIX}/cmd-flags", cmd_flags),
     ("GET", "/controlnet/model_list", controlnet_model_list),
     ("POST", f"{PREFIX}/refresh-checkpoints", refresh),
     ("POST", f"{PREFIX}/refresh-vae", refresh),

@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
+from ..engine.prompt_schedule import has_editing
 from ..engine.schedulers import (
     A1111_SCHEDULE_LABELS,
     SAMPLER_ALIASES,
@@ -34,7 +35,7 @@ from ..engine.schedulers import (
     split_a1111_name,
     supported_schedules,
 )
-from . import extras, infotext
+from . import extras, infotext, listings, styles
 from .errors import ApiError, not_found, unsupported
 from .models import MAX_SIDE, Img2ImgRequest, Txt2ImgRequest
 from .options import AESTHETIC_SCORE_KEYS, OptionError, check_value
@@ -77,6 +78,8 @@ class Catalog:
     store_image: Optional[Callable[[bytes], str]] = None  # PNG bytes -> LoadImage name
     loras: Sequence[str] = ()
     controlnets: Sequence[str] = ()
+    face_restorers: Sequence[str] = ()  # files in models/facerestore_models
+    styles: dict = field(default_factory=dict)  # name -> styles.Style (styles.csv)
 
 
 @dataclass
@@ -252,6 +255,17 @@ class _Settings:
     outdir: str
     aesthetic_score: float = 6.0
     negative_aesthetic_score: float = 2.5
+    old_timelines: bool = False  # A1111's use_old_scheduling
+
+
+def _encode(g: Graph, text_encoder, text: str, settings: _Settings, first_pass_steps: int = 0) -> str:
+    """A DSTextEncode node; the prompt-editing inputs only where they differ from the defaults."""
+    extra: dict[str, Any] = {}
+    if first_pass_steps and has_editing(text):
+        extra["first_pass_steps"] = first_pass_steps
+    if settings.old_timelines and has_editing(text):
+        extra["old_prompt_editing_timelines"] = True
+    return g.add("DSTextEncode", text_encoder=_ref(text_encoder), text=text, clip_skip=settings.clip_skip, **extra)
 
 
 @dataclass
@@ -299,10 +313,7 @@ def strip_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float, float]]]:
 
 def _refuse_unsupported(req, catalog: Catalog, sampler: str) -> None:
     if req.restore_faces:
-        raise unsupported(
-            "restore_faces: face restoration is not available on this server (GET /sdapi/v1/face-restorers "
-            "lists none); send restore_faces false"
-        )
+        raise unsupported(listings.restore_faces_refusal(catalog.face_restorers))
     if req.tiling:
         raise unsupported("tiling: seamless tiling is not supported by Diffusers Studio; send tiling false")
     if req.script_name:
@@ -335,8 +346,11 @@ def _settings(req, options: dict, catalog: Catalog, kind: str) -> _Settings:
         raise not_found("VAE", vae, ["Automatic", "None"])
     outdir = options.get(f"outdir_{kind}_samples") or f"a1111/{kind}-images"
     high, low = (_aesthetic_score(merged, key) for key in AESTHETIC_SCORE_KEYS)
+    old_timelines = merged.get("use_old_scheduling", False)
+    if not isinstance(old_timelines, bool):
+        raise unsupported(f"use_old_scheduling must be true or false, got {old_timelines!r}")
     return _Settings(model=model, clip_skip=int(clip_skip), save=bool(req.save_images), outdir=outdir,
-                     aesthetic_score=high, negative_aesthetic_score=low)
+                     aesthetic_score=high, negative_aesthetic_score=low, old_timelines=old_timelines)
 
 
 def _aesthetic_score(merged: dict, key: str) -> float:
@@ -410,14 +424,17 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
     sampler, schedule = resolve_sampler(req.sampler_name or req.sampler_index, req.scheduler)
     _refuse_unsupported(req, catalog, sampler)
     settings = _settings(req, options, catalog, kind)
-    prompt, loras = strip_lora_tags(req.prompt)
-    negative, neg_loras = strip_lora_tags(req.negative_prompt)
+    try:
+        styled, styled_negative = styles.apply_styles(req.prompt, req.negative_prompt, req.styles or [],
+                                                      catalog.styles)
+    except ValueError as exc:
+        raise unsupported(str(exc)) from None
+    prompt, loras = strip_lora_tags(styled)
+    negative, neg_loras = strip_lora_tags(styled_negative)
     lora_list: list[tuple[str, float, float]] = []
     if (loras or neg_loras) and not req.disable_extra_networks:
         extras.check_node_types(catalog.node_types, ["DSLoadLoRA"], "<lora:...> tags")
         lora_list = extras.resolve_loras(loras + neg_loras, catalog.loras)
-    if req.styles:
-        log.warning("A1111 API: styles %s ignored (the pack has no styles file)", req.styles)
 
     refiner = None
     if req.refiner_checkpoint not in (None, "", "None") and req.refiner_switch_at is not None \
@@ -489,8 +506,8 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
         steps_of: dict[str, int] = {}
         loader = g.add("DSLoadModel", model_name=settings.model, dtype="auto")
         model_ref, te_ref = extras.lora_chain(g, [loader, 0], [loader, 1], lora_list)
-        pos = g.add("DSTextEncode", text_encoder=te_ref, text=prompt, clip_skip=settings.clip_skip)
-        neg = g.add("DSTextEncode", text_encoder=te_ref, text=negative, clip_skip=settings.clip_skip)
+        pos = _encode(g, te_ref, prompt, settings)
+        neg = _encode(g, te_ref, negative, settings)
         pixels = None
         seed_k = seed if strength > 0 else seed + k * req.batch_size
         crop = inpainted = None
@@ -531,8 +548,8 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
         out, vae_source = first, loader
         if refiner:
             r_loader = g.add("DSLoadModel", model_name=refiner, dtype="auto")
-            r_pos = g.add("DSTextEncode", text_encoder=[r_loader, 1], text=prompt, clip_skip=settings.clip_skip)
-            r_neg = g.add("DSTextEncode", text_encoder=[r_loader, 1], text=negative, clip_skip=settings.clip_skip)
+            r_pos = _encode(g, [r_loader, 1], prompt, settings)
+            r_neg = _encode(g, [r_loader, 1], negative, settings)
             out = _sampler(g, r_loader, r_pos, r_neg, out, steps=req.steps, cfg=req.cfg_scale, sampler=sampler,
                            schedule=schedule, denoise=denoise, start=switch, **common,
                            aesthetic_score=settings.aesthetic_score,
@@ -541,14 +558,17 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
             vae_source = r_loader
         if hires:
             h_loader = g.add("DSLoadModel", model_name=hires.model, dtype="auto") if hires.model else loader
-            if h_loader == loader and hires.prompt == req.prompt and hires.negative == req.negative_prompt:
+            # An edited prompt is scheduled anew for the hires pass (A1111's hires timeline).
+            edited = has_editing(hires.prompt) or has_editing(hires.negative)
+            if h_loader == loader and hires.prompt == req.prompt and hires.negative == req.negative_prompt \
+                    and not edited:
                 h_model, h_pos, h_neg = model_ref, c_pos, c_neg
             else:
                 h_model, h_te = extras.lora_chain(g, [h_loader, 0], [h_loader, 1], hires_loras)
-                h_pos = g.add("DSTextEncode", text_encoder=h_te, text=strip_lora_tags(hires.prompt)[0],
-                              clip_skip=settings.clip_skip)
-                h_neg = g.add("DSTextEncode", text_encoder=h_te, text=strip_lora_tags(hires.negative)[0],
-                              clip_skip=settings.clip_skip)
+                h_text, h_negative = styles.apply_styles(hires.prompt, hires.negative, req.styles or [],
+                                                         catalog.styles)
+                h_pos = _encode(g, h_te, strip_lora_tags(h_text)[0], settings, first_pass_steps=req.steps)
+                h_neg = _encode(g, h_te, strip_lora_tags(h_negative)[0], settings, first_pass_steps=req.steps)
                 if units and h_loader == loader:
                     h_pos, h_neg = extras.control_chain(g, h_pos, h_neg, units, None)
             if hires.upscaler in LATENT_UPSCALERS:
@@ -600,6 +620,8 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
     if refiner:
         params_common["Refiner"] = model_stem(refiner)
         params_common["Refiner switch at"] = req.refiner_switch_at
+    if settings.old_timelines and (has_editing(prompt) or has_editing(negative)):
+        params_common["Old prompt editing timelines"] = True
     if mask_name:
         params_common["Mask blur"] = blur
         if full_res:
@@ -607,8 +629,9 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
             params_common["Masked area padding"] = req.inpaint_full_res_padding
     for unit in units:
         params_common[f"ControlNet {unit.index}"] = unit.infotext()
-    # A1111 keeps <lora:...> tags in the infotext and info prompts (only the text encoded loses them).
-    prompt, negative = req.prompt, req.negative_prompt
+    # A1111 keeps <lora:...> tags in the infotext and info prompts (only the text encoded loses them);
+    # the infotext and all_prompts carry the styles merged in, "prompt" the request's own text.
+    prompt, negative = styled, styled_negative
     texts = []
     for i in range(total):
         params = dict(params_common)
@@ -617,9 +640,9 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
             params["Variation seed"] = all_subseeds[i]
         texts.append(infotext.build_infotext(prompt, negative, params))
     info = {
-        "prompt": prompt,
+        "prompt": req.prompt,
         "all_prompts": [prompt] * total,
-        "negative_prompt": negative,
+        "negative_prompt": req.negative_prompt,
         "all_negative_prompts": [negative] * total,
         "seed": seed,
         "all_seeds": all_seeds,

@@ -47,6 +47,8 @@ class RunContext:
     cfg: float
     encoder_hidden_states: torch.Tensor  # the CFG-batched text embeddings
     added_cond_kwargs: Optional[dict]
+    steps: int = 0  # the sampler's steps input (0: unknown, read the scheduler's)
+    start_step: int = 0  # the sampler's start_step: > 0 continues an earlier partial run
 
 
 @dataclass
@@ -150,6 +152,13 @@ def collect(model, positive, negative, latent: dict) -> list[BoundHook]:
         seen[id(hook)] = len(bound)
         bound.append(BoundHook(hook, role))
 
+    # An extra that needs both prompts (prompt editing) gives one hook for the run.
+    paired = next(
+        (e for c in (positive, negative) if c is not None for e in getattr(c, "extras", ()) if hasattr(e, "sampling_hook")),
+        None,
+    )
+    if paired is not None:
+        add(paired.sampling_hook(positive, negative), BOTH)
     for patch in getattr(model, "patches", ()):
         add(patch, MODEL)
     for extra in getattr(positive, "extras", ()):

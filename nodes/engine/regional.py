@@ -93,6 +93,11 @@ def _check_region_conditioning(base: Conditioning, cond: Conditioning, which: st
         )
     if base.family == SDXL and cond.pooled is None:
         raise ValueError(f"{which} has no pooled embedding, which SDXL needs: encode it with an SDXL text encoder")
+    if any(hasattr(e, "sampling_hook") for e in cond.extras):
+        raise ValueError(
+            f"{which} uses prompt editing ([from:to:when] or [a|b]), which works in the base prompt only: "
+            "write the region's prompt without it"
+        )
     if cond.extras:
         raise ValueError(
             f"{which} carries adapters or regions ({', '.join(type(e).__name__ for e in cond.extras)}), "

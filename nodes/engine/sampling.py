@@ -521,7 +521,7 @@ def sample(
         model=model, batch=batch, do_cfg=inputs.do_cfg, device=device, dtype=dtype, latent_size=(h, w),
         pixel_size=pixel_size, timesteps=timesteps, total_steps=len(full), first_index=plan.first_index,
         scheduler=scheduler, cfg=cfg, encoder_hidden_states=inputs.embeds,
-        added_cond_kwargs=inputs.added_cond_kwargs,
+        added_cond_kwargs=inputs.added_cond_kwargs, steps=steps, start_step=int(start_step),
     )
     begun = []
     try:

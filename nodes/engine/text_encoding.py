@@ -51,6 +51,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from .components import FAMILIES, SD1, SDXL, Conditioning, TextEncoderBundle
+from .embeddings import Embedding, EmbeddingLibrary, vectors_in_place
 from .prompt_weights import parse_prompt_chunks
 
 logger = logging.getLogger(__name__)
@@ -60,17 +61,41 @@ WINDOW_TOKENS = CHUNK_TOKENS + 2  # + BOS + EOS: CLIP's 77 positions
 COMMA_BACKTRACK = 20
 _DEGENERATE_MEAN = 1e-5  # |mean| below this share of mean |value| is rounding noise
 _ENCODER_COUNT = {SD1: 1, SDXL: 2}
+PLACEHOLDER_ID = 0  # an embedding vector's slot; its token embedding is replaced (embeddings.py)
 
 
 @dataclass(frozen=True)
 class TokenChunk:
-    """Up to 75 prompt token ids (no specials) with one weight per token."""
+    """Up to 75 prompt tokens (no specials) with one weight per token.
 
-    ids: Tuple[int, ...] = ()
+    A token is a vocabulary id, or (Embedding, row) for one vector of a
+    textual-inversion embedding.
+    """
+
+    ids: Tuple = ()
     weights: Tuple[float, ...] = ()
 
 
-def tokenize_prompt(tokenizer, text: str) -> List[TokenChunk]:
+def _run_items(tokenizer, texts: List[str], embeddings: Optional[EmbeddingLibrary]) -> List[list]:
+    """Per run: its token ids, with Embedding objects where the prompt names one."""
+    if not texts:
+        return []
+    if embeddings is None or not embeddings.names:
+        # verbose=False: a long run is expected here, no "longer than 77" warning.
+        return tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    runs = []
+    for text in texts:
+        items: list = []
+        for piece in embeddings.split(text):
+            if isinstance(piece, Embedding):
+                items.append(piece)
+            else:
+                items.extend(tokenizer(piece, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])
+        runs.append(items)
+    return runs
+
+
+def tokenize_prompt(tokenizer, text: str, embeddings: Optional[EmbeddingLibrary] = None) -> List[TokenChunk]:
     """Cut a prompt into 75-token chunks carrying per-token emphasis weights.
 
     Each weighted run is tokenized on its own without special tokens (A1111
@@ -93,10 +118,18 @@ def tokenize_prompt(tokenizer, text: str) -> List[TokenChunk]:
         if forced_index:  # a BREAK
             close_chunk()
         texts = [run_text for run_text, _ in runs]
-        # verbose=False: a long run is expected here, no "longer than 77" warning.
-        encoded = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)
-        for run_ids, (_, weight) in zip(encoded["input_ids"] if texts else [], runs):
+        for run_ids, (_, weight) in zip(_run_items(tokenizer, texts, embeddings), runs):
             for token in run_ids:
+                if isinstance(token, Embedding):
+                    # A1111: an embedding that does not fit moves whole to the next chunk.
+                    if ids and len(ids) + token.count > CHUNK_TOKENS:
+                        close_chunk()
+                    for row in range(token.count):
+                        if len(ids) == CHUNK_TOKENS:
+                            close_chunk()
+                        ids.append((token, row))
+                        weights.append(float(weight))
+                    continue
                 if token == comma_id:
                     last_comma = len(ids)
                 elif (
@@ -123,9 +156,14 @@ def chunk_input_ids(tokenizer, chunk: TokenChunk) -> torch.Tensor:
     """[1, 77] ids: BOS + tokens + EOS + padding with the tokenizer's pad id."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    ids = [bos, *chunk.ids, eos]
+    ids = [bos, *(PLACEHOLDER_ID if isinstance(t, tuple) else t for t in chunk.ids), eos]
     ids += [pad] * (WINDOW_TOKENS - len(ids))
     return torch.tensor([ids], dtype=torch.long)
+
+
+def chunk_placements(chunk: TokenChunk) -> list:
+    """[(window position, Embedding, row)] for the chunk's embedding vectors."""
+    return [(i + 1, t[0], t[1]) for i, t in enumerate(chunk.ids) if isinstance(t, tuple)]
 
 
 def chunk_weights(chunk: TokenChunk) -> torch.Tensor:
@@ -220,9 +258,11 @@ def _encode_chunk(
     """Encode the same chunk index with every encoder; concatenate features."""
     parts = []
     pooled = None
-    for tokenizer, encoder, chunk in zip(bundle.tokenizers, bundle.text_encoders, chunks):
+    keys = ("clip_g",) if bundle.is_refiner else ("clip_l", "clip_g")
+    for key, tokenizer, encoder, chunk in zip(keys, bundle.tokenizers, bundle.text_encoders, chunks):
         ids = chunk_input_ids(tokenizer, chunk).to(encoder_device(encoder))
-        hidden, pooled = _layer_output(bundle.family, encoder, ids, clip_skip)
+        with vectors_in_place(encoder, chunk_placements(chunk), key):
+            hidden, pooled = _layer_output(bundle.family, encoder, ids, clip_skip)
         parts.append(apply_emphasis(hidden, chunk_weights(chunk)))
     if len(parts) == 1:
         return parts[0], pooled
@@ -252,9 +292,11 @@ def _check(bundle: TextEncoderBundle, text, clip_skip) -> None:
         )
 
 
-def _aligned_chunks(bundle: TextEncoderBundle, text: str) -> List[Tuple[TokenChunk, ...]]:
+def _aligned_chunks(
+    bundle: TextEncoderBundle, text: str, embeddings: Optional[EmbeddingLibrary] = None
+) -> List[Tuple[TokenChunk, ...]]:
     """Per chunk index, one TokenChunk per tokenizer (padded to equal counts)."""
-    per_tokenizer = [tokenize_prompt(tokenizer, text) for tokenizer in bundle.tokenizers]
+    per_tokenizer = [tokenize_prompt(tokenizer, text, embeddings) for tokenizer in bundle.tokenizers]
     count = max(len(chunks) for chunks in per_tokenizer)
     if any(len(chunks) != count for chunks in per_tokenizer):
         logger.warning(
@@ -266,7 +308,13 @@ def _aligned_chunks(bundle: TextEncoderBundle, text: str) -> List[Tuple[TokenChu
     return list(zip(*per_tokenizer))
 
 
-def encode_prompt(text_encoder: TextEncoderBundle, text: str, *, clip_skip: int = 1) -> Conditioning:
+def encode_prompt(
+    text_encoder: TextEncoderBundle,
+    text: str,
+    *,
+    clip_skip: int = 1,
+    embeddings: Optional[EmbeddingLibrary] = None,
+) -> Conditioning:
     """Encode one prompt (A1111 emphasis, BREAK, any length) into Conditioning.
 
     Returns embeds [1, 77*k, D] for k chunks, `empty_chunk` [1, 77, D] (the
@@ -275,7 +323,7 @@ def encode_prompt(text_encoder: TextEncoderBundle, text: str, *, clip_skip: int 
     encoder's device in its dtype.
     """
     _check(text_encoder, text, clip_skip)
-    chunk_rows = _aligned_chunks(text_encoder, text)
+    chunk_rows = _aligned_chunks(text_encoder, text, embeddings)
     last_encoder = text_encoder.text_encoders[-1]
     device, dtype = encoder_device(last_encoder), last_encoder.dtype
     with torch.no_grad(), patches_applied(text_encoder):
@@ -317,6 +365,7 @@ __all__ = [
     "TokenChunk",
     "apply_emphasis",
     "chunk_input_ids",
+    "chunk_placements",
     "chunk_weights",
     "encode_prompt",
     "encoder_device",

@@ -161,3 +161,71 @@ def test_refiner_pass_takes_the_aesthetic_score_options():
 def test_a_bad_aesthetic_score_override_is_named():
     with pytest.raises(errors.ApiError, match=r"sdxl_refiner_high_aesthetic_score: must be a number from 0 to 1000"):
         _refiner_plan({}, override_settings={"sdxl_refiner_high_aesthetic_score": "high"})
+
+
+def test_prompt_editing_is_scheduled_anew_for_the_hires_pass():
+    plain = _plan("txt2img", prompt="a cat", enable_hr=True, hr_scale=1.5)
+    assert len(_by_class(plain.graphs[0], "DSTextEncode")) == 2  # the hires pass reuses the encodes
+    plan = _plan("txt2img", prompt="a [cat:dog:0.5]", negative_prompt="blurry", enable_hr=True, hr_scale=1.5)
+    encodes = _by_class(plan.graphs[0], "DSTextEncode")
+    assert [(n["text"], n.get("first_pass_steps")) for n in encodes] == [
+        ("a [cat:dog:0.5]", None), ("blurry", None), ("a [cat:dog:0.5]", 4), ("blurry", None)]
+    assert not any("old_prompt_editing_timelines" in n for n in encodes)
+    assert "Old prompt editing" not in plan.infotexts[0]
+
+
+def test_old_prompt_editing_timelines_option():
+    plan = _plan("txt2img", prompt="a [cat:dog:1.5]", override_settings={"use_old_scheduling": True})
+    encodes = _by_class(plan.graphs[0], "DSTextEncode")
+    assert encodes[0]["old_prompt_editing_timelines"] is True and "old_prompt_editing_timelines" not in encodes[1]
+    assert "Old prompt editing timelines: True" in plan.infotexts[0]
+    with pytest.raises(errors.ApiError) as caught:
+        _plan("txt2img", override_settings={"use_old_scheduling": "yes"})
+    assert caught.value.status == 422 and "use_old_scheduling" in str(caught.value.detail)
+
+
+def test_listings_in_a1111_shapes():
+    listings = importlib.import_module(f"{_PKG}.a1111.listings")
+    assert listings.face_restorers(["codeformer-v0.1.0.pth", "GFPGANv1.4.pth"]) == [
+        {"name": "CodeFormer", "cmd_dir": "models/facerestore_models/codeformer-v0.1.0.pth"},
+        {"name": "GFPGAN", "cmd_dir": "models/facerestore_models/GFPGANv1.4.pth"}]
+    assert listings.realesrgan_models(["RealESRGAN_x2plus.pth", "4x-UltraSharp.pth", "x/realesr-general-x4v3.pth"]) \
+        == [{"name": "RealESRGAN_x2plus", "path": "RealESRGAN_x2plus.pth", "scale": 2},
+            {"name": "realesr-general-x4v3", "path": "x/realesr-general-x4v3.pth", "scale": 4}]
+    flags = listings.cmd_flags(types.SimpleNamespace(listen="0.0.0.0", port=8190, cpu=True),
+                               lambda folder: [f"/models/{folder}"])
+    assert flags["api"] is True and flags["listen"] is True and flags["port"] == 8190
+    assert flags["embeddings_dir"] == "/models/embeddings" and flags["hypernetwork_dir"] is None
+
+
+@pytest.mark.parametrize("files, needle", [([], "models/facerestore_models"), (["GFPGANv1.4.pth"], "facexlib")])
+def test_restore_faces_is_a_422_that_says_what_to_install(files, needle):
+    catalog = _catalog([])
+    catalog.face_restorers = files
+    with pytest.raises(errors.ApiError) as caught:
+        translate.build_plan(models.Txt2ImgRequest.model_validate({"prompt": "x", "restore_faces": True}),
+                             "txt2img", {}, catalog)
+    assert caught.value.status == 422 and needle in caught.value.detail and "restore_faces" in caught.value.detail
+
+
+def test_styles_merge_as_a1111_and_an_unknown_style_is_named():
+    styles = importlib.import_module(f"{_PKG}.a1111.styles")
+    table = styles.parse_styles(
+        "name,prompt,negative_prompt\n"
+        "Cinematic,\"cinematic still of {prompt}, film grain\",\"cartoon, drawing\"\n"
+        "Sharp,sharp focus,\n"
+        ",skipped,row\n")
+    assert sorted(table) == ["Cinematic", "Sharp"]
+    catalog = _catalog([])
+    catalog.styles = table
+    plan = translate.build_plan(models.Txt2ImgRequest.model_validate(
+        {"prompt": "a cat", "negative_prompt": "blurry", "styles": ["Cinematic", "Sharp"], "steps": 2}),
+        "txt2img", {}, catalog)
+    texts = [n["text"] for n in _by_class(plan.graphs[0], "DSTextEncode")]
+    assert texts == ["cinematic still of a cat, film grain, sharp focus", "blurry, cartoon, drawing"]
+    assert plan.info["prompt"] == "a cat" and plan.info["all_prompts"] == [texts[0]]
+    assert plan.info["styles"] == ["Cinematic", "Sharp"] and plan.infotexts[0].startswith(texts[0] + "\n")
+    with pytest.raises(errors.ApiError) as caught:
+        translate.build_plan(models.Txt2ImgRequest.model_validate({"prompt": "x", "styles": ["Nope"]}),
+                             "txt2img", {}, catalog)
+    assert caught.value.status == 422 and "'Nope'" in caught.value.detail and "Cinematic" in caught.value.detail
