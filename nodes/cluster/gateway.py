@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8190)
     parser.add_argument("--loglevel", default="INFO")
+    parser.add_argument("--access-log", action="store_true", help="log every request (clients poll /history often)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -262,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     log.info("gateway on http://%s:%d, Redis %s", args.host, args.port, settings.redis_url)
-    web.run_app(create_app(settings), host=args.host, port=args.port, print=None, handle_signals=True)
+    web.run_app(create_app(settings), host=args.host, port=args.port, print=None, handle_signals=True,
+                access_log=logging.getLogger("aiohttp.access") if args.access_log else None)
 
 
 if __name__ == "__main__":

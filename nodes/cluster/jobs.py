@@ -59,14 +59,6 @@ class Jobs:
         if await self.depth() >= self.settings.max_queue:
             raise QueueFull(f"{self.settings.max_queue} jobs are waiting or running (DS_CLUSTER_MAX_QUEUE)")
         prompt_id = str(uuid.uuid4())
-        if request_id is not None:
-            ttl = int(self.settings.result_ttl)
-            claimed = await self.redis.set(keys.request(request_id), prompt_id, ex=ttl, nx=True)
-            if not claimed:
-                existing = await self.redis.get(keys.request(request_id))
-                if existing and await self.redis.hget(keys.job(existing), "state") not in (None, "cancelled"):
-                    return existing, False  # a concurrent twin won the race
-                await self.redis.set(keys.request(request_id), prompt_id, ex=ttl)
         queue = await routing.choose_queue(self.redis, models)
         record = {"kind": kind, "payload": json.dumps(payload), "state": "queued", "queue": "",
                   "client_id": client_id or "", "request_id": request_id or "", "created": time.time(),
@@ -74,6 +66,18 @@ class Jobs:
         pipe = self.redis.pipeline()
         pipe.hset(keys.job(prompt_id), mapping=record)
         pipe.expire(keys.job(prompt_id), int(self.settings.result_ttl))
+        await pipe.execute()
+        if request_id is not None:
+            # The record exists before the request id points at it, so a twin that loses
+            # the race below always finds a live record behind the winner's id.
+            ttl = int(self.settings.result_ttl)
+            if not await self.redis.set(keys.request(request_id), prompt_id, ex=ttl, nx=True):
+                existing = await self.redis.get(keys.request(request_id))
+                if existing and await self.redis.hget(keys.job(existing), "state") not in (None, "cancelled"):
+                    await self.redis.delete(keys.job(prompt_id))
+                    return existing, False
+                await self.redis.set(keys.request(request_id), prompt_id, ex=ttl)
+        pipe = self.redis.pipeline()
         pipe.sadd(keys.ACTIVE, prompt_id)
         if kind == keys.KIND_PROMPT:
             pipe.lpush(keys.HISTORY, prompt_id)

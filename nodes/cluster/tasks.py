@@ -11,9 +11,11 @@ Failures are sorted by whose fault they are:
 
 - the job's (a 400 from /prompt, a node that raises, a 4xx/5xx from a route):
   stored as its result at once, never retried;
-- the worker's (its ComfyUI stopped answering): the job is handed back to the
-  queue (`Reject(requeue=True)`), the heartbeat stops and the worker shuts
-  down, to be restarted beside a fresh ComfyUI by its supervisor;
+- the worker's (its ComfyUI stopped answering): the job goes back on the
+  shared queue as a fresh message and this one is rejected (it may come from
+  the worker's own queue, where it would wait for this very worker); the
+  heartbeat stops and the worker shuts down, to be restarted beside a fresh
+  ComfyUI by its supervisor;
 - the worker killed outright: nothing runs here; the message stays
   unacknowledged (acks_late) and the watchdog or the broker hands it on.
 """
@@ -36,6 +38,7 @@ from .comfy_link import ComfyGone, LocalComfy
 from .config import Settings, WorkerSettings
 from .events import Relay
 from .heartbeat import Heartbeat
+from .rescue import requeue
 from .runner import JobRunner
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,7 @@ class WorkerContext:
     redis: redis.Redis
     comfy: LocalComfy
     heartbeat: Heartbeat
+    app: Celery
 
 
 def _with_redis_retry(what: str, call, timeout: float = STORE_RETRY_S):
@@ -104,10 +108,12 @@ def run_job(ctx: WorkerContext, prompt_id: str) -> dict:
     except ComfyGone as exc:
         log.error("worker %s: %s; handing job %s back and stopping", ctx.worker.name, exc, prompt_id)
         ctx.heartbeat.stop()
-        _with_redis_retry("handing a job back", lambda: r.hset(
-            keys.job(prompt_id), mapping={"state": "queued", "worker": "", "queue": keys.SHARED_QUEUE}))
-        os.kill(os.getpid(), signal.SIGTERM)  # warm shutdown once the message is rejected
-        raise Reject(str(exc), requeue=True)
+        # A fresh message on the shared queue (this one may come from this worker's own queue,
+        # where a requeued copy would wait for this worker), then this one is dropped.
+        _with_redis_retry("handing a job back", lambda: requeue(
+            r, ctx.app, prompt_id, f"the ComfyUI of {ctx.worker.name} stopped answering", "running"))
+        os.kill(os.getpid(), signal.SIGTERM)  # warm shutdown once the message is settled
+        raise Reject(str(exc), requeue=False)
     except Exception as exc:  # the job's own failure: answer it, do not retry
         log.exception("job %s failed on %s", prompt_id, ctx.worker.name)
         result = {"state": "error", "status": 500, "body": {"error": type(exc).__name__, "detail": str(exc)}}

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     if released:
         log.warning("%d job(s) marked as running on %s before this start went back on the queue", released, worker.name)
     heartbeat = Heartbeat(r, comfy, worker, settings)
-    register(app, WorkerContext(settings, worker, r, comfy, heartbeat))
+    register(app, WorkerContext(settings, worker, r, comfy, heartbeat, app))
     heartbeat.beat()
     heartbeat.start()
     log.info("worker %s for ComfyUI %s on %s", worker.name, worker.comfy_url, settings.redis_url)

@@ -9,10 +9,12 @@ every process group, whatever state the test left them in.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -30,13 +32,32 @@ from nodes.cluster import procs  # noqa: E402  (the checkout's own package, as t
 
 log = logging.getLogger(__name__)
 
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 FAST = {
     "DS_CLUSTER_HEARTBEAT": "0.5",
     "DS_CLUSTER_DEAD_AFTER": "3",
     "DS_CLUSTER_VISIBILITY_TIMEOUT": "60",
     "DS_CLUSTER_RESTORE_INTERVAL": "1",
-    "DS_CLUSTER_JOB_TIMEOUT": "120",
+    "DS_CLUSTER_JOB_TIMEOUT": "600",
 }
+
+
+TEST_WORKFLOW = "cluster_txt2img"
+
+
+def install_test_workflow(base: Path) -> None:
+    """The shipped txt2img workflow, shrunk (64x64, 2 steps) and with its sampler titled
+    "Sampler", saved as a user workflow: POST /ds/workflows/cluster_txt2img/run can set the seed."""
+    workflow = json.loads((REPO_ROOT / "example_workflows" / "txt2img_sd15.json").read_text(encoding="utf-8"))
+    for node in workflow["nodes"]:
+        if node["type"] == "DSSampler":
+            node["title"] = "Sampler"
+            node["widgets_values"][2] = 2  # steps
+        elif node["type"] == "EmptyLatentImage":
+            node["widgets_values"][:2] = [64, 64]
+    folder = base / "user" / "default" / "workflows"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{TEST_WORKFLOW}.json").write_text(json.dumps(workflow), encoding="utf-8")
 
 
 def write_sd15_models(models_dir: Path) -> None:
@@ -116,8 +137,28 @@ class Cluster:
             self.redis.stop()
 
 
-def start_cluster(root: Path, n_workers: int = 2, env: Optional[dict] = None) -> Cluster:
-    """Start everything; on any failure stop what was started and raise."""
+@contextmanager
+def torch_threads(count: int):
+    """Servers started inside use `count` torch threads each, so that workers share the
+    machine's cores instead of fighting over them (the variables are read when torch starts)."""
+    saved = {name: os.environ.get(name) for name in THREAD_VARS}
+    os.environ.update({name: str(count) for name in THREAD_VARS})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def start_cluster(root: Path, n_workers: int = 2, env: Optional[dict] = None,
+                  threads_per_worker: Optional[int] = None) -> Cluster:
+    """Start everything; on any failure stop what was started and raise.
+
+    Each ComfyUI gets the machine's cores divided among the workers (at least one)."""
+    threads = threads_per_worker or max(1, (os.cpu_count() or 1) // n_workers)
     root = Path(root)
     cluster = Cluster(root=root, redis_port=procs.free_port(), gateway_port=procs.free_port())
     try:
@@ -131,10 +172,11 @@ def start_cluster(root: Path, n_workers: int = 2, env: Optional[dict] = None) ->
             base.mkdir(parents=True)
             (base / "models").symlink_to(shared_models, target_is_directory=True)
             server.prepare_base_dir(base)
+            install_test_workflow(base)
             pending.append((f"w{index}", base))
         # Start the ComfyUI servers together (they import torch in parallel); keep every
         # one that came up, so that stop() ends it even when another failed.
-        with ThreadPoolExecutor(len(pending)) as pool:
+        with ThreadPoolExecutor(len(pending)) as pool, torch_threads(threads):
             futures = [pool.submit(server.start_server, base, root / f"{name}.comfyui.log") for name, base in pending]
         failure = None
         for (name, _), future in zip(pending, futures):
