@@ -53,8 +53,17 @@ class Heartbeat:
         self._wake.set()
 
     def set_busy(self, job: str) -> None:
+        """Mark the worker busy with `job`, or idle (""). Going idle beats at once, in the
+        caller's thread, before the job's result is stored: a client that reads the result
+        and sends the next job for the same model finds this worker idle, with that model."""
         self.busy, self.job = bool(job), job
-        self.beat_now()
+        if job:
+            self.beat_now()
+            return
+        try:
+            self.beat()
+        except redis.RedisError as exc:
+            log.warning("heartbeat not written (Redis): %s", exc)
 
     def _probe(self) -> bool:
         if self.busy:
@@ -70,6 +79,8 @@ class Heartbeat:
             return self._misses < MISSES_BEFORE_DEAD
 
     def beat(self) -> None:
+        if self._stop.is_set():  # the worker is leaving: never say alive again
+            return
         name = self.worker.name
         if not self._probe():
             self.redis.delete(keys.alive(name))
