@@ -1,13 +1,13 @@
 """Cluster throughput with 1 and then 2 workers on this machine (`make bench`).
 
 The same batch of jobs (/prompt, tiny SD1.5, 128x128, 8 steps, distinct seeds)
-goes through the gateway at once, first to a cluster of one ComfyUI worker
-using all the cores, then to two workers with half the cores each. The
-figures (jobs per minute, seconds per job, which worker ran what) are
-printed, never asserted: on a CPU both shapes share the same cores, so the
-ratio shows the cluster's overhead and the gain from overlapping one job's
-idle moments (model loading, decoding, I/O) with another's work, not GPU
-scaling (docs/benchmark.md has both).
+goes through the gateway at once, first to a cluster of one ComfyUI worker,
+then to two. Each ComfyUI runs one torch thread, the CPU stand-in for "one
+worker per GPU": a worker owns one compute unit, and a second worker brings a
+second one (on a 2-core machine, the second core). The figures (jobs per
+minute, seconds per job, which worker ran what, the machine's load average)
+are printed, never asserted; docs/benchmark.md has them and the per-GPU
+scaling expected on paper.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import requests
 
 pytestmark = pytest.mark.bench
 
-JOBS = int(os.environ.get("DS_BENCH_CLUSTER_JOBS", "12"))
+JOBS = int(os.environ.get("DS_BENCH_CLUSTER_JOBS", "8"))
 STEPS, SIZE = 8, 128
 
 
@@ -51,14 +51,14 @@ def test_cluster_throughput_one_vs_two_workers(tmp_path):
 
     figures = {}
     for n_workers in (1, 2):
-        cluster = start_cluster(tmp_path / f"workers{n_workers}", n_workers=n_workers)
+        cluster = start_cluster(tmp_path / f"workers{n_workers}", n_workers=n_workers, threads_per_worker=1)
         try:
             _run_batch(cluster, list(range(1000, 1000 + 2 * n_workers)))  # every worker loads the model
             elapsed, spread = _run_batch(cluster, list(range(JOBS)))
         finally:
             cluster.stop()
         figures[n_workers] = elapsed
-        print(f"\ncluster, {n_workers} worker(s), {max(1, (os.cpu_count() or 1) // n_workers)} torch thread(s) each: "
+        print(f"\ncluster, {n_workers} worker(s), 1 torch thread each, load average {os.getloadavg()[0]:.1f}: "
               f"{JOBS} jobs ({SIZE}x{SIZE}, {STEPS} steps) in {elapsed:.1f} s = {60 * JOBS / elapsed:.1f} jobs/min, "
               f"{elapsed / JOBS:.2f} s/job; jobs per worker {spread}")
     print(f"2 workers / 1 worker throughput: {figures[1] / figures[2]:.2f}x on {os.cpu_count()} cores")
