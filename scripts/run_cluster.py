@@ -128,6 +128,9 @@ def main() -> None:
                             int(os.environ.get("DS_CLUSTER_PORT", "8190")),
                             int(os.environ.get("DS_CLUSTER_REDIS_PORT", "6390")))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Ctrl-C stops the cluster even when this was started in the background, where
+    # the shell starts children with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         supervisor.start()
         supervisor.watch()
