@@ -10,7 +10,7 @@ export COMFYUI_PATH
 export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: env lock run test bench chromium thumbnails
+.PHONY: env lock run test bench chromium redis cluster thumbnails
 
 env:
 	@bash scripts/setup_env.sh
@@ -27,8 +27,18 @@ run: env
 chromium:
 	@bash scripts/ensure_chromium.sh
 
+# Debian's redis-server for the cluster tests and `make cluster` (they skip, saying why, without it).
+redis:
+	@bash scripts/ensure_redis.sh
+
+# Scale-out on this machine: redis-server, two CPU ComfyUI workers with the demo
+# models, their Celery workers and the gateway on http://127.0.0.1:$${DS_CLUSTER_PORT:-8190}
+# (docs/scale-out.md). Ctrl-C stops everything.
+cluster: env redis
+	@$(PY) scripts/run_cluster.py
+
 # PYTEST_ARGS replaces the default selection, e.g. PYTEST_ARGS="tests/unit -q".
-test: env chromium
+test: env chromium redis
 	@$(PY) -m pytest $(or $(PYTEST_ARGS),tests)
 
 bench: env
