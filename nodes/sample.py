@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from . import comfy_bridge
-from .engine import hooks
+from .engine import families, hooks
 from .engine.sampling import DEFAULT_AESTHETIC_SCORE, DEFAULT_NEGATIVE_AESTHETIC_SCORE, sample
 from .engine.schedulers import SAMPLER_NAMES, SCHEDULE_TYPES, canonical_name_or_none
 from .types import DSConditioning, DSModel, category
@@ -181,7 +181,7 @@ class DSSampler(io.ComfyNode):
         extra = hooks.modules_of(hooks.collect(model, positive, negative, latent_image))
         comfy_bridge.load_to_compute_device([model.unet, *extra])
         device = comfy_bridge.module_device(model.unet)
-        reporter = comfy_bridge.step_reporter(steps, model.family, device)
+        reporter = comfy_bridge.step_reporter(steps, families.of(model).latent_format.preview, device)
         result = sample(
             model,
             positive,

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .components import SDXL, Conditioning
+from . import families
+from .components import Conditioning
 
 MAX_SIDE = 16384
 
@@ -41,7 +42,7 @@ def with_size_conditioning(
     0 for a width or height means "the size being generated" (diffusers'
     default when the parameter is left out); the crop is always set.
     """
-    if conditioning.family != SDXL:
+    if not families.of(conditioning).size_conditioning:
         raise ValueError(
             f"conditioning: size conditioning is an SDXL input, but this prompt was encoded for "
             f"{conditioning.family}; leave this node out for SD1.x models"

@@ -410,14 +410,16 @@ def test_refiner_img2img_matches_diffusers_with_sizes_and_scores(refiner, sample
 def test_refiner_time_ids_and_the_conditionings_own_score(refiner):
     from dataclasses import replace
 
-    from diffusers_studio.nodes.engine.sampling import _unet_inputs
+    from diffusers_studio.nodes.engine import families
 
     model = refiner["model"]
-    inputs = _unet_inputs(model, refiner["pos"], refiner["neg"], CFG, 1, (64, 64), torch.device("cpu"),
-                          aesthetic_scores=(6.0, 2.5))
+    family = families.of(model)
+    assert family is families.get("sdxl", "refiner") and family.aesthetic_score
+    inputs = family.denoiser_inputs(model, refiner["pos"], refiner["neg"], CFG, 1, (64, 64), torch.device("cpu"),
+                                    aesthetic_scores=(6.0, 2.5))
     assert inputs.added_cond_kwargs["time_ids"].tolist() == [[64, 64, 0, 0, 2.5], [64, 64, 0, 0, 6.0]]
     own = replace(refiner["pos"], size_conditioning={"aesthetic_score": 9.0})
-    inputs = _unet_inputs(model, own, refiner["neg"], 1.0, 1, (64, 64), torch.device("cpu"))
+    inputs = family.denoiser_inputs(model, own, refiner["neg"], 1.0, 1, (64, 64), torch.device("cpu"))
     assert inputs.added_cond_kwargs["time_ids"].tolist() == [[64, 64, 0, 0, 9.0]]
 
 
