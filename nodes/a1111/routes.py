@@ -90,7 +90,19 @@ def _catalog() -> translate.Catalog:
         store_image=_store_image,
         loras=_lora_names(),
         controlnets=_controlnet_names(),
+        model_family=_model_family,
     )
+
+
+def _model_family(name: str):
+    """The engine Family of a checkpoint by name, from its header alone; None when it cannot tell."""
+    from .. import comfy_bridge
+    from ..engine.loading import peek_family
+
+    try:
+        return peek_family(comfy_bridge.resolve_model_path(name))
+    except (OSError, ValueError):
+        return None
 
 
 def _lora_names() -> list[str]:

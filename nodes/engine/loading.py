@@ -262,6 +262,20 @@ def load_checkpoint(
     return loaded
 
 
+def peek_family(path: str | os.PathLike) -> families.Family:
+    """The family of a checkpoint (file or diffusers folder) without loading any weights.
+
+    Reads the safetensors header or model_index.json only, so a caller that
+    builds a graph (the A1111 routes) can ask what a checkpoint is. Raises
+    ModelLoadError (a ValueError) as loading would.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return families.get(*_folder_family(path, _read_model_index(path)))
+    single_file.check_suffix(path)
+    return families.get(*single_file.detect_model(single_file.read_header(path)))
+
+
 def _bundles(family, name, unet, vae, text_encoders, tokenizers, scheduler_config, dtype, variant=BASE) -> Loaded:
     if families.get(family, variant).keep_vae_float32(vae, dtype):
         vae = vae.to(torch.float32)

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from . import families
 from . import hooks as hooks_mod
 from .components import Conditioning, ModelBundle, model_kind_label
-from .families.sdxl_refiner import DEFAULT_AESTHETIC_SCORE, DEFAULT_NEGATIVE_AESTHETIC_SCORE
 from .noise import generators_for, initial_noise, seed_plan
 
 logger = logging.getLogger(__name__)
@@ -96,13 +95,6 @@ def _check_numbers(steps: int, denoise: float, start_step: int, end_step: Option
         raise ValueError(
             f"denoise ({denoise}) and start_step ({start_step}) both skip the start of the "
             "schedule: set denoise to 1.0 when continuing a partial run with start_step"
-        )
-
-
-def _check_aesthetic(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
-        raise ValueError(
-            f"{name} must be a number (the SDXL refiner's aesthetic score, usually 0 to 10), got {value!r}"
         )
 
 
@@ -219,8 +211,6 @@ def sample(
     variation_seed: int = 0,
     variation_strength: float = 0.0,
     batch_seed_mode: str = "increment",
-    aesthetic_score: float = DEFAULT_AESTHETIC_SCORE,
-    negative_aesthetic_score: float = DEFAULT_NEGATIVE_AESTHETIC_SCORE,
     device=None,
     on_step: Optional[OnStep] = None,
     should_stop: Optional[Callable[[], None]] = None,
@@ -251,17 +241,15 @@ def sample(
     - A "noise_mask" in the latent (1 = repaint) keeps the unmasked area at
       the input, re-noised to each step's level (diffusers' inpaint pipeline
       for 4-channel UNets).
-    - aesthetic_score / negative_aesthetic_score: the SDXL refiner's
-      aesthetic conditioning of the positive / negative rows (diffusers'
-      defaults 6.0 and 2.5); models without it ignore them.
+    - What a family conditions on besides the text (SDXL's sizes, the
+      refiner's aesthetic score) travels on the prompts, not here: the loop
+      takes what every model uses (see families/).
     """
     samples = _check_latent(model, latent)
     _check_conditioning(model, positive, "positive")
     if negative is not None:
         _check_conditioning(model, negative, "negative")
     _check_numbers(steps, denoise, start_step, end_step)
-    _check_aesthetic(aesthetic_score, "aesthetic_score")
-    _check_aesthetic(negative_aesthetic_score, "negative_aesthetic_score")
     steps = int(steps)
     family = families.of(model)
     scheduler = family.make_scheduler(model, sampler_name, schedule, tuple(samples.shape[-2:]))
@@ -320,7 +308,6 @@ def sample(
     pixel_size = (h * model.vae_scale_factor, w * model.vae_scale_factor)
     inputs = family.denoiser_inputs(
         model, positive, negative, cfg, batch, pixel_size, device, model_label=_model_label(model),
-        aesthetic_scores=(float(aesthetic_score), float(negative_aesthetic_score)),
     )
     extra = _step_kwargs(scheduler, generators)
     warmup = len(timesteps) - total * order

@@ -20,6 +20,12 @@ from .base import EncoderSlot, LatentFormat
 from .unet import UNetFamily, per_sample
 
 CLIP_L = EncoderSlot("text_encoder", "tokenizer", "CLIPTextModel")
+# The aesthetic scores a 5-time-id UNet (the refiner) gets when a prompt carries
+# none (DSSDXLAestheticScore sets one): diffusers' defaults for the positive
+# and the negative prompt.
+DEFAULT_AESTHETIC_SCORE = 6.0
+DEFAULT_NEGATIVE_AESTHETIC_SCORE = 2.5
+
 # bigG's tokenizer (SDXL's tokenizer_2, the refiner's only one) pads with "!".
 OPENCLIP_BIGG = EncoderSlot("text_encoder_2", "tokenizer_2", "CLIPTextModelWithProjection", pad_token="!")
 
@@ -72,7 +78,7 @@ class SDXLFamily(UNetFamily):
 
         With `aesthetic_score` (the refiner's 5 time ids, diffusers'
         requires_aesthetics_score): original size + crop top-left + aesthetic
-        score; a score in the conditioning's size_conditioning wins.
+        score; the score the prompt carries (size_conditioning["aesthetic_score"]) wins.
         """
         sc = cond.size_conditioning or {}
         original = tuple(int(v) for v in sc.get("original_size", pixel_size))
@@ -105,12 +111,14 @@ class SDXLFamily(UNetFamily):
             f"x {int(time_dim)}): encode the prompt with this checkpoint's text encoders"
         )
 
-    def added_cond_kwargs(self, model, conds, batch, pixel_size, device, dtype, model_label: str = "",
-                          aesthetic_scores=(6.0, 2.5)) -> dict:
-        """bigG's pooled embedding and the time ids, one row per CFG row ([negative, positive])."""
+    def added_cond_kwargs(self, model, conds, batch, pixel_size, device, dtype, model_label: str = "") -> dict:
+        """bigG's pooled embedding and the time ids, one row per CFG row ([negative, positive]).
+
+        A 5-time-id UNet takes each prompt's own aesthetic score, else the
+        defaults (6 for the positive rows, 2.5 for the negative ones).
+        """
         aesthetic = self.time_id_count(model, int(conds[-1].pooled.shape[-1]), model_label) == 5
-        positive_score, negative_score = aesthetic_scores
-        scores = [negative_score, positive_score] if len(conds) == 2 else [positive_score]
+        scores = [DEFAULT_NEGATIVE_AESTHETIC_SCORE, DEFAULT_AESTHETIC_SCORE][-len(conds):]
         text_embeds = torch.cat([per_sample(c.pooled, batch, "pooled") for c in conds])
         time_ids = torch.cat(
             [

@@ -13,11 +13,9 @@ from __future__ import annotations
 from ..components import REFINER
 from . import facts
 from .base import CONTROLNET, IP_ADAPTER
-from .sdxl import OPENCLIP_BIGG, SDXLFamily
+from .sdxl import DEFAULT_AESTHETIC_SCORE, DEFAULT_NEGATIVE_AESTHETIC_SCORE, OPENCLIP_BIGG, SDXLFamily
 
-# diffusers' defaults for the positive and the negative prompt.
-DEFAULT_AESTHETIC_SCORE = 6.0
-DEFAULT_NEGATIVE_AESTHETIC_SCORE = 2.5
+__all__ = ["DEFAULT_AESTHETIC_SCORE", "DEFAULT_NEGATIVE_AESTHETIC_SCORE", "SDXL_REFINER_FAMILY", "SDXLRefinerFamily"]
 
 
 class SDXLRefinerFamily(SDXLFamily):
