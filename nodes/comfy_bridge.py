@@ -267,19 +267,23 @@ def raise_if_interrupted() -> None:
     model_management.throw_exception_if_processing_interrupted()
 
 
-def _latent_format(family: str):
+def _latent_format(preview: str):
+    """ComfyUI's latent format by class name (the family's LatentFormat.preview: "SD15", "SDXL", ...)."""
     import comfy.latent_formats as formats
 
-    return formats.SDXL() if family == "sdxl" else formats.SD15()
+    return getattr(formats, preview, formats.SD15)()
 
 
-def step_reporter(total_steps: int, family: str, device: torch.device) -> Callable[[int, int, torch.Tensor], None]:
-    """A progress bar that advances every step and carries a latent preview."""
+def step_reporter(total_steps: int, preview: str, device: torch.device) -> Callable[[int, int, torch.Tensor], None]:
+    """A progress bar that advances every step and carries a latent preview.
+
+    preview: the comfy.latent_formats class the previewer decodes with.
+    """
     import latent_preview
 
     bar = comfy.utils.ProgressBar(total_steps)
     try:
-        previewer = latent_preview.get_previewer(device, _latent_format(family))
+        previewer = latent_preview.get_previewer(device, _latent_format(preview))
     except Exception:  # a preview is a nicety; never fail a run for it
         log.debug("latent previews unavailable", exc_info=True)
         previewer = None

@@ -4,8 +4,8 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from . import comfy_bridge
-from .engine import hooks
-from .engine.sampling import DEFAULT_AESTHETIC_SCORE, DEFAULT_NEGATIVE_AESTHETIC_SCORE, sample
+from .engine import families, hooks
+from .engine.sampling import sample
 from .engine.schedulers import SAMPLER_NAMES, SCHEDULE_TYPES, canonical_name_or_none
 from .types import DSConditioning, DSModel, category
 
@@ -117,29 +117,6 @@ class DSSampler(io.ComfyNode):
                     tooltip="increment: image i uses seed + i (each image reproducible on its own); "
                     "fixed: every image of the batch uses the same seed.",
                 ),
-                io.Float.Input(
-                    "aesthetic_score",
-                    default=DEFAULT_AESTHETIC_SCORE,
-                    min=0.0,
-                    max=1000.0,
-                    step=0.1,
-                    round=0.01,
-                    optional=True,
-                    tooltip="SDXL refiner only (other models ignore it): the aesthetic score the positive "
-                    "prompt asks for, as diffusers' aesthetic_score and A1111's refiner setting (default 6; "
-                    "the refiner was trained on scores of about 0-10, higher looks more 'aesthetic').",
-                ),
-                io.Float.Input(
-                    "negative_aesthetic_score",
-                    default=DEFAULT_NEGATIVE_AESTHETIC_SCORE,
-                    min=0.0,
-                    max=1000.0,
-                    step=0.1,
-                    round=0.01,
-                    optional=True,
-                    tooltip="SDXL refiner only (other models ignore it): the aesthetic score of the negative "
-                    "prompt, diffusers' negative_aesthetic_score (default 2.5); keep it below aesthetic_score.",
-                ),
             ],
             outputs=[io.Latent.Output(tooltip="The denoised latent, for Diffusers VAE Decode.")],
         )
@@ -172,8 +149,6 @@ class DSSampler(io.ComfyNode):
         variation_seed: int = 0,
         variation_strength: float = 0.0,
         batch_seed_mode: str = "increment",
-        aesthetic_score: float = DEFAULT_AESTHETIC_SCORE,
-        negative_aesthetic_score: float = DEFAULT_NEGATIVE_AESTHETIC_SCORE,
     ) -> io.NodeOutput:
         # One request for everything the run needs (UNet, ControlNets, ...):
         # ComfyUI then makes room once instead of unloading the UNet to fit
@@ -181,7 +156,7 @@ class DSSampler(io.ComfyNode):
         extra = hooks.modules_of(hooks.collect(model, positive, negative, latent_image))
         comfy_bridge.load_to_compute_device([model.unet, *extra])
         device = comfy_bridge.module_device(model.unet)
-        reporter = comfy_bridge.step_reporter(steps, model.family, device)
+        reporter = comfy_bridge.step_reporter(steps, families.of(model).latent_format.preview, device)
         result = sample(
             model,
             positive,
@@ -198,8 +173,6 @@ class DSSampler(io.ComfyNode):
             variation_seed=variation_seed,
             variation_strength=variation_strength,
             batch_seed_mode=batch_seed_mode,
-            aesthetic_score=aesthetic_score,
-            negative_aesthetic_score=negative_aesthetic_score,
             device=device,
             on_step=reporter,
             should_stop=comfy_bridge.raise_if_interrupted,

@@ -1,9 +1,14 @@
-"""DSSDXLSizeConditioning: SDXL's original size, crop and target size on a prompt (engine/size_conditioning.py)."""
+"""SDXL's micro-conditioning on a prompt (engine/size_conditioning.py).
+
+DSSDXLSizeConditioning: original size, crop and target size (SDXL base and refiner).
+DSSDXLAestheticScore: the SDXL refiner's aesthetic score, one per prompt.
+"""
 from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .engine.size_conditioning import MAX_SIDE, with_size_conditioning
+from .engine.families.sdxl import DEFAULT_AESTHETIC_SCORE
+from .engine.size_conditioning import MAX_AESTHETIC_SCORE, MAX_SIDE, with_aesthetic_score, with_size_conditioning
 from .types import DSConditioning, category
 
 
@@ -50,4 +55,37 @@ class DSSDXLSizeConditioning(io.ComfyNode):
         ))
 
 
-NODES = [DSSDXLSizeConditioning]
+class DSSDXLAestheticScore(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DSSDXLAestheticScore",
+            display_name="Diffusers SDXL Refiner Aesthetic Score",
+            category=category("conditioning"),
+            description=(
+                "Sets the SDXL refiner's aesthetic score on a prompt (diffusers' aesthetic_score and "
+                "negative_aesthetic_score; the ascore of ComfyUI's CLIPTextEncodeSDXLRefiner). Use one on the "
+                "refiner's positive prompt and, if wanted, one on its negative; a prompt without one gets "
+                "diffusers' default (6 positive, 2.5 negative). Only the refiner takes it: other models refuse it."
+            ),
+            inputs=[
+                DSConditioning.Input("conditioning", tooltip="A prompt encoded with the SDXL refiner's "
+                                     "TEXT_ENCODER (Diffusers Text Encode)."),
+                io.Float.Input(
+                    "aesthetic_score", default=DEFAULT_AESTHETIC_SCORE, min=0.0, max=MAX_AESTHETIC_SCORE, step=0.1,
+                    round=0.01,
+                    tooltip="The score this prompt asks for; the refiner was trained on about 0-10, higher looks "
+                    "more 'aesthetic'. Usual: 6 on the positive prompt, 2.5 on the negative (A1111's refiner "
+                    "high/low aesthetic score settings).",
+                ),
+            ],
+            outputs=[DSConditioning.Output(display_name="CONDITIONING",
+                                           tooltip="The prompt with its aesthetic score, for Diffusers Sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, conditioning, aesthetic_score: float = DEFAULT_AESTHETIC_SCORE) -> io.NodeOutput:
+        return io.NodeOutput(with_aesthetic_score(conditioning, aesthetic_score))
+
+
+NODES = [DSSDXLSizeConditioning, DSSDXLAestheticScore]

@@ -82,6 +82,7 @@ def _catalog() -> translate.Catalog:
         controlnets=_controlnet_names(),
         face_restorers=_face_restore_files(),
         styles=styles.store.all(),
+        model_family=_model_family,
     )
 
 
@@ -99,6 +100,17 @@ def _folder_paths(folder: str) -> list[str]:
         return list(folder_paths.get_folder_paths(folder))
     except KeyError:
         return []
+
+
+def _model_family(name: str):
+    """The engine Family of a checkpoint by name, from its header alone; None when it cannot tell."""
+    from .. import comfy_bridge
+    from ..engine.loading import peek_family
+
+    try:
+        return peek_family(comfy_bridge.resolve_model_path(name))
+    except (OSError, ValueError):
+        return None
 
 
 def _lora_names() -> list[str]:

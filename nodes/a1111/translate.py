@@ -80,6 +80,8 @@ class Catalog:
     controlnets: Sequence[str] = ()
     face_restorers: Sequence[str] = ()  # files in models/facerestore_models
     styles: dict = field(default_factory=dict)  # name -> styles.Style (styles.csv)
+    # model name -> its engine Family (read from the file's header), None when unknown
+    model_family: Optional[Callable[[str], Optional[Any]]] = None
 
 
 @dataclass
@@ -233,13 +235,13 @@ def _ref(value) -> list:
 
 def _sampler(g: Graph, model, pos, neg, latent, *, seed: int, steps: int, cfg: float,
              sampler: str, schedule: str, denoise: float, start: int = 0, end: int = END_AT_LAST_STEP,
-             variation_seed: int = 0, variation_strength: float = 0.0, **refiner_scores: float) -> str:
-    """A DSSampler node; `refiner_scores` (aesthetic_score, negative_aesthetic_score) for the refiner pass."""
+             variation_seed: int = 0, variation_strength: float = 0.0) -> str:
+    """A DSSampler node."""
     return g.add(
         "DSSampler", model=_ref(model), positive=_ref(pos), negative=_ref(neg), latent_image=_ref(latent),
         seed=seed, steps=steps, cfg=cfg, sampler_name=sampler, schedule=schedule, denoise=denoise,
         start_step=start, end_step=end, variation_seed=variation_seed, variation_strength=variation_strength,
-        batch_seed_mode="increment", **refiner_scores,
+        batch_seed_mode="increment",
     )
 
 
@@ -351,6 +353,13 @@ def _settings(req, options: dict, catalog: Catalog, kind: str) -> _Settings:
         raise unsupported(f"use_old_scheduling must be true or false, got {old_timelines!r}")
     return _Settings(model=model, clip_skip=int(clip_skip), save=bool(req.save_images), outdir=outdir,
                      aesthetic_score=high, negative_aesthetic_score=low, old_timelines=old_timelines)
+
+
+def _takes_aesthetic_score(catalog: Catalog, model: str) -> bool:
+    """Whether the A1111 refiner checkpoint is an SDXL refiner (A1111 lets any model refine; only
+    the SDXL refiner takes the aesthetic-score options, the others ignore them there)."""
+    family = catalog.model_family(model) if catalog.model_family is not None else None
+    return bool(getattr(family, "aesthetic_score", False))
 
 
 def _aesthetic_score(merged: dict, key: str) -> float:
@@ -499,6 +508,7 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
         if switch is None:
             refiner = None
 
+    refiner_scored = bool(refiner) and _takes_aesthetic_score(catalog, refiner)
     graphs, sampler_steps = [], []
     output_node = ""
     for k in range(req.n_iter):
@@ -550,10 +560,13 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
             r_loader = g.add("DSLoadModel", model_name=refiner, dtype="auto")
             r_pos = _encode(g, [r_loader, 1], prompt, settings)
             r_neg = _encode(g, [r_loader, 1], negative, settings)
+            if refiner_scored:
+                # A1111's sdxl_refiner_high/low_aesthetic_score, on the refiner's prompts.
+                r_pos = g.add("DSSDXLAestheticScore", conditioning=[r_pos, 0], aesthetic_score=settings.aesthetic_score)
+                r_neg = g.add("DSSDXLAestheticScore", conditioning=[r_neg, 0],
+                              aesthetic_score=settings.negative_aesthetic_score)
             out = _sampler(g, r_loader, r_pos, r_neg, out, steps=req.steps, cfg=req.cfg_scale, sampler=sampler,
-                           schedule=schedule, denoise=denoise, start=switch, **common,
-                           aesthetic_score=settings.aesthetic_score,
-                           negative_aesthetic_score=settings.negative_aesthetic_score)
+                           schedule=schedule, denoise=denoise, start=switch, **common)
             steps_of[out] = req.steps
             vae_source = r_loader
         if hires:

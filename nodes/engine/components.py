@@ -27,10 +27,11 @@ VARIANTS = (BASE, REFINER)
 
 
 def model_kind_label(family: str, variant: str = BASE) -> str:
-    """How messages name a model kind: "SD1.x", "SDXL", "the SDXL refiner"."""
-    if family == SDXL and variant == REFINER:
-        return "SDXL refiner"
-    return {SD1: "SD1.x", SDXL: "SDXL"}.get(family, family)
+    """How messages name a model kind: "SD1.x", "SDXL", "SDXL refiner" (the family's short label)."""
+    from . import families  # families imports this module
+
+    spec = families.REGISTRY.get((family, variant))
+    return spec.short_label if spec is not None else family
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,16 @@ class ModelBundle:
     vae_scale_factor: int = 8
     patches: tuple = ()
     variant: str = BASE  # REFINER for the SDXL refiner (aesthetic-score time ids)
+    # The VAE's shift_factor (SD3, Flux): the denoiser sees (latents - shift) * scale.
+    latent_shift_factor: float = 0.0
+
+    @property
+    def denoiser(self) -> Any:
+        """The UNet (for the families to come, their transformer): what is called every step.
+
+        It lives in the `unet` field, which the adapters and hosts already use.
+        """
+        return self.unet
 
     @property
     def latent_channels(self) -> int:

@@ -33,8 +33,9 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from . import families
 from . import hooks
-from .components import REFINER, SD1, SDXL, Conditioning
+from .components import SD1, SDXL, Conditioning
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def _refiner_message(control_net: ControlNetBundle, what: str) -> str:
 def check_compatible(control_net: ControlNetBundle, model) -> None:
     """Refuse a ControlNet of another family or shape before any shape error."""
     cn, unet = control_net.module.config, model.unet.config
-    if model.is_refiner:
+    if families.of(model).adapter_refusal(families.CONTROLNET):
         raise ValueError(_refiner_message(control_net, f"the model {model.name!r} is"))
     if control_net.family != model.family:
         raise ValueError(
@@ -316,7 +317,7 @@ def apply_controlnet(
         raise ValueError(
             f"control_net must be a DS_CONTROLNET from Load ControlNet, got {type(control_net).__name__}"
         )
-    if positive.variant == REFINER:
+    if families.of(positive).adapter_refusal(families.CONTROLNET):
         raise ValueError(_refiner_message(control_net, "positive was encoded with the text encoder of"))
     unit = ControlNetUnit(
         control_net, image, float(strength), float(start_percent), float(end_percent), mask, bool(guess_mode)

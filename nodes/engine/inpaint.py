@@ -37,6 +37,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from . import families
 from . import masks as M
 from . import vae_codec
 from .components import ModelBundle, VAEBundle
@@ -307,7 +308,7 @@ def native_size(model: ModelBundle) -> int:
         sample_size = sample_size[0]
     if isinstance(sample_size, int) and sample_size > 0:
         return int(sample_size) * int(model.vae_scale_factor)
-    return 1024 if model.family == "sdxl" else 512
+    return families.of(model).latent_format.native_size
 
 
 def round_to(value: float, multiple: int) -> int:

@@ -34,6 +34,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from . import families
 from . import hooks
 from .components import SDXL, ModelBundle
 from .image_encoder import IMAGE_EMBEDS, ImageEmbeds, encode_images
@@ -363,7 +364,7 @@ def check_embeds(adapter: IPAdapter, embeds: ImageEmbeds) -> None:
 
 def check_model(adapter: IPAdapter, model: ModelBundle) -> list[str]:
     """The UNet's cross-attention names, after checking the adapter fits them."""
-    if model.is_refiner:
+    if families.of(model).adapter_refusal(families.IP_ADAPTER):
         raise ValueError(
             f"ip_adapter: '{adapter.name}' cannot be applied to the model '{model.name}', which is the SDXL "
             "refiner: IP-Adapters are made for base models (SDXL ones for SDXL base's 2048-wide "

@@ -41,19 +41,8 @@ __all__ = [
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-_SD1_PIPELINES = {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"}
-_SDXL_PIPELINES = {
-    "StableDiffusionXLPipeline",
-    "StableDiffusionXLImg2ImgPipeline",
-    "StableDiffusionXLInpaintPipeline",
-}
-# Component folder -> what it must hold, per (family, variant).
-_FOLDER_COMPONENTS = {
-    (SD1, BASE): ("unet", "vae", "text_encoder", "tokenizer"),
-    (SDXL, BASE): ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"),
-    # The refiner (StableDiffusionXLImg2ImgPipeline with text_encoder=None).
-    (SDXL, REFINER): ("unet", "vae", "text_encoder_2", "tokenizer_2"),
-}
+_SD1_PIPELINES = set(families.get(SD1).pipeline_classes)
+_SDXL_PIPELINES = set(families.get(SDXL).pipeline_classes)
 
 Loaded = tuple  # (ModelBundle, TextEncoderBundle, VAEBundle)
 
@@ -265,20 +254,30 @@ def load_checkpoint(
     else:
         loaded = _load_single_file(path, torch_dtype, device, os.fspath(tokenizer_dir))
     logger.info(
-        "Loaded %s%s checkpoint %s (%s, %s) in %.1f s",
-        loaded[0].family, " refiner" if loaded[0].is_refiner else "", label(path), torch_dtype, device,
-        time.perf_counter() - started,
+        "Loaded %s checkpoint %s (%s, %s) in %.1f s",
+        families.of(loaded[0]).log_name, label(path), torch_dtype, device, time.perf_counter() - started,
     )
     if use_cache:
         checkpoint_cache.put(key, loaded)
     return loaded
 
 
+def peek_family(path: str | os.PathLike) -> families.Family:
+    """The family of a checkpoint (file or diffusers folder) without loading any weights.
+
+    Reads the safetensors header or model_index.json only, so a caller that
+    builds a graph (the A1111 routes) can ask what a checkpoint is. Raises
+    ModelLoadError (a ValueError) as loading would.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return families.get(*_folder_family(path, _read_model_index(path)))
+    single_file.check_suffix(path)
+    return families.get(*single_file.detect_model(single_file.read_header(path)))
+
+
 def _bundles(family, name, unet, vae, text_encoders, tokenizers, scheduler_config, dtype, variant=BASE) -> Loaded:
-    if family == SDXL and dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
-        # The SDXL VAE overflows in float16 (black or NaN images); diffusers'
-        # SDXL pipelines upcast it around every decode. Keeping it float32 once is the same
-        # result without changing a shared module's dtype at each call.
+    if families.get(family, variant).keep_vae_float32(vae, dtype):
         vae = vae.to(torch.float32)
     model = ModelBundle(
         family=family,
@@ -307,12 +306,8 @@ def _load_single_file(path: str, dtype: torch.dtype, device: torch.device, token
             f"Checkpoint {label(path)!r} needs the CLIP tokenizer files, but {tokenizer_dir!r} has no "
             "vocab.json. Pass ComfyUI's comfy/sd1_tokenizer folder as tokenizer_dir."
         )
-    tokenizers = []
-    if models.variant != REFINER:
-        tokenizers.append(clip_tokenizer(tokenizer_dir))
-    if models.family == SDXL:
-        # bigG's tokenizer (SDXL's tokenizer_2, the refiner's only one) pads with "!".
-        tokenizers.append(clip_tokenizer(tokenizer_dir, pad_token="!"))
+    family = families.of(models)
+    tokenizers = [clip_tokenizer(tokenizer_dir, pad_token=slot.pad_token) for slot in family.text_encoders]
     return _bundles(
         models.family,
         label(path),
@@ -320,7 +315,7 @@ def _load_single_file(path: str, dtype: torch.dtype, device: torch.device, token
         models.vae,
         models.text_encoders,
         tokenizers,
-        families.scheduler_config(models.family),
+        family.scheduler_config(),
         dtype,
         variant=models.variant,
     )
@@ -390,14 +385,15 @@ def _folder_family(path: str, index: dict) -> tuple[str, str]:
 
 def _check_components(path: str, index: dict, family: str, variant: str = BASE) -> None:
     name = label(path)
-    needed = _FOLDER_COMPONENTS[(family, variant)]
+    spec = families.get(family, variant)
+    needed = spec.folder_components
     for component in needed:
         folder = os.path.join(path, component)
         entry = index.get(component)
         if not (isinstance(entry, list) and entry and entry[0] is not None) or not os.path.isdir(folder):
             raise ModelLoadError(
                 f"Folder {name!r} has no {component!r} component (model_index.json entry: {entry!r}, "
-                f"folder present: {os.path.isdir(folder)}). A {families.label_of(family, variant)} pipeline "
+                f"folder present: {os.path.isdir(folder)}). A {spec.label} pipeline "
                 f"needs {', '.join(needed)}: re-download or re-save the folder."
             )
 
@@ -412,14 +408,14 @@ def _from_pretrained(path: str, component: str, loader, **kwargs):
         ) from exc
 
 
-def _folder_scheduler_config(path: str, family: str) -> dict:
+def _folder_scheduler_config(path: str, spec: families.Family) -> dict:
     config_path = os.path.join(path, "scheduler", "scheduler_config.json")
     if not os.path.isfile(config_path):
         logger.warning(
             "Folder %s has no scheduler/scheduler_config.json; using the %s reference scheduler config",
-            label(path), family,
+            label(path), spec.family,
         )
-        return families.scheduler_config(family)
+        return spec.scheduler_config()
     try:
         with open(config_path, encoding="utf-8") as fh:
             return dict(json.load(fh))
@@ -431,60 +427,31 @@ def _folder_scheduler_config(path: str, family: str) -> dict:
 
 
 def _load_diffusers_folder(path: str, dtype: torch.dtype, device: torch.device) -> Loaded:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    import diffusers
+    import transformers
+    from transformers import CLIPTokenizer
 
     index = _read_model_index(path)
     family, variant = _folder_family(path, index)
     _check_components(path, index, family, variant)
-    logger.info("Loading %s%s diffusers folder %s", family, " refiner" if variant == REFINER else "", label(path))
+    spec = families.get(family, variant)
+    logger.info("Loading %s diffusers folder %s", spec.log_name, label(path))
 
-    unet = _from_pretrained(path, "unet", UNet2DConditionModel.from_pretrained, torch_dtype=dtype)
-    vae = _from_pretrained(path, "vae", AutoencoderKL.from_pretrained, torch_dtype=dtype)
+    denoiser_cls = getattr(diffusers, spec.denoiser_class)
+    unet = _from_pretrained(path, spec.denoiser_folder, denoiser_cls.from_pretrained, torch_dtype=dtype)
+    vae = _from_pretrained(path, "vae", diffusers.AutoencoderKL.from_pretrained, torch_dtype=dtype)
     text_encoders, tokenizers = [], []
-    if variant != REFINER:
-        text_encoders.append(
-            _from_pretrained(path, "text_encoder", CLIPTextModel.from_pretrained, **_dtype_kwarg(dtype))
-        )
-        tokenizers.append(_from_pretrained(path, "tokenizer", CLIPTokenizer.from_pretrained))
-    if family == SDXL:
-        text_encoders.append(
-            _from_pretrained(path, "text_encoder_2", CLIPTextModelWithProjection.from_pretrained, **_dtype_kwarg(dtype))
-        )
-        tokenizers.append(_from_pretrained(path, "tokenizer_2", CLIPTokenizer.from_pretrained))
+    for slot in spec.text_encoders:
+        encoder_cls = getattr(transformers, slot.encoder_class)
+        text_encoders.append(_from_pretrained(path, slot.folder, encoder_cls.from_pretrained, **_dtype_kwarg(dtype)))
+        tokenizers.append(_from_pretrained(path, slot.tokenizer_folder, CLIPTokenizer.from_pretrained))
 
     for module in (unet, vae, *text_encoders):
         module.to(device)
         module.eval()
         module.requires_grad_(False)
-    if variant == REFINER:
-        _check_refiner_unet(path, unet, text_encoders[-1])
+    spec.check_folder_denoiser(path, unet, text_encoders)
     return _bundles(
-        family, label(path), unet, vae, text_encoders, tokenizers, _folder_scheduler_config(path, family), dtype,
+        family, label(path), unet, vae, text_encoders, tokenizers, _folder_scheduler_config(path, spec), dtype,
         variant=variant,
     )
-
-
-def _check_refiner_unet(path: str, unet, text_encoder) -> None:
-    """A refiner folder's UNet must take bigG's embeddings and 5 time ids."""
-    config = unet.config
-    hidden = int(text_encoder.config.hidden_size)
-    pooled = int(text_encoder.config.projection_dim)
-    time_dim = getattr(config, "addition_time_embed_dim", None)
-    linear = getattr(getattr(unet, "add_embedding", None), "linear_1", None)
-    problems = []
-    if config.cross_attention_dim != hidden:
-        problems.append(f"cross_attention_dim {config.cross_attention_dim}, text_encoder_2 gives {hidden}")
-    if getattr(config, "addition_embed_type", None) != "text_time" or time_dim is None or linear is None:
-        problems.append("no added size/aesthetic embedding (addition_embed_type is not 'text_time')")
-    elif int(linear.in_features) != 5 * int(time_dim) + pooled:
-        problems.append(
-            f"its added embedding takes {int(linear.in_features)} values, not 5 time ids x {int(time_dim)} "
-            f"+ {pooled} pooled"
-        )
-    if problems:
-        raise ModelLoadError(
-            f"Folder {label(path)!r} has no first text encoder, as the SDXL refiner, but its UNet does not fit "
-            f"the refiner's conditioning ({'; '.join(problems)}). Select an SDXL refiner folder "
-            "(stable-diffusion-xl-refiner-1.0 layout) or an SDXL base folder with both text encoders."
-        )

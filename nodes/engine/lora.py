@@ -28,6 +28,7 @@ from typing import Iterator, Optional
 
 import torch
 
+from . import families
 from . import lora_formats as fmt
 from .components import BASE, REFINER, ModelBundle, TextEncoderBundle, model_kind_label
 from .hooks import SamplingHook
@@ -339,9 +340,11 @@ def apply_lora(
         unet_targets, unet_unmatched = match_layers(lora, fmt.UNET, model.unet)
         te_targets, te_unmatched = [], []
         encoders = tuple(text_encoder.text_encoders) if text_encoder is not None else ()
-        refiner_te = text_encoder is not None and text_encoder.is_refiner
-        # The refiner's only encoder is OpenCLIP bigG, SDXL's text_encoder_2.
-        components = (fmt.TEXT_ENCODER_2,) if refiner_te else (fmt.TEXT_ENCODER, fmt.TEXT_ENCODER_2)
+        # The LoRA's text-encoder components by the family's diffusers folders:
+        # the refiner's only encoder is OpenCLIP bigG, SDXL's text_encoder_2.
+        slots = families.of(text_encoder).text_encoders if text_encoder is not None else ()
+        components = tuple(slot.folder for slot in slots) or (fmt.TEXT_ENCODER, fmt.TEXT_ENCODER_2)
+        refiner_te = text_encoder is not None and fmt.TEXT_ENCODER not in components
         for index, component in enumerate(components):
             if index < len(encoders):
                 matched, unmatched = match_layers(lora, component, encoders[index])

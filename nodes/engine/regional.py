@@ -54,8 +54,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from . import families
 from . import hooks
-from .components import SDXL, Conditioning
+from .components import Conditioning
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def _check_region_conditioning(base: Conditioning, cond: Conditioning, which: st
             f"{which} has {int(cond.embeds.shape[-1])}-wide embeddings, the base conditioning "
             f"{int(base.embeds.shape[-1])}: encode every region's prompt with the same text encoder"
         )
-    if base.family == SDXL and cond.pooled is None:
+    if families.of(base).pooled and cond.pooled is None:
         raise ValueError(f"{which} has no pooled embedding, which SDXL needs: encode it with an SDXL text encoder")
     if any(hasattr(e, "sampling_hook") for e in cond.extras):
         raise ValueError(

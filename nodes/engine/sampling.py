@@ -22,10 +22,10 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from . import families
 from . import hooks as hooks_mod
-from .components import SDXL, Conditioning, ModelBundle, model_kind_label
+from .components import Conditioning, ModelBundle, model_kind_label
 from .noise import generators_for, initial_noise, seed_plan
-from .schedulers import make_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +38,7 @@ OnStep = Callable[[int, int, torch.Tensor], None]
 
 
 def _model_label(model: ModelBundle) -> str:
-    kind = "sdxl refiner" if model.is_refiner else model.family
-    return f"DS model {model.name!r} ({kind})"
+    return f"DS model {model.name!r} ({families.of(model).log_name})"
 
 
 def _check_latent(model: ModelBundle, latent: dict) -> torch.Tensor:
@@ -51,25 +50,7 @@ def _check_latent(model: ModelBundle, latent: dict) -> torch.Tensor:
         raise ValueError(
             f"latent_image samples must be a [batch, channels, height, width] tensor, got {shape}"
         )
-    channels = int(samples.shape[1])
-    expected = model.latent_channels
-    if channels != expected:
-        out_channels = int(getattr(model.unet.config, "out_channels", expected))
-        if expected == out_channels + 5 and channels == out_channels:
-            # An inpainting UNet: a hook (Diffusers Inpaint's) appends the mask
-            # and the masked image latents to every UNet input.
-            extra = sum(int(getattr(h, "unet_extra_channels", 0)) for h in latent.get("ds_hooks") or ())
-            if channels + extra == expected:
-                return samples
-            raise ValueError(
-                f"{_model_label(model)} is an inpainting model ({expected} input channels): "
-                "it needs a mask and a masked image: make its latent with Diffusers Inpaint "
-                "(DSInpaint) from the image and the mask, or use a regular checkpoint"
-            )
-        raise ValueError(
-            f"latent_image has {channels} channels, {_model_label(model)} expects {expected}: "
-            "encode the image with this model's VAE (or use an empty latent made for it)"
-        )
+    families.of(model).check_latent(model, latent, samples, _model_label(model))
     return samples
 
 
@@ -87,18 +68,7 @@ def _check_conditioning(model: ModelBundle, cond: Conditioning, which: str) -> N
             "the base and the refiner encode prompts differently; encode the prompt again with the "
             "TEXT_ENCODER output of the same Load Diffusers Model as this sampler's model"
         )
-    expected = getattr(model.unet.config, "cross_attention_dim", None)
-    if isinstance(expected, int) and int(cond.embeds.shape[-1]) != expected:
-        raise ValueError(
-            f"{which} conditioning has {int(cond.embeds.shape[-1])}-wide embeddings, "
-            f"{_model_label(model)} expects {expected}: encode the prompt with this "
-            "checkpoint's text encoder"
-        )
-    if model.family == SDXL and cond.pooled is None:
-        raise ValueError(
-            f"{which} conditioning has no pooled embedding, which {_model_label(model)} needs: "
-            "encode the prompt with an SDXL text encoder"
-        )
+    families.of(model).check_conditioning(model, cond, which, _model_label(model))
 
 
 def _check_numbers(steps: int, denoise: float, start_step: int, end_step: Optional[int]) -> None:
@@ -128,173 +98,9 @@ def _check_numbers(steps: int, denoise: float, start_step: int, end_step: Option
         )
 
 
-def _check_aesthetic(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
-        raise ValueError(
-            f"{name} must be a number (the SDXL refiner's aesthetic score, usually 0 to 10), got {value!r}"
-        )
-
-
 # --------------------------------------------------------------------------
 # preparation
 # --------------------------------------------------------------------------
-
-
-def _pad_to_same_length(pos: Conditioning, neg: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad the shorter prompt with its own empty 77-token chunks (A1111's rule)."""
-    a, b = pos.embeds, neg.embeds
-
-    def pad(cond: Conditioning, emb: torch.Tensor, length: int, which: str) -> torch.Tensor:
-        chunk = cond.empty_chunk.to(emb.device, emb.dtype)
-        missing = length - int(emb.shape[1])
-        if missing % int(chunk.shape[1]) != 0:
-            raise ValueError(
-                f"{which} conditioning is {int(emb.shape[1])} tokens long and cannot be padded "
-                f"to {length} with {int(chunk.shape[1])}-token chunks: encode both prompts "
-                "with the same text encoder"
-            )
-        reps = missing // int(chunk.shape[1])
-        chunk = chunk.expand(emb.shape[0], -1, -1)
-        return torch.cat([emb] + [chunk] * reps, dim=1)
-
-    if a.shape[1] < b.shape[1]:
-        a = pad(pos, a, int(b.shape[1]), "positive")
-    elif b.shape[1] < a.shape[1]:
-        b = pad(neg, b, int(a.shape[1]), "negative")
-    return a, b
-
-
-def _per_sample(t: torch.Tensor, batch: int, what: str) -> torch.Tensor:
-    """Repeat a batch-1 tensor to `batch` rows (diffusers' num_images_per_prompt)."""
-    if t.shape[0] == batch:
-        return t
-    if t.shape[0] == 1:
-        return t.repeat(batch, *([1] * (t.ndim - 1)))
-    raise ValueError(f"{what} has batch {t.shape[0]} but the latent batch is {batch}")
-
-
-DEFAULT_AESTHETIC_SCORE = 6.0
-DEFAULT_NEGATIVE_AESTHETIC_SCORE = 2.5
-
-
-def _time_ids(
-    cond: Conditioning, pixel_size: tuple[int, int], aesthetic_score: Optional[float] = None
-) -> list[float]:
-    """SDXL micro-conditioning: original size + crop top-left + target size.
-
-    With `aesthetic_score` (the SDXL refiner, diffusers' requires_aesthetics_score):
-    original size + crop top-left + aesthetic score; a score in the
-    conditioning's size_conditioning wins over the sampler's.
-    """
-    sc = cond.size_conditioning or {}
-    original = tuple(int(v) for v in sc.get("original_size", pixel_size))
-    crop = tuple(int(v) for v in sc.get("crop", (0, 0)))
-    if aesthetic_score is not None:
-        return list(original + crop) + [float(sc.get("aesthetic_score", aesthetic_score))]
-    target = tuple(int(v) for v in sc.get("target_size", pixel_size))
-    return list(original + crop + target)
-
-
-def _time_id_count(model: ModelBundle, pooled_dim: int) -> int:
-    """How many time ids the UNet's added embedding takes: 6 (SDXL base) or 5 (refiner).
-
-    Read from the UNet itself (diffusers' _get_add_time_ids check), so a
-    model is conditioned the way its weights expect whatever it was loaded
-    as; the variant decides only when the UNet does not tell.
-    """
-    unet = model.unet
-    default = 5 if model.is_refiner else 6
-    time_dim = getattr(unet.config, "addition_time_embed_dim", None)
-    linear = getattr(getattr(unet, "add_embedding", None), "linear_1", None)
-    if time_dim is None or linear is None:
-        return default
-    expected = int(linear.in_features)
-    for count in (default, 5 if default == 6 else 6):
-        if int(time_dim) * count + pooled_dim == expected:
-            return count
-    raise ValueError(
-        f"{_model_label(model)} expects {expected} values of pooled + size conditioning but the "
-        f"conditioning gives {int(time_dim) * default + pooled_dim} ({pooled_dim} pooled + {default} time ids "
-        f"x {int(time_dim)}): encode the prompt with this checkpoint's text encoders"
-    )
-
-
-def _guidance_embedding(w: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
-    """diffusers' get_guidance_scale_embedding, for guidance-distilled (LCM) UNets."""
-    w = w * 1000.0
-    half = dim // 2
-    emb = torch.log(torch.tensor(10000.0)) / (half - 1)
-    emb = torch.exp(torch.arange(half, dtype=dtype) * -emb)
-    emb = w.to(dtype)[:, None] * emb[None, :]
-    emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=1)
-    if dim % 2 == 1:
-        emb = F.pad(emb, (0, 1))
-    return emb
-
-
-@dataclass
-class _UNetInputs:
-    """Everything the UNet gets besides the latents and the timestep."""
-
-    embeds: torch.Tensor
-    added_cond_kwargs: Optional[dict]
-    timestep_cond: Optional[torch.Tensor]
-    do_cfg: bool
-
-
-def _unet_inputs(
-    model: ModelBundle,
-    positive: Conditioning,
-    negative: Optional[Conditioning],
-    cfg: float,
-    batch: int,
-    pixel_size: tuple[int, int],
-    device: torch.device,
-    aesthetic_scores: tuple[float, float] = (DEFAULT_AESTHETIC_SCORE, DEFAULT_NEGATIVE_AESTHETIC_SCORE),
-) -> _UNetInputs:
-    """Text embeddings (and SDXL's added conditioning) batched as diffusers does.
-
-    The CFG batch is [negative x B, positive x B], diffusers' order. cfg == 1
-    (or a guidance-distilled UNet) runs the positive alone: the negative's
-    term would cancel out exactly, so the second half of the batch is waste.
-    aesthetic_scores: (positive, negative) scores for a UNet that takes them
-    (the SDXL refiner); other models ignore them.
-    """
-    dtype = model.dtype
-    time_cond_dim = getattr(model.unet.config, "time_cond_proj_dim", None)
-    do_cfg = cfg != 1.0 and time_cond_dim is None
-    if do_cfg and negative is None:
-        raise ValueError(f"cfg is {cfg} but no negative conditioning was given: connect one or set cfg to 1")
-
-    if do_cfg:
-        pos_e, neg_e = _pad_to_same_length(positive, negative)
-        embeds = torch.cat([_per_sample(neg_e, batch, "negative"), _per_sample(pos_e, batch, "positive")])
-    else:
-        embeds = _per_sample(positive.embeds, batch, "positive")
-    embeds = embeds.to(device=device, dtype=dtype)
-
-    added = None
-    if model.family == SDXL or getattr(model.unet.config, "addition_embed_type", None) == "text_time":
-        aesthetic = _time_id_count(model, int(positive.pooled.shape[-1])) == 5
-        positive_score, negative_score = aesthetic_scores
-        conds = [(negative, negative_score), (positive, positive_score)] if do_cfg else [(positive, positive_score)]
-        text_embeds = torch.cat([_per_sample(c.pooled, batch, "pooled") for c, _ in conds])
-        time_ids = torch.cat(
-            [
-                torch.tensor([_time_ids(c, pixel_size, score if aesthetic else None)], dtype=dtype).repeat(batch, 1)
-                for c, score in conds
-            ]
-        )
-        added = {
-            "text_embeds": text_embeds.to(device=device, dtype=dtype),
-            "time_ids": time_ids.to(device=device),
-        }
-
-    timestep_cond = None
-    if time_cond_dim is not None:
-        w = torch.tensor(cfg - 1.0).repeat(batch)
-        timestep_cond = _guidance_embedding(w, int(time_cond_dim), dtype).to(device=device, dtype=dtype)
-    return _UNetInputs(embeds, added, timestep_cond, do_cfg)
 
 
 def _step_kwargs(scheduler, generators: list[torch.Generator], eta: float = 0.0) -> dict:
@@ -405,8 +211,6 @@ def sample(
     variation_seed: int = 0,
     variation_strength: float = 0.0,
     batch_seed_mode: str = "increment",
-    aesthetic_score: float = DEFAULT_AESTHETIC_SCORE,
-    negative_aesthetic_score: float = DEFAULT_NEGATIVE_AESTHETIC_SCORE,
     device=None,
     on_step: Optional[OnStep] = None,
     should_stop: Optional[Callable[[], None]] = None,
@@ -437,19 +241,18 @@ def sample(
     - A "noise_mask" in the latent (1 = repaint) keeps the unmasked area at
       the input, re-noised to each step's level (diffusers' inpaint pipeline
       for 4-channel UNets).
-    - aesthetic_score / negative_aesthetic_score: the SDXL refiner's
-      aesthetic conditioning of the positive / negative rows (diffusers'
-      defaults 6.0 and 2.5); models without it ignore them.
+    - What a family conditions on besides the text (SDXL's sizes, the
+      refiner's aesthetic score) travels on the prompts, not here: the loop
+      takes what every model uses (see families/).
     """
     samples = _check_latent(model, latent)
     _check_conditioning(model, positive, "positive")
     if negative is not None:
         _check_conditioning(model, negative, "negative")
     _check_numbers(steps, denoise, start_step, end_step)
-    _check_aesthetic(aesthetic_score, "aesthetic_score")
-    _check_aesthetic(negative_aesthetic_score, "negative_aesthetic_score")
     steps = int(steps)
-    scheduler = make_scheduler(model.scheduler_config, sampler_name, schedule)
+    family = families.of(model)
+    scheduler = family.make_scheduler(model, sampler_name, schedule, tuple(samples.shape[-2:]))
     batch = int(samples.shape[0])
     seeds, variation_seeds = seed_plan(
         seed, batch, batch_seed_mode, latent.get("batch_index"), variation_seed, variation_strength
@@ -459,23 +262,17 @@ def sample(
         logger.info("denoise is 0: returning the input latent unchanged")
         return dict(latent)
 
-    device = torch.device(device) if device is not None else _unet_device(model.unet)
+    device = torch.device(device) if device is not None else _unet_device(model.denoiser)
     dtype = model.dtype
-    scale = float(model.latent_scaling_factor)
 
     repaints = "noise_mask" in latent or any(getattr(h, "repaints", False) for h in latent.get("ds_hooks", ()) or ())
     plan = _plan(scheduler, steps, denoise, start_step, end_step, samples, device, repaints)
     if plan is None:
         return dict(latent)
     timesteps, full, order, total = plan.timesteps, plan.full, plan.order, plan.total
-    if plan.is_txt2img and model.is_refiner:
+    if plan.is_txt2img and family.from_noise_warning():
         # Allowed, as in diffusers, but rarely what was meant.
-        logger.warning(
-            "%s starts from pure noise: the SDXL refiner is trained for the last, low-noise steps and "
-            "gives poor pictures from scratch. Usual: the base model to end_step, then the refiner from "
-            "the same start_step; or the refiner on a finished picture with denoise 0.2-0.3.",
-            _model_label(model),
-        )
+        logger.warning(family.from_noise_warning(), _model_label(model))
     logger.debug(
         "sampling %s of %s steps with %s/%s, cfg %s, %s", total, steps, sampler_name, schedule, cfg,
         "txt2img" if plan.is_txt2img else "img2img/continue",
@@ -486,7 +283,7 @@ def sample(
     shape = (batch, int(samples.shape[1]), h, w)
     generators = generators_for(seeds)
     variation_generators = generators_for(variation_seeds) if variation_seeds else None
-    init_latents = samples.to(device=device, dtype=dtype) * scale
+    init_latents = family.to_model_space(model, samples, device, dtype)
     mask = latent.get("noise_mask")
     noise = None
     if start_step == 0 or mask is not None:
@@ -509,9 +306,8 @@ def sample(
         scheduler.noise_sampler_seed = list(seeds)
 
     pixel_size = (h * model.vae_scale_factor, w * model.vae_scale_factor)
-    inputs = _unet_inputs(
-        model, positive, negative, cfg, batch, pixel_size, device,
-        aesthetic_scores=(float(aesthetic_score), float(negative_aesthetic_score)),
+    inputs = family.denoiser_inputs(
+        model, positive, negative, cfg, batch, pixel_size, device, model_label=_model_label(model),
     )
     extra = _step_kwargs(scheduler, generators)
     warmup = len(timesteps) - total * order
@@ -542,15 +338,7 @@ def sample(
             )
             for b in bound:
                 b.hook.before_unet(step, run, b.role)
-            noise_pred = model.unet(
-                step.x_in,
-                t,
-                encoder_hidden_states=step.encoder_hidden_states,
-                timestep_cond=step.timestep_cond,
-                added_cond_kwargs=step.added_cond_kwargs,
-                return_dict=False,
-                **step.unet_kwargs(),
-            )[0]
+            noise_pred = family.predict(model, step)
             for b in reversed(bound):
                 noise_pred = b.hook.after_unet(noise_pred, step, run, b.role)
             if inputs.do_cfg:
@@ -579,7 +367,7 @@ def sample(
             b.hook.end()
 
     result = dict(latent)
-    result["samples"] = (latents / scale).to(device="cpu", dtype=torch.float32)
+    result["samples"] = family.from_model_space(model, latents)
     return result
 
 

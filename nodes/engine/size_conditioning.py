@@ -1,4 +1,4 @@
-"""SDXL's size and crop micro-conditioning, set on a prompt.
+"""SDXL's micro-conditioning set on a prompt: size and crop, and the refiner's aesthetic score.
 
 SDXL (and its refiner) was trained with the source image's original size and
 crop offset as extra inputs, and the base also with the target size. Telling
@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .components import SDXL, Conditioning
+from . import families
+from .components import Conditioning
 
 MAX_SIDE = 16384
 
@@ -41,7 +42,7 @@ def with_size_conditioning(
     0 for a width or height means "the size being generated" (diffusers'
     default when the parameter is left out); the crop is always set.
     """
-    if conditioning.family != SDXL:
+    if not families.of(conditioning).size_conditioning:
         raise ValueError(
             f"conditioning: size conditioning is an SDXL input, but this prompt was encoded for "
             f"{conditioning.family}; leave this node out for SD1.x models"
@@ -65,4 +66,36 @@ def with_size_conditioning(
         size["original_size"] = (original_height, original_width)
     if target_width:
         size["target_size"] = (target_height, target_width)
+    return replace(conditioning, size_conditioning=size)
+
+
+MAX_AESTHETIC_SCORE = 1000.0
+
+
+def with_aesthetic_score(conditioning: Conditioning, aesthetic_score: float) -> Conditioning:
+    """A copy of an SDXL refiner prompt carrying its aesthetic score.
+
+    The refiner was trained with an aesthetic score (about 0 to 10) as one of
+    its five time ids; diffusers passes aesthetic_score (positive, default 6)
+    and negative_aesthetic_score (default 2.5), ComfyUI's
+    CLIPTextEncodeSDXLRefiner has `ascore` on each prompt. Here each prompt
+    carries its own, so the negative prompt gets its own node; a prompt
+    without one gets diffusers' default for its side. Other families have no
+    such input: setting it there is a mistake, not something to ignore.
+    """
+    family = families.of(conditioning)
+    if not family.aesthetic_score:
+        raise ValueError(
+            f"conditioning: the aesthetic score is an SDXL refiner input, but this prompt was encoded with the "
+            f"{family.short_label} text encoder, whose model takes none: leave Diffusers SDXL Refiner Aesthetic "
+            "Score out for this model, or encode the prompt with the refiner's TEXT_ENCODER"
+        )
+    value = aesthetic_score
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= MAX_AESTHETIC_SCORE:
+        raise ValueError(
+            f"aesthetic_score must be a number from 0 to {MAX_AESTHETIC_SCORE:g} (the refiner was trained on "
+            f"about 0 to 10; 6 is diffusers' default for a positive prompt, 2.5 for a negative one), got {value!r}"
+        )
+    size = dict(conditioning.size_conditioning or {})
+    size["aesthetic_score"] = float(value)
     return replace(conditioning, size_conditioning=size)

@@ -50,7 +50,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from .components import FAMILIES, SD1, SDXL, Conditioning, TextEncoderBundle
+from . import families
+from .components import Conditioning, TextEncoderBundle
 from .embeddings import Embedding, EmbeddingLibrary, vectors_in_place
 from .prompt_weights import parse_prompt_chunks
 
@@ -60,7 +61,6 @@ CHUNK_TOKENS = 75
 WINDOW_TOKENS = CHUNK_TOKENS + 2  # + BOS + EOS: CLIP's 77 positions
 COMMA_BACKTRACK = 20
 _DEGENERATE_MEAN = 1e-5  # |mean| below this share of mean |value| is rounding noise
-_ENCODER_COUNT = {SD1: 1, SDXL: 2}
 PLACEHOLDER_ID = 0  # an embedding vector's slot; its token embedding is replaced (embeddings.py)
 
 
@@ -229,40 +229,18 @@ def patches_applied(bundle: TextEncoderBundle) -> Iterator[None]:
         yield
 
 
-def _final_layer_norm(encoder):
-    """CLIP's final LayerNorm, wherever this transformers version keeps it.
-
-    transformers 5.6 flattened CLIPTextModel (no `text_model` wrapper), which
-    breaks diffusers' own clip_skip path (huggingface/diffusers#14124).
-    """
-    return getattr(encoder, "text_model", encoder).final_layer_norm
-
-
-def _layer_output(family: str, encoder, ids: torch.Tensor, clip_skip: int):
-    """One encoder on one chunk: (hidden states [1, 77, D], pooled or None)."""
-    if family == SD1:
-        if clip_skip == 1:
-            return encoder(ids)[0], None
-        output = encoder(ids, output_hidden_states=True)
-        return _final_layer_norm(encoder)(output.hidden_states[-clip_skip]), None
-    output = encoder(ids, output_hidden_states=True)
-    pooled = getattr(output, "text_embeds", None)
-    if pooled is None:
-        pooled = getattr(output, "pooler_output", None)
-    return output.hidden_states[-(clip_skip + 1)], pooled
-
-
 def _encode_chunk(
     bundle: TextEncoderBundle, chunks: Sequence[TokenChunk], clip_skip: int
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Encode the same chunk index with every encoder; concatenate features."""
+    family = families.of(bundle)
     parts = []
     pooled = None
-    keys = ("clip_g",) if bundle.is_refiner else ("clip_l", "clip_g")
-    for key, tokenizer, encoder, chunk in zip(keys, bundle.tokenizers, bundle.text_encoders, chunks):
+    for index, (tokenizer, encoder, chunk) in enumerate(zip(bundle.tokenizers, bundle.text_encoders, chunks)):
         ids = chunk_input_ids(tokenizer, chunk).to(encoder_device(encoder))
+        key = family.text_encoders[index].embedding_key
         with vectors_in_place(encoder, chunk_placements(chunk), key):
-            hidden, pooled = _layer_output(bundle.family, encoder, ids, clip_skip)
+            hidden, pooled = family.encoder_output(index, encoder, ids, clip_skip)
         parts.append(apply_emphasis(hidden, chunk_weights(chunk)))
     if len(parts) == 1:
         return parts[0], pooled
@@ -270,15 +248,14 @@ def _encode_chunk(
 
 
 def _check(bundle: TextEncoderBundle, text, clip_skip) -> None:
-    if bundle.family not in FAMILIES:
-        raise ValueError(
-            f"text_encoder: family {bundle.family!r} is not supported; expected one of {FAMILIES}"
-        )
-    expected = 1 if bundle.is_refiner else _ENCODER_COUNT[bundle.family]
+    try:
+        family = families.of(bundle)
+    except ValueError as exc:
+        raise ValueError(f"text_encoder: {exc}") from None
+    expected = len(family.text_encoders)
     if len(bundle.text_encoders) != expected or len(bundle.tokenizers) != expected:
-        kind = "an SDXL refiner" if expected == 1 and bundle.family == SDXL else f"a {bundle.family}"
         raise ValueError(
-            f"text_encoder: {kind} text encoder needs {expected} tokenizer/encoder "
+            f"text_encoder: the {family.short_label} text encoder needs {expected} tokenizer/encoder "
             f"pair(s), got {len(bundle.tokenizers)} tokenizer(s) and "
             f"{len(bundle.text_encoders)} encoder(s); reload the checkpoint"
         )
@@ -340,7 +317,7 @@ def encode_prompt(
         else:
             empty, _ = _encode_chunk(text_encoder, empty_row, clip_skip)
     embeds = encoded[0] if len(encoded) == 1 else torch.cat(encoded, dim=1)
-    if text_encoder.family == SDXL:
+    if families.of(text_encoder).pooled:
         if pooled is None:
             raise ValueError(
                 f"text_encoder: the OpenCLIP bigG encoder of {text_encoder.name!r} gives no pooled "

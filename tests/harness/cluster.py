@@ -25,10 +25,10 @@ from . import models, server
 from .tests_modules import tests_module
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
-from nodes.cluster import procs  # noqa: E402  (the checkout's own package, as the processes run it)
+# Through the package name tests/conftest.py registers: a bare `nodes` is
+# ComfyUI's nodes.py once any test has imported ComfyUI.
+from diffusers_studio.nodes.cluster import procs  # noqa: E402
 
 log = logging.getLogger(__name__)
 

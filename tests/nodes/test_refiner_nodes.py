@@ -105,11 +105,12 @@ def test_refiner_aesthetic_scores_match_diffusers(models_dir):
     positive = encode.execute(text_encoder, PROMPT, 1).args[0]
     negative = encode.execute(text_encoder, "blurry", 1).args[0]
 
+    from diffusers_studio.nodes.sdxl_conditioning import DSSDXLAestheticScore
+
     def run(score, negative_score):
-        out = sampler_node.execute(
-            model, positive, negative, latent, 7, 10, 6.0, "Euler", "normal", 0.5,
-            aesthetic_score=score, negative_aesthetic_score=negative_score,
-        ).args[0]
+        pos = DSSDXLAestheticScore.execute(positive, score).args[0]
+        neg = DSSDXLAestheticScore.execute(negative, negative_score).args[0]
+        out = sampler_node.execute(model, pos, neg, latent, 7, 10, 6.0, "Euler", "normal", 0.5).args[0]
         return decode.execute(vae, out).args[0]
 
     images = run(8.5, 1.0)
@@ -122,6 +123,9 @@ def test_refiner_aesthetic_scores_match_diffusers(models_dir):
     print(f"refiner aesthetic 8.5/1.0: max abs difference {diff:.3g}")
     assert diff <= TOL, f"max abs difference {diff}"
     assert not torch.allclose(images, run(6.0, 2.5)), "the aesthetic scores changed nothing"
+    # Without the nodes the refiner takes diffusers' defaults, 6 and 2.5.
+    plain = sampler_node.execute(model, positive, negative, latent, 7, 10, 6.0, "Euler", "normal", 0.5).args[0]
+    assert torch.equal(decode.execute(vae, plain).args[0], run(6.0, 2.5))
 
 
 @pytest.mark.parametrize("sampler,schedule", [("Euler", "normal"), ("DPM++ 2M", "karras")])

@@ -71,3 +71,19 @@ def test_bad_inputs_are_named(models_dir):
         _node().execute(prompt, 1024, 1024, 0, 0, 512, 0)
     with pytest.raises(ValueError, match=r"crop_left must be a whole number of pixels from 0 to 16384, got -8"):
         _node().execute(prompt, 1024, 1024, -8, 0, 0, 0)
+
+
+def test_aesthetic_score_node_schema_and_refusal(models_dir):
+    """The refiner's score lives on its prompts; an SDXL base (or SD1) prompt refuses it by name."""
+    from diffusers_studio.nodes.sdxl_conditioning import DSSDXLAestheticScore
+
+    schema = DSSDXLAestheticScore.define_schema()
+    assert schema.node_id == "DSSDXLAestheticScore" and schema.category.endswith("/conditioning")
+    assert [i.id for i in schema.inputs] == ["conditioning", "aesthetic_score"]
+    assert all(i.tooltip for i in schema.inputs) and all(o.tooltip for o in schema.outputs)
+
+    load, encode, *_ = _nodes()
+    _, text_encoder, _ = load.execute(SDXL_MODEL, "float32").args
+    positive = encode.execute(text_encoder, "a photo of a cat", 1).args[0]
+    with pytest.raises(ValueError, match=r"aesthetic score is an SDXL refiner input.*SDXL text encoder.*leave"):
+        DSSDXLAestheticScore.execute(positive, 6.0)

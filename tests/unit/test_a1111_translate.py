@@ -137,25 +137,49 @@ def test_lora_named_weights_and_unknown_lora():
     assert not _by_class(plan.graphs[0], "DSLoadLoRA")
 
 
-def _refiner_plan(options: dict, **fields):
+def _refiner_plan(options: dict, refiner_family=("sdxl", "refiner"), **fields):
     body = {"prompt": "a cat", "steps": 10, "width": 64, "height": 64, "seed": 1,
             "refiner_checkpoint": "refiner.safetensors", "refiner_switch_at": 0.8, **fields}
+    families = importlib.import_module(f"{_PKG}.engine.families")
+    kinds = {"m.safetensors": families.get("sdxl"), "refiner.safetensors": families.get(*refiner_family)}
     catalog = translate.Catalog(models=["m.safetensors", "refiner.safetensors"], node_types=NODE_TYPES,
-                                store_image=lambda png: "x.png")
+                                store_image=lambda png: "x.png", model_family=kinds.get)
     return translate.build_plan(models.Txt2ImgRequest.model_validate(body), "txt2img", options, catalog)
 
 
+def _refiner_scores(plan) -> tuple:
+    """(positive, negative) aesthetic scores on the refiner sampler's prompts."""
+    graph = plan.graphs[0]
+    refiner = [node for node in graph.values() if node["class_type"] == "DSSampler"][1]["inputs"]
+    scores = []
+    for side in ("positive", "negative"):
+        node = graph[refiner[side][0]]
+        assert node["class_type"] == "DSSDXLAestheticScore" and graph[node["inputs"]["conditioning"][0]][
+            "class_type"] == "DSTextEncode"
+        scores.append(node["inputs"]["aesthetic_score"])
+    return tuple(scores)
+
+
 def test_refiner_pass_takes_the_aesthetic_score_options():
-    samplers = _by_class(_refiner_plan({}).graphs[0], "DSSampler")
-    assert len(samplers) == 2 and "aesthetic_score" not in samplers[0]  # the base pass: DSSampler's default
-    assert (samplers[1]["aesthetic_score"], samplers[1]["negative_aesthetic_score"]) == (6.0, 2.5)  # A1111's defaults
+    plan = _refiner_plan({})
+    samplers = _by_class(plan.graphs[0], "DSSampler")
+    assert len(samplers) == 2 and not [k for s in samplers for k in s if "aesthetic" in k]  # widgets every model uses
+    assert len(_by_class(plan.graphs[0], "DSSDXLAestheticScore")) == 2  # the refiner's prompts only
+    assert _refiner_scores(plan) == (6.0, 2.5)  # A1111's defaults
 
     stored = {"sdxl_refiner_high_aesthetic_score": 7.5, "sdxl_refiner_low_aesthetic_score": 1.0}
-    refiner = _by_class(_refiner_plan(stored).graphs[0], "DSSampler")[1]
-    assert (refiner["aesthetic_score"], refiner["negative_aesthetic_score"]) == (7.5, 1.0)
+    assert _refiner_scores(_refiner_plan(stored)) == (7.5, 1.0)
 
     overridden = _refiner_plan(stored, override_settings={"sdxl_refiner_low_aesthetic_score": 3})
-    assert _by_class(overridden.graphs[0], "DSSampler")[1]["negative_aesthetic_score"] == 3.0
+    assert _refiner_scores(overridden) == (7.5, 3.0)
+
+
+def test_a_refiner_checkpoint_that_takes_no_score_gets_none():
+    """A1111 lets any checkpoint refine; only the SDXL refiner takes the aesthetic-score options."""
+    for family in (("sdxl", "base"), ("sd1", "base")):
+        plan = _refiner_plan({"sdxl_refiner_high_aesthetic_score": 9.0}, refiner_family=family)
+        assert not _by_class(plan.graphs[0], "DSSDXLAestheticScore")
+        assert len(_by_class(plan.graphs[0], "DSSampler")) == 2
 
 
 def test_a_bad_aesthetic_score_override_is_named():

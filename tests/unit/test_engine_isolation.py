@@ -23,14 +23,19 @@ COMFY_MODULES = {
 }
 
 
-def _imported_roots(tree: ast.AST) -> set[str]:
+def _imported_roots(tree: ast.AST, depth: int = 0) -> set[str]:
+    """Top-level modules imported; ".." for a relative import reaching above the engine.
+
+    depth: how many folders below nodes/engine/ the module sits (families/ is 1),
+    so that `from ..components import X` in a subpackage stays inside.
+    """
     roots = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             roots.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             roots.add(node.module.split(".")[0])
-        elif isinstance(node, ast.ImportFrom) and node.level > 1:
+        elif isinstance(node, ast.ImportFrom) and node.level - 1 > depth:
             roots.add("..")  # reaching above the engine package
     return roots
 
@@ -42,7 +47,8 @@ def test_engine_modules_exist():
 def test_engine_imports_nothing_from_comfyui():
     offenders = {}
     for path in ENGINE.rglob("*.py"):
-        roots = _imported_roots(ast.parse(path.read_text(), filename=str(path)))
+        depth = len(path.relative_to(ENGINE).parts) - 1
+        roots = _imported_roots(ast.parse(path.read_text(), filename=str(path)), depth)
         bad = roots & (COMFY_MODULES | {".."})
         if bad:
             offenders[str(path.relative_to(ENGINE))] = sorted(bad)
@@ -52,6 +58,9 @@ def test_engine_imports_nothing_from_comfyui():
 def test_the_check_catches_a_comfy_import():
     tree = ast.parse("import folder_paths\nfrom comfy.utils import ProgressBar\nfrom ..types import X\n")
     assert {"folder_paths", "comfy", ".."} <= _imported_roots(tree)
+    inside = ast.parse("from ..components import X\n")
+    assert ".." not in _imported_roots(inside, depth=1)
+    assert ".." in _imported_roots(ast.parse("from ...types import X\n"), depth=1)
 
 
 def test_importing_the_engine_does_not_load_comfyui():

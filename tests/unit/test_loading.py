@@ -190,6 +190,21 @@ def test_sdxl_refiner_round_trip(refiner, kind):
         assert model.scheduler_config == families.scheduler_config(SDXL)
 
 
+def test_peek_family_reads_headers_only(refiner, exported, tmp_path):
+    """The family of a file or folder without loading it (the A1111 routes ask it of refiner checkpoints)."""
+    from diffusers_studio.nodes.engine.loading import peek_family
+
+    for kind in ("file", "folder"):
+        assert peek_family(exported[SD1][kind]) is families.get(SD1)
+        assert peek_family(exported[SDXL][kind]) is families.get(SDXL)
+        found = peek_family(refiner[kind])
+        assert found is families.get(SDXL, REFINER) and found.aesthetic_score and len(found.text_encoders) == 1
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        peek_family(bad)
+
+
 def test_sdxl_refiner_and_base_share_the_latent_space(refiner, exported):
     """The tiny refiner's VAE and bigG are the tiny base's, as the real ones are."""
     _, _, base_vae = _load(exported[SDXL]["file"])

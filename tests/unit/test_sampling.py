@@ -14,6 +14,7 @@ import torch
 from diffusers_studio.nodes.engine.components import Conditioning, ModelBundle
 from diffusers_studio.nodes.engine.sampling import sample
 from diffusers_studio.nodes.engine.schedulers import make_scheduler
+from diffusers_studio.nodes.engine.size_conditioning import with_aesthetic_score
 
 TOL = 1e-4
 STEPS = 5
@@ -398,11 +399,12 @@ def test_refiner_img2img_matches_diffusers_with_sizes_and_scores(refiner, sample
         negative_original_size=_REFINER_NEG["original_size"],
         negative_crops_coords_top_left=_REFINER_NEG["crop"], aesthetic_score=7.0, negative_aesthetic_score=2.0,
     ).images
+    # The scores travel on the prompts (DSSDXLAestheticScore), each with its own.
+    pos = with_aesthetic_score(replace(refiner["pos"], size_conditioning=_REFINER_POS), 7.0)
+    neg = with_aesthetic_score(replace(refiner["neg"], size_conditioning=_REFINER_NEG), 2.0)
     ours = sample(
-        model, replace(refiner["pos"], size_conditioning=_REFINER_POS),
-        replace(refiner["neg"], size_conditioning=_REFINER_NEG), {"samples": init.repeat(batch, 1, 1, 1)},
+        model, pos, neg, {"samples": init.repeat(batch, 1, 1, 1)},
         seed=SEED, steps=STEPS, cfg=CFG, sampler_name=sampler, schedule=schedule, denoise=0.6,
-        aesthetic_score=7.0, negative_aesthetic_score=2.0,
     )
     assert _max_diff(ours, ref, model.latent_scaling_factor) <= TOL
 
@@ -410,23 +412,23 @@ def test_refiner_img2img_matches_diffusers_with_sizes_and_scores(refiner, sample
 def test_refiner_time_ids_and_the_conditionings_own_score(refiner):
     from dataclasses import replace
 
-    from diffusers_studio.nodes.engine.sampling import _unet_inputs
+    from diffusers_studio.nodes.engine import families
 
     model = refiner["model"]
-    inputs = _unet_inputs(model, refiner["pos"], refiner["neg"], CFG, 1, (64, 64), torch.device("cpu"),
-                          aesthetic_scores=(6.0, 2.5))
+    family = families.of(model)
+    assert family is families.get("sdxl", "refiner") and family.aesthetic_score
+    # No score on the prompts: diffusers' defaults, 2.5 for the negative rows and 6 for the positive.
+    inputs = family.denoiser_inputs(model, refiner["pos"], refiner["neg"], CFG, 1, (64, 64), torch.device("cpu"))
     assert inputs.added_cond_kwargs["time_ids"].tolist() == [[64, 64, 0, 0, 2.5], [64, 64, 0, 0, 6.0]]
     own = replace(refiner["pos"], size_conditioning={"aesthetic_score": 9.0})
-    inputs = _unet_inputs(model, own, refiner["neg"], 1.0, 1, (64, 64), torch.device("cpu"))
+    inputs = family.denoiser_inputs(model, own, refiner["neg"], 1.0, 1, (64, 64), torch.device("cpu"))
     assert inputs.added_cond_kwargs["time_ids"].tolist() == [[64, 64, 0, 0, 9.0]]
 
 
-def test_aesthetic_scores_do_not_change_the_base_model(sdxl):
-    def run(score):
-        return sample(sdxl["model"], sdxl["pos"], sdxl["neg"], _zeros(), seed=SEED, steps=2, cfg=CFG,
-                      sampler_name="Euler", aesthetic_score=score)["samples"]
-
-    assert torch.equal(run(6.0), run(9.0))
+def test_an_aesthetic_score_on_a_model_without_one_is_refused(sd1, sdxl):
+    for env, label in ((sdxl, "SDXL"), (sd1, "SD1.x")):
+        with pytest.raises(ValueError, match=f"SDXL refiner input, but this prompt was encoded with the {label} text"):
+            with_aesthetic_score(env["pos"], 6.0)
 
 
 def test_refiner_prompts_on_the_base_and_back_are_named(sdxl, refiner):
@@ -436,11 +438,16 @@ def test_refiner_prompts_on_the_base_and_back_are_named(sdxl, refiner):
         sample(refiner["model"], refiner["pos"], sdxl["neg"], _zeros(), seed=1, steps=2, cfg=CFG, sampler_name="Euler")
 
 
-@pytest.mark.parametrize("name", ["aesthetic_score", "negative_aesthetic_score"])
-def test_bad_aesthetic_score_is_named(refiner, name):
-    with pytest.raises(ValueError, match=name):
-        sample(refiner["model"], refiner["pos"], refiner["neg"], _zeros(), seed=1, steps=2, cfg=CFG,
-               sampler_name="Euler", **{name: float("nan")})
+@pytest.mark.parametrize("value", [float("nan"), -1.0, 1001.0, True, "6"])
+def test_bad_aesthetic_score_is_named(refiner, value):
+    with pytest.raises(ValueError, match=r"aesthetic_score must be a number from 0 to 1000.*got"):
+        with_aesthetic_score(refiner["pos"], value)
+
+
+def test_the_sampler_takes_only_what_every_model_uses():
+    import inspect
+
+    assert not [name for name in inspect.signature(sample).parameters if "aesthetic" in name]
 
 
 # ---------------------------------------------------------------- callbacks

@@ -42,9 +42,9 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from .components import BASE, FAMILIES, REFINER, SD1, SDXL, VARIANTS
+from ..components import BASE, FAMILIES, REFINER, SD1, SDXL, VARIANTS
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 FAMILY_LABELS = {SD1: "Stable Diffusion 1.x", SDXL: "Stable Diffusion XL (base)"}
 REFINER_LABEL = "Stable Diffusion XL refiner"
