@@ -60,7 +60,7 @@ class DSSDXLAestheticScore(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="DSSDXLAestheticScore",
-            display_name="Diffusers SDXL Refiner Aesthetic Score",
+            display_name="Diffusers SDXL Aesthetic Score",
             category=category("conditioning"),
             description=(
                 "Sets the SDXL refiner's aesthetic score on a prompt (diffusers' aesthetic_score and "

@@ -25,6 +25,17 @@ def test_every_input_and_output_has_a_tooltip(models_dir):
             assert socket.tooltip, f"{schema.node_id}.{socket.id or socket.display_name} has no tooltip"
 
 
+def test_display_names_fit_the_search_box(models_dir):
+    """The editor's node search (Fuse.js) matches at most 32 characters of a query.
+
+    A user typing a longer display name in full gets no result at all (seen
+    with "Diffusers SDXL Refiner Aesthetic Score"), so every name stays within it.
+    """
+    too_long = [(n.define_schema().node_id, n.define_schema().display_name) for n in _all_nodes()
+                if len(n.define_schema().display_name) > 32]
+    assert not too_long, f"display names over 32 characters: {too_long}"
+
+
 def test_model_list_holds_folders_and_single_files(models_dir):
     from diffusers_studio.nodes import comfy_bridge
 
