@@ -111,14 +111,17 @@ def _swap_after(step: int, embeds: torch.Tensor, pooled=None):
 @pytest.mark.parametrize("sampler,schedule", [("Euler", "normal"), ("DPM++ 2M", "karras")])
 def test_sd1_cat_to_dog_matches_diffusers_with_a_swap_callback(sd1, sampler, schedule):
     pipe, te, model = sd1
-    cat, dog, neg = (encode_prompt(te, t) for t in ("a cat", "a dog", "blurry"))
+    cat, neg = (encode_prompt(te, t) for t in ("a cat", "blurry"))
     edited = encode_with_editing(te, "a [cat:dog:0.3]")
     steps = 7  # schedule [(2, "a cat"), (7, "a dog")]: steps 0-2 draw the cat, 3-6 the dog (A1111's <=)
     pipe.scheduler = make_scheduler(model.scheduler_config, sampler, schedule)
+    # The reference encodes its own prompts: the texts go in as a user writes them, and
+    # the swapped-in "a dog" comes from the pipeline's own encode_prompt.
+    dog = pipe.encode_prompt("a dog", "cpu", 1, False)[0]
     ref = pipe(
-        prompt_embeds=cat.embeds, negative_prompt_embeds=neg.embeds, num_inference_steps=steps, guidance_scale=CFG,
+        "a cat", negative_prompt="blurry", num_inference_steps=steps, guidance_scale=CFG,
         generator=torch.Generator().manual_seed(SEED), height=64, width=64, output_type="latent",
-        callback_on_step_end=_swap_after(2, dog.embeds), callback_on_step_end_tensor_inputs=["prompt_embeds"],
+        callback_on_step_end=_swap_after(2, dog), callback_on_step_end_tensor_inputs=["prompt_embeds"],
     ).images
     ours = sample(model, edited, neg, _zeros(), seed=SEED, steps=steps, cfg=CFG, sampler_name=sampler, schedule=schedule)
     scale = model.latent_scaling_factor
@@ -130,14 +133,14 @@ def test_sd1_cat_to_dog_matches_diffusers_with_a_swap_callback(sd1, sampler, sch
 
 def test_sdxl_cat_to_dog_matches_diffusers_with_a_swap_callback(sdxl):
     pipe, te, model = sdxl
-    cat, dog, neg = (encode_prompt(te, t) for t in ("a cat", "a dog", "blurry"))
+    neg = encode_prompt(te, "blurry")
     edited = encode_with_editing(te, "a [cat:dog:0.5]")
     pipe.scheduler = make_scheduler(model.scheduler_config, "Euler", "normal")
+    dog, _, dog_pooled, _ = pipe.encode_prompt("a dog", device="cpu", do_classifier_free_guidance=False)
     ref = pipe(
-        prompt_embeds=cat.embeds, pooled_prompt_embeds=cat.pooled, negative_prompt_embeds=neg.embeds,
-        negative_pooled_prompt_embeds=neg.pooled, num_inference_steps=4, guidance_scale=CFG,
+        "a cat", negative_prompt="blurry", num_inference_steps=4, guidance_scale=CFG,
         generator=torch.Generator().manual_seed(SEED), height=64, width=64, output_type="latent",
-        callback_on_step_end=_swap_after(2, dog.embeds, dog.pooled),
+        callback_on_step_end=_swap_after(2, dog, dog_pooled),
         callback_on_step_end_tensor_inputs=["prompt_embeds", "add_text_embeds"],
     ).images
     ours = sample(model, edited, neg, _zeros(), seed=SEED, steps=4, cfg=CFG, sampler_name="Euler")
