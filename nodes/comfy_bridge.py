@@ -218,7 +218,7 @@ def holder_for(module: torch.nn.Module, device: torch.device) -> _Holder:
     return holder_class(module, device)
 
 
-def patcher_for(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
+def patcher_for(module: torch.nn.Module, per_step: bool = False) -> comfy.model_patcher.ModelPatcher:
     """The ModelPatcher that registers `module` with ComfyUI's model management.
 
     It is stored on the module itself: the reference cycle dies with the
@@ -226,13 +226,15 @@ def patcher_for(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
     bundle that shares the module shares its patcher. On registration the
     module's plain torch layers become comfy.ops layers, so that when the
     module does not fit in VRAM ComfyUI loads it partially and streams the
-    rest, as it does its own models (`comfy_cast`).
+    rest, as it does its own models (`comfy_cast`). `per_step` (the UNet and
+    what the sampler calls with it every step) picks comfy.ops layers without
+    the per-layer interrupt check; the first registration decides.
     """
     patcher = module.__dict__.get("_ds_patcher")
     if patcher is None:
         current = next(module.parameters()).device
         size = comfy.model_management.module_size(module)
-        comfy_cast.make_castable(module)
+        comfy_cast.make_castable(module, per_step=per_step)
         patcher = comfy.model_patcher.ModelPatcher(
             holder_for(module, current), load_device=compute_device(), offload_device=offload_device(), size=size
         )
@@ -241,9 +243,14 @@ def patcher_for(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
     return patcher
 
 
-def load_to_compute_device(modules: Iterable[torch.nn.Module], memory_required: int = 0) -> None:
-    """Ask ComfyUI to make room for and load these modules on its device."""
-    patchers = [patcher_for(m) for m in modules if m is not None]
+def load_to_compute_device(modules: Iterable[torch.nn.Module], memory_required: int = 0,
+                           per_step: bool = False) -> None:
+    """Ask ComfyUI to make room for and load these modules on its device.
+
+    `per_step`: the sampler calls them every step, after its interrupt check
+    (`patcher_for`).
+    """
+    patchers = [patcher_for(m, per_step) for m in modules if m is not None]
     model_management.load_models_gpu(patchers, memory_required=memory_required)
 
 

@@ -12,7 +12,9 @@ forward on the GPU fails; a buffer of a parent module (transformers CLIP's
 `comfy_bridge.patcher_for` registers a module:
 
 - `make_castable` switches plain torch layers to their `comfy.ops`
-  counterparts, so ComfyUI can stream the ones that do not fit.
+  counterparts, so ComfyUI can stream the ones that do not fit. For modules
+  the sampler calls every step it uses subclasses with a cheaper forward
+  while nothing is streamed (`comfy_fast_layers`).
 - `follow_partial_load` adds an ON_LOAD callback that, after a partial load,
   brings to the compute device whatever ComfyUI left behind and cannot
   stream (buffers, parameters of other modules), and keeps the module's first
@@ -28,6 +30,8 @@ import comfy.model_patcher
 import comfy.ops
 from comfy.patcher_extension import CallbacksMP
 
+from . import comfy_fast_layers
+
 # The layers SD models are made of, where this ComfyUI has them. RMSNorm is
 # left out: no SD1.x/SDXL module uses it, and comfy.ops' cast path reads a
 # `bias` that torch's RMSNorm lacks.
@@ -38,10 +42,14 @@ _CASTABLE = {
     for name in _LAYER_NAMES
     if hasattr(comfy.ops.disable_weight_init, name)
 }
+_PER_STEP = {torch_class: comfy_fast_layers.fast_class(torch_class, comfy_class)
+             for torch_class, comfy_class in _CASTABLE.items()}
 
 
-def _castable_class(module: torch.nn.Module):
+def _castable_class(module: torch.nn.Module, per_step: bool = False):
     """The comfy.ops class `module` can switch to, or None to leave it as it is.
+
+    With `per_step`, the comfy_fast_layers subclass of that class.
 
     comfy.ops' classes add only class attributes and a forward that calls the
     torch forward unless ComfyUI turned casting on, so the switch keeps results
@@ -60,7 +68,7 @@ def _castable_class(module: torch.nn.Module):
       after the switch, on a float8 copy of a registered UNet, wrap comfy.ops'
       forward and stream fine.)
     """
-    cls = _CASTABLE.get(type(module))
+    cls = (_PER_STEP if per_step else _CASTABLE).get(type(module))
     if cls is None or "forward" in vars(module) or not _plain_weights(module):
         return None
     return cls
@@ -74,11 +82,17 @@ def _plain_weights(module: torch.nn.Module) -> bool:
     )
 
 
-def make_castable(module: torch.nn.Module) -> int:
-    """Switch the plain torch layers inside `module` to comfy.ops classes; how many switched."""
+def make_castable(module: torch.nn.Module, per_step: bool = False) -> int:
+    """Switch the plain torch layers inside `module` to comfy.ops classes; how many switched.
+
+    `per_step`: the module is called once per denoising step by the sampler,
+    which checks ComfyUI's interrupt flag before each call, so its layers may
+    skip comfy.ops' per-layer check (`comfy_fast_layers`). A module called
+    once per run (text encoder, VAE) keeps it: Cancel stops it mid-forward.
+    """
     switched = 0
     for layer in module.modules():
-        cls = _castable_class(layer)
+        cls = _castable_class(layer, per_step)
         if cls is None:
             continue
         if not hasattr(layer, "bias"):  # Embedding: comfy.ops sets it to None at construction

@@ -154,7 +154,7 @@ class DSSampler(io.ComfyNode):
         # ComfyUI then makes room once instead of unloading the UNet to fit
         # a ControlNet requested later.
         extra = hooks.modules_of(hooks.collect(model, positive, negative, latent_image))
-        comfy_bridge.load_to_compute_device([model.unet, *extra])
+        comfy_bridge.load_to_compute_device([model.unet, *extra], per_step=True)
         device = comfy_bridge.module_device(model.unet)
         reporter = comfy_bridge.step_reporter(steps, families.of(model).latent_format.preview, device)
         result = sample(
