@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -95,6 +96,28 @@ def _run_items(tokenizer, texts: List[str], embeddings: Optional[EmbeddingLibrar
     return runs
 
 
+_COMMA_IDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _comma_id(tokenizer) -> Optional[int]:
+    """The id of "," for A1111's comma backtrack, looked up once per tokenizer.
+
+    `get_vocab()` builds a fresh dict of the whole vocabulary (49,408 entries
+    for CLIP): done per prompt it was a tenth of a text encoding's time on a
+    CPU. The base vocabulary never changes for a tokenizer (embeddings take
+    placeholder ids, not added tokens), so the id is kept as long as the
+    tokenizer lives.
+    """
+    try:
+        return _COMMA_IDS[tokenizer]
+    except KeyError:
+        pass
+    except TypeError:  # not weak-referenceable or not hashable: no cache
+        return tokenizer.get_vocab().get(",</w>")
+    comma_id = _COMMA_IDS[tokenizer] = tokenizer.get_vocab().get(",</w>")
+    return comma_id
+
+
 def tokenize_prompt(tokenizer, text: str, embeddings: Optional[EmbeddingLibrary] = None) -> List[TokenChunk]:
     """Cut a prompt into 75-token chunks carrying per-token emphasis weights.
 
@@ -103,7 +126,7 @@ def tokenize_prompt(tokenizer, text: str, embeddings: Optional[EmbeddingLibrary]
     in practice). Always returns at least one chunk; an empty prompt is one
     empty chunk.
     """
-    comma_id = tokenizer.get_vocab().get(",</w>")
+    comma_id = _comma_id(tokenizer)
     chunks: List[TokenChunk] = []
     ids: List[int] = []
     weights: List[float] = []
@@ -230,14 +253,20 @@ def patches_applied(bundle: TextEncoderBundle) -> Iterator[None]:
 
 
 def _encode_chunk(
-    bundle: TextEncoderBundle, chunks: Sequence[TokenChunk], clip_skip: int
+    bundle: TextEncoderBundle, chunks: Sequence[TokenChunk], clip_skip: int, devices: Sequence[torch.device]
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Encode the same chunk index with every encoder; concatenate features."""
+    """Encode the same chunk index with every encoder; concatenate features.
+
+    `devices`: each encoder's `encoder_device`, found once per prompt (it
+    walks the encoder's modules for offload hooks).
+    """
     family = families.of(bundle)
     parts = []
     pooled = None
-    for index, (tokenizer, encoder, chunk) in enumerate(zip(bundle.tokenizers, bundle.text_encoders, chunks)):
-        ids = chunk_input_ids(tokenizer, chunk).to(encoder_device(encoder))
+    for index, (tokenizer, encoder, chunk, device) in enumerate(
+        zip(bundle.tokenizers, bundle.text_encoders, chunks, devices)
+    ):
+        ids = chunk_input_ids(tokenizer, chunk).to(device)
         key = family.text_encoders[index].embedding_key
         with vectors_in_place(encoder, chunk_placements(chunk), key):
             hidden, pooled = family.encoder_output(index, encoder, ids, clip_skip)
@@ -245,6 +274,32 @@ def _encode_chunk(
     if len(parts) == 1:
         return parts[0], pooled
     return torch.cat([part.to(parts[-1].device) for part in parts], dim=-1), pooled
+
+
+def _empty_encoding(bundle: TextEncoderBundle, clip_skip: int, devices: Sequence[torch.device]) -> torch.Tensor:
+    """The empty prompt's chunk ([1, 77, D]), encoded once per bundle, clip skip, device and dtype.
+
+    Every prompt carries it (the sampler pads the shorter of positive and
+    negative with it), and it was encoded again for every prompt: one text
+    encoder forward (SDXL: two) per DSTextEncode. It depends only on what
+    the key and the bundle fix: the encoders (a bundle's are fixed), the
+    bundle's patches (fixed too: a LoRA on the text encoder makes a new
+    bundle, and its encoding is cached on that bundle, computed with the
+    LoRA applied, since this runs inside `patches_applied`), clip skip, and
+    where the encoders are. Embeddings take no part (the chunk has no
+    tokens). The memo lives on the bundle and dies with it; callers get a
+    copy, so no conditioning shares its tensor with another.
+    """
+    key = (clip_skip, tuple(devices), tuple(encoder.dtype for encoder in bundle.text_encoders))
+    memo = bundle.__dict__.get("_ds_empty_chunks")
+    if memo is None:
+        memo = {}
+        object.__setattr__(bundle, "_ds_empty_chunks", memo)  # a memo, not a field: replace() starts afresh
+    empty = memo.get(key)
+    if empty is None:
+        empty, _ = _encode_chunk(bundle, tuple(TokenChunk() for _ in bundle.tokenizers), clip_skip, devices)
+        memo[key] = empty
+    return empty.clone()
 
 
 def _check(bundle: TextEncoderBundle, text, clip_skip) -> None:
@@ -302,20 +357,17 @@ def encode_prompt(
     _check(text_encoder, text, clip_skip)
     chunk_rows = _aligned_chunks(text_encoder, text, embeddings)
     last_encoder = text_encoder.text_encoders[-1]
-    device, dtype = encoder_device(last_encoder), last_encoder.dtype
+    devices = [encoder_device(encoder) for encoder in text_encoder.text_encoders]
+    device, dtype = devices[-1], last_encoder.dtype
     with torch.no_grad(), patches_applied(text_encoder):
         encoded = []
         pooled = None
         for index, row in enumerate(chunk_rows):
-            hidden, chunk_pooled = _encode_chunk(text_encoder, row, clip_skip)
+            hidden, chunk_pooled = _encode_chunk(text_encoder, row, clip_skip, devices)
             encoded.append(hidden)
             if index == 0:
                 pooled = chunk_pooled
-        empty_row = tuple(TokenChunk() for _ in text_encoder.tokenizers)
-        if len(chunk_rows) == 1 and chunk_rows[0] == empty_row:
-            empty = encoded[0]
-        else:
-            empty, _ = _encode_chunk(text_encoder, empty_row, clip_skip)
+        empty = _empty_encoding(text_encoder, clip_skip, devices)
     embeds = encoded[0] if len(encoded) == 1 else torch.cat(encoded, dim=1)
     if families.of(text_encoder).pooled:
         if pooled is None:
