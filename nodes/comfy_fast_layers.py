@@ -3,13 +3,13 @@
 Part of the bridge to ComfyUI's internals; only `comfy_cast` imports it.
 
 A comfy.ops layer's forward (ComfyUI 0.3.75) calls `run_every_op()` (which
-calls `torch.compiler.is_compiling()` and ComfyUI's interrupt check), tests
-`len()` of two lists and calls the torch forward through `super()`: five
-Python-level calls more than the torch layer for every layer and every call.
-A UNet evaluation goes through about 600 such layers (SDXL: about 2,100), so
-per denoising step the pack made about 3,100 (SDXL: 8,400) more Python calls
-than diffusers' own pipeline on the same module (docs/benchmark.md, "Where
-the time goes").
+calls `torch.compiler.is_compiling()` and ComfyUI's interrupt check under a
+lock), tests `len()` of two lists and calls the torch forward through
+`super()`: 8 Python-level calls (cProfile counts builtins too) more than the
+torch layer, for every layer and every call. An SD1.5 UNet has 391 such
+layers, SDXL's about 1,050, so per denoising step the pack made 3,120
+(SDXL: 8,390) more Python calls than diffusers' own pipeline on the same
+module: 1.25x (1.21x) its calls (docs/benchmark.md, "Where the time goes").
 
 The layers here are subclasses of the comfy.ops classes (ComfyUI still sees
 `comfy_cast_weights` and streams them after a partial load) with a forward
