@@ -36,6 +36,10 @@ import torch
 import torch.nn.functional as F
 
 
+# Each forward below is written out whole, the cast check included, rather
+# than sharing a helper: a helper is one more Python call per layer per step,
+# the very cost this module removes. The body after the check is the torch
+# layer's own forward (torch 2.x), so the kernel and its arguments are the same.
 def _linear(slow: Callable) -> Callable:
     def forward(self, input):
         if self.comfy_cast_weights or self.weight_function or self.bias_function:
