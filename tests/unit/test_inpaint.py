@@ -1,12 +1,12 @@
 """Inpainting against diffusers' inpaint pipelines, plus its promises.
 
-Parity: `inpaint.prepare` + `sample` reproduce StableDiffusionInpaintPipeline
-(4-channel and 9-channel tiny UNets) and StableDiffusionXLInpaintPipeline to
-1e-4 in float32. diffusers samples the VAE posterior with the generator while
-the pack takes its mode, so the pipeline gets our latents: `image` as
-4-channel (scaled) latents, which it uses as they are, and
-`masked_image_latents`. Then the generator's first draw is the starting noise
-in both, as in the pack. The mask is handed over in pixels and diffusers
+Parity of the deterministic path (latent_sampling "mode", ComfyUI's way):
+`inpaint.prepare` + `sample` reproduce StableDiffusionInpaintPipeline (4- and
+9-channel tiny UNets) and StableDiffusionXLInpaintPipeline fed the pack's mode
+latents (`image` as 4-channel scaled latents, `masked_image_latents`), to 1e-4
+in float32; then the generator's first draw is the starting noise in both.
+The default "sample" path against the pipelines fed PIL images is in
+test_posterior_parity.py. The mask is handed over in pixels and diffusers
 binarises and resizes it itself; the tests' masks are aligned to the 8-pixel
 latent grid, where the pack's area-averaged latent mask (kept soft on
 purpose) equals diffusers' nearest-resized binary one.
@@ -121,7 +121,7 @@ def _reference(env, image, mask, *, strength, sampler="DDIM", schedule="normal",
                                                        (1.0, "DPM++ 2M", "karras")])
 def test_sd1_ordinary_model_matches_diffusers(sd1, strength, sampler, schedule):
     image, mask = _image(), _mask()
-    prepared = inpaint.prepare(sd1["vae"], sd1["model"], image, mask)
+    prepared = inpaint.prepare(sd1["vae"], sd1["model"], image, mask, latent_sampling="mode")
     assert prepared.kind == "ordinary"
     ours = _ours(sd1, prepared, denoise=strength, sampler=sampler, schedule=schedule)
     ref = _reference(sd1, image, mask, strength=strength, sampler=sampler, schedule=schedule)
@@ -132,7 +132,8 @@ def test_sd1_ordinary_model_matches_diffusers(sd1, strength, sampler, schedule):
 def test_sd1_inpainting_model_matches_diffusers(sd1_inpainting, strength):
     env = sd1_inpainting
     image, mask = _image(), _mask()
-    prepared = inpaint.prepare(env["vae"], env["model"], image, mask, blend_unmasked=False)
+    prepared = inpaint.prepare(env["vae"], env["model"], image, mask, blend_unmasked=False,
+                               latent_sampling="mode")
     assert prepared.kind == "inpainting" and "noise_mask" not in prepared.latent
     ours = _ours(env, prepared, denoise=strength)
     ref = _reference(env, image, mask, strength=strength)
@@ -142,7 +143,8 @@ def test_sd1_inpainting_model_matches_diffusers(sd1_inpainting, strength):
 def test_inpainting_model_batch_of_two_matches_diffusers(sd1_inpainting):
     env = sd1_inpainting
     image, mask = _image(batch=2), _mask(1)
-    prepared = inpaint.prepare(env["vae"], env["model"], image, mask, blend_unmasked=False)
+    prepared = inpaint.prepare(env["vae"], env["model"], image, mask, blend_unmasked=False,
+                               latent_sampling="mode")
     ours = _ours(env, prepared, denoise=0.75)
     # Sample i uses seed + i, as diffusers' generator list; one mask for both.
     ref = _reference(env, image, mask, strength=0.75, batch=2)
@@ -152,7 +154,7 @@ def test_inpainting_model_batch_of_two_matches_diffusers(sd1_inpainting):
 @pytest.mark.parametrize("strength", [0.75, 1.0])
 def test_sdxl_ordinary_model_matches_diffusers(sdxl, strength):
     image, mask = _image(), _mask()
-    prepared = inpaint.prepare(sdxl["vae"], sdxl["model"], image, mask)
+    prepared = inpaint.prepare(sdxl["vae"], sdxl["model"], image, mask, latent_sampling="mode")
     ours = _ours(sdxl, prepared, denoise=strength)
     ref = _reference(sdxl, image, mask, strength=strength)
     assert _diff(sdxl, ours, ref) <= TOL
