@@ -171,9 +171,10 @@ def test_strength_zero_leaves_the_latent_unchanged(sd1):
 
 
 def test_strength_one_ignores_the_original_inside_the_mask(sd1):
-    """Two originals that differ only inside the (latent) mask give the same result."""
+    """Two originals that differ only inside the (latent) mask give the same result (the mode:
+    a changed latent is not the encoder's mean any more, so it would not be posterior-sampled)."""
     image, mask = _image(), _mask()
-    prepared = inpaint.prepare(sd1["vae"], sd1["model"], image, mask)
+    prepared = inpaint.prepare(sd1["vae"], sd1["model"], image, mask, latent_sampling="mode")
     lat = prepared.latent
     inside = masks.to_latent_size(mask, 8) > 0.5
     other = torch.where(inside, torch.randn_like(lat["samples"]) * 3, lat["samples"])
@@ -201,7 +202,7 @@ def test_all_zero_mask_changes_nothing(sd1, sd1_inpainting, caplog):
     for env in (sd1, sd1_inpainting):
         with caplog.at_level(logging.INFO):
             prepared = inpaint.prepare(env["vae"], env["model"], image, torch.zeros(1, SIZE, SIZE),
-                                       blend_unmasked=False)
+                                       blend_unmasked=False, latent_sampling="mode")
         assert "mask is empty" in caplog.text
         out = _ours(env, prepared, denoise=1.0)
         # Exactly the input in the UNet's space; /scale*scale rounds in the last bit.
@@ -211,8 +212,9 @@ def test_all_zero_mask_changes_nothing(sd1, sd1_inpainting, caplog):
 
 
 def test_all_one_mask_is_plain_img2img(sd1):
+    # The mode: sampled, the inpaint pipeline also draws the masked image's posterior (img2img does not).
     image = _image()
-    prepared = inpaint.prepare(sd1["vae"], sd1["model"], image, torch.ones(1, SIZE, SIZE))
+    prepared = inpaint.prepare(sd1["vae"], sd1["model"], image, torch.ones(1, SIZE, SIZE), latent_sampling="mode")
     ours = _ours(sd1, prepared, denoise=0.6, sampler="Euler a")
     plain = sample(sd1["model"], sd1["pos"], sd1["neg"], {"samples": vae_codec.encode(sd1["vae"], image)},
                    seed=SEED, steps=STEPS, cfg=CFG, sampler_name="Euler a", denoise=0.6)["samples"]
