@@ -10,10 +10,11 @@ noise continues from the same generators.
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from pil_inputs import as_image, as_mask
+from pil_inputs import mask_picture as _mask_picture
+from pil_inputs import picture as _picture
 
 from diffusers_studio.nodes.engine import inpaint, posterior, vae_codec
 from diffusers_studio.nodes.engine.components import Conditioning, ModelBundle, VAEBundle
@@ -25,28 +26,6 @@ SEED = 31
 STEPS = 4
 CFG = 6.0
 SIZE = 64
-
-
-def _picture(seed: int = 0) -> Image.Image:
-    g = np.random.default_rng(seed)
-    y, x = np.mgrid[0:SIZE, 0:SIZE] / SIZE
-    base = np.stack([x, y, (x + y) / 2], -1) * 180 + g.integers(0, 75, (SIZE, SIZE, 3))
-    return Image.fromarray(base.clip(0, 255).astype(np.uint8))
-
-
-def _mask_picture() -> Image.Image:
-    m = np.zeros((SIZE, SIZE), np.uint8)
-    m[16:48, 24:56] = 255
-    return Image.fromarray(m, "L")
-
-
-def as_image(*pictures: Image.Image) -> torch.Tensor:
-    """PIL -> ComfyUI IMAGE, as LoadImage makes it (uint8 / 255 in float32)."""
-    return torch.stack([torch.from_numpy(np.array(p.convert("RGB")).astype(np.float32) / 255.0) for p in pictures])
-
-
-def as_mask(picture: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.array(picture).astype(np.float32) / 255.0)[None]
 
 
 def _bundle(pipe, family):
