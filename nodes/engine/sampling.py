@@ -239,6 +239,11 @@ def sample(
       run by raising; `on_step(i, total, x0)` is called after each of the
       `total` steps with the predicted clean latents (scaled UNet space) when
       the scheduler gives them, else the current latents, for previews.
+    - A latent from Diffusers VAE Encode / Inpaint with latent_sampling
+      "sample" carries its VAE posterior: the image latents are drawn from it
+      with the seeds right before the noise (and an inpaint masked image's
+      right after), as diffusers' pipelines do (posterior.py). The result
+      carries no posterior.
     - A "noise_mask" in the latent (1 = repaint) keeps the unmasked area at
       the input, re-noised to each step's level (diffusers' inpaint pipeline
       for 4-channel UNets).

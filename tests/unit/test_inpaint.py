@@ -17,9 +17,9 @@ import logging
 
 import pytest
 import torch
+from pipeline_env import sd1_inpaint_env, sdxl_inpaint_env
 
 from diffusers_studio.nodes.engine import inpaint, masks, vae_codec
-from diffusers_studio.nodes.engine.components import Conditioning, ModelBundle, VAEBundle
 from diffusers_studio.nodes.engine.sampling import sample
 from diffusers_studio.nodes.engine.schedulers import make_scheduler
 
@@ -28,11 +28,6 @@ SEED = 77
 STEPS = 3
 CFG = 6.0
 SIZE = 64
-
-
-def _bundle(pipe, family):
-    return ModelBundle(family, "tiny", pipe.unet, dict(pipe.scheduler.config), torch.float32,
-                       latent_scaling_factor=pipe.vae.config.scaling_factor, vae_scale_factor=8)
 
 
 def _image(seed=0, batch=1):
@@ -48,48 +43,19 @@ def _mask(batch=1):
     return m
 
 
-def _sd1(in_channels):
-    from diffusers import StableDiffusionInpaintPipeline
-    from tiny_models import tiny_sd1_components
-
-    pipe = StableDiffusionInpaintPipeline(**tiny_sd1_components(0, in_channels=in_channels),
-                                          requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    pe, ne = pipe.encode_prompt("a red door", "cpu", 1, True, "blurry")
-    empty = pipe.encode_prompt("", "cpu", 1, False)[0]
-    return {
-        "pipe": pipe, "model": _bundle(pipe, "sd1"), "vae": VAEBundle("sd1", "tiny", pipe.vae),
-        "kwargs": dict(prompt_embeds=pe, negative_prompt_embeds=ne),
-        "pos": Conditioning("sd1", pe, empty), "neg": Conditioning("sd1", ne, empty),
-    }
-
-
 @pytest.fixture(scope="module")
 def sd1():
-    return _sd1(4)
+    return sd1_inpaint_env(4)
 
 
 @pytest.fixture(scope="module")
 def sd1_inpainting():
-    return _sd1(9)
+    return sd1_inpaint_env(9)
 
 
 @pytest.fixture(scope="module")
 def sdxl():
-    from diffusers import StableDiffusionXLInpaintPipeline
-    from tiny_models import tiny_sdxl_components
-
-    pipe = StableDiffusionXLInpaintPipeline(**tiny_sdxl_components(0))
-    pipe.set_progress_bar_config(disable=True)
-    pe, ne, pp, npool = pipe.encode_prompt("a red door", device="cpu", do_classifier_free_guidance=True,
-                                           negative_prompt="blurry")
-    empty = pipe.encode_prompt("", device="cpu", do_classifier_free_guidance=False)[0]
-    return {
-        "pipe": pipe, "model": _bundle(pipe, "sdxl"), "vae": VAEBundle("sdxl", "tiny", pipe.vae),
-        "kwargs": dict(prompt_embeds=pe, negative_prompt_embeds=ne, pooled_prompt_embeds=pp,
-                       negative_pooled_prompt_embeds=npool),
-        "pos": Conditioning("sdxl", pe, empty, pooled=pp), "neg": Conditioning("sdxl", ne, empty, pooled=npool),
-    }
+    return sdxl_inpaint_env()
 
 
 def _diff(env, ours, ref) -> float:

@@ -15,9 +15,9 @@ import torch
 from pil_inputs import as_image, as_mask
 from pil_inputs import mask_picture as _mask_picture
 from pil_inputs import picture as _picture
+from pipeline_env import pipeline_env, sd1_inpaint_env, sdxl_inpaint_env
 
 from diffusers_studio.nodes.engine import inpaint, posterior, vae_codec
-from diffusers_studio.nodes.engine.components import Conditioning, ModelBundle, VAEBundle
 from diffusers_studio.nodes.engine.sampling import sample
 from diffusers_studio.nodes.engine.schedulers import make_scheduler
 
@@ -28,62 +28,27 @@ CFG = 6.0
 SIZE = 64
 
 
-def _bundle(pipe, family):
-    return ModelBundle(family, "tiny", pipe.unet, dict(pipe.scheduler.config), torch.float32,
-                       latent_scaling_factor=pipe.vae.config.scaling_factor, vae_scale_factor=8)
-
-
-def _env(pipe, family):
-    pipe.set_progress_bar_config(disable=True)
-    if family == "sdxl":
-        pe, ne, pp, npool = pipe.encode_prompt("a red door", device="cpu", do_classifier_free_guidance=True,
-                                               negative_prompt="blurry")
-        empty = pipe.encode_prompt("", device="cpu", do_classifier_free_guidance=False)[0]
-        kwargs = dict(prompt_embeds=pe, negative_prompt_embeds=ne, pooled_prompt_embeds=pp,
-                      negative_pooled_prompt_embeds=npool)
-        pos, neg = Conditioning("sdxl", pe, empty, pooled=pp), Conditioning("sdxl", ne, empty, pooled=npool)
-    else:
-        pe, ne = pipe.encode_prompt("a red door", "cpu", 1, True, "blurry")
-        empty = pipe.encode_prompt("", "cpu", 1, False)[0]
-        kwargs = dict(prompt_embeds=pe, negative_prompt_embeds=ne)
-        pos, neg = Conditioning("sd1", pe, empty), Conditioning("sd1", ne, empty)
-    return {"pipe": pipe, "model": _bundle(pipe, family), "vae": VAEBundle(family, "tiny", pipe.vae),
-            "kwargs": kwargs, "pos": pos, "neg": neg}
-
-
 @pytest.fixture(scope="module")
 def sd1_img2img():
     from diffusers import StableDiffusionImg2ImgPipeline
     from tiny_models import tiny_sd1_components
 
-    return _env(StableDiffusionImg2ImgPipeline(**tiny_sd1_components(0), requires_safety_checker=False), "sd1")
-
-
-def _inpaint_env(in_channels):
-    from diffusers import StableDiffusionInpaintPipeline
-    from tiny_models import tiny_sd1_components
-
-    pipe = StableDiffusionInpaintPipeline(**tiny_sd1_components(0, in_channels=in_channels),
-                                          requires_safety_checker=False)
-    return _env(pipe, "sd1")
+    return pipeline_env(StableDiffusionImg2ImgPipeline(**tiny_sd1_components(0), requires_safety_checker=False), "sd1")
 
 
 @pytest.fixture(scope="module")
 def sd1_inpaint():
-    return _inpaint_env(4)
+    return sd1_inpaint_env(4)
 
 
 @pytest.fixture(scope="module")
 def sd1_inpainting():
-    return _inpaint_env(9)
+    return sd1_inpaint_env(9)
 
 
 @pytest.fixture(scope="module")
 def sdxl_inpaint():
-    from diffusers import StableDiffusionXLInpaintPipeline
-    from tiny_models import tiny_sdxl_components
-
-    return _env(StableDiffusionXLInpaintPipeline(**tiny_sdxl_components(0)), "sdxl")
+    return sdxl_inpaint_env()
 
 
 def _generators(batch):
