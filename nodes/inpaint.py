@@ -12,7 +12,9 @@ from comfy_api.latest import io
 
 from . import comfy_bridge
 from .engine import inpaint
+from .engine import posterior
 from .types import DSVAE, DSModel, category
+from .vae import latent_sampling_error, latent_sampling_input
 
 DSInpaintCrop = io.Custom("DS_INPAINT_CROP")
 
@@ -82,6 +84,7 @@ class DSInpaint(io.ComfyNode):
                     "at every step (ComfyUI's and A1111's way). Off gives diffusers' inpaint pipeline exactly. "
                     "Ordinary checkpoints always blend.",
                 ),
+                latent_sampling_input(),
             ],
             outputs=[
                 io.Latent.Output(
@@ -98,19 +101,20 @@ class DSInpaint(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, fill: str) -> bool | str:
+    def validate_inputs(cls, fill: str, latent_sampling: str = posterior.DEFAULT_SAMPLING) -> bool | str:
         if fill not in inpaint.FILL_MODES:
             return f"fill: '{fill}' is not one of {list(inpaint.FILL_MODES)}."
-        return True
+        return latent_sampling_error(latent_sampling) or True
 
     @classmethod
     def execute(
         cls, image, mask, vae, model, grow: int = 0, blur: float = 4.0, fill: str = "original",
-        fill_seed: int = 0, blend_unmasked: bool = True,
+        fill_seed: int = 0, blend_unmasked: bool = True, latent_sampling: str = posterior.DEFAULT_SAMPLING,
     ) -> io.NodeOutput:
         comfy_bridge.load_to_compute_device([vae.vae])
         prepared = inpaint.prepare(
-            vae, model, image, mask, grow=grow, blur=blur, fill=fill, seed=fill_seed, blend_unmasked=blend_unmasked
+            vae, model, image, mask, grow=grow, blur=blur, fill=fill, seed=fill_seed, blend_unmasked=blend_unmasked,
+            latent_sampling=latent_sampling,
         )
         return io.NodeOutput(prepared.latent, prepared.mask)
 

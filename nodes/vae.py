@@ -12,13 +12,35 @@ import torch
 from comfy_api.latest import io
 
 from . import comfy_bridge
-from .engine import vae_codec
+from .engine import posterior, vae_codec
 from .types import DSVAE, category
 
 log = logging.getLogger(__name__)
 
 _TILED_TIP = "Process the image in overlapping tiles to save memory on large images (slightly slower)."
 _TILE_SIZE_TIP = "Tile size in pixels when tiled is on."
+
+
+LATENT_SAMPLING_TIP = (
+    "sample (default): the sampler draws the latent from the VAE's distribution with its seed, right "
+    "before the noise, as diffusers' img2img/inpaint pipelines and A1111 do, so the same seed gives their "
+    "picture. mode: the distribution's mean, deterministic (ComfyUI's VAE Encode)."
+)
+
+
+def latent_sampling_input():
+    """The widget DSVAEEncode and DSInpaint share (optional: older API prompts lack it)."""
+    return io.Combo.Input(
+        "latent_sampling", options=list(posterior.SAMPLING_MODES), default=posterior.DEFAULT_SAMPLING,
+        optional=True, tooltip=LATENT_SAMPLING_TIP,
+    )
+
+
+def latent_sampling_error(latent_sampling: str) -> str | None:
+    """validate_inputs' message for an unknown latent_sampling value, or None."""
+    if latent_sampling in posterior.SAMPLING_MODES:
+        return None
+    return f"latent_sampling: '{latent_sampling}' is not one of {list(posterior.SAMPLING_MODES)}."
 
 
 def _tile_inputs() -> list:
@@ -99,18 +121,32 @@ class DSVAEEncode(io.ComfyNode):
                     tooltip="The image to encode; width and height must be multiples of 8.",
                 ),
                 *_tile_inputs(),
+                latent_sampling_input(),
             ],
             outputs=[io.Latent.Output(tooltip="The encoded latent, for Diffusers Sampler with denoise below 1.")],
         )
 
     @classmethod
-    def execute(cls, vae, pixels, tiled: bool = False, tile_size: int = 512) -> io.NodeOutput:
+    def validate_inputs(cls, latent_sampling: str = posterior.DEFAULT_SAMPLING) -> bool | str:
+        return latent_sampling_error(latent_sampling) or True
+
+    @classmethod
+    def execute(
+        cls, vae, pixels, tiled: bool = False, tile_size: int = 512,
+        latent_sampling: str = posterior.DEFAULT_SAMPLING,
+    ) -> io.NodeOutput:
+        posterior.check_mode(latent_sampling)
         per_call = _prepared(vae, pixels, lambda b, h, w, c, dtype: vae_codec.encode_bytes_per_image(h, w, dtype))
-        latents = _untiled_or_tiled(
-            lambda tile: vae_codec.encode(vae, pixels, tiled=tile, tile_size=tile_size, batch_per_call=per_call),
+        mean, drawn_from = _untiled_or_tiled(
+            lambda tile: posterior.encode(
+                vae, pixels, latent_sampling, tiled=tile, tile_size=tile_size, batch_per_call=per_call
+            ),
             tiled, "encode",
         )
-        return io.NodeOutput({"samples": latents})
+        latent = {"samples": mean}
+        if drawn_from is not None:
+            latent[posterior.KEY] = drawn_from
+        return io.NodeOutput(latent)
 
 
 NODES = [DSVAEDecode, DSVAEEncode]

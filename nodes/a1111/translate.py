@@ -542,10 +542,12 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
                     source, source_mask = [crop, 0], [crop, 1]
                 inpainted = g.add("DSInpaint", image=source, mask=source_mask, vae=[loader, 2], model=model_ref,
                                   grow=0, blur=blur, fill=extras.FILL_MODES[req.inpainting_fill],
-                                  fill_seed=seed_k % 2**32, blend_unmasked=True)
+                                  fill_seed=seed_k % 2**32, blend_unmasked=True, latent_sampling="sample")
                 latent = [inpainted, 0]
             else:
-                latent = g.add("DSVAEEncode", vae=[loader, 2], pixels=[pixels, 0], tiled=False, tile_size=512)
+                # A1111 samples the VAE posterior; with the sampler's seed it is diffusers' picture too.
+                latent = g.add("DSVAEEncode", vae=[loader, 2], pixels=[pixels, 0], tiled=False, tile_size=512,
+                               latent_sampling="sample")
         init_pixels = [pixels, 0] if pixels else None
         if units and crop is not None:
             init_pixels = [crop, 0]
@@ -598,7 +600,10 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
                     method = IMAGE_UPSCALERS[hires.upscaler]
                 scaled = g.add("ImageScale", image=[up_pixels, 0], upscale_method=method, width=hires.width,
                                height=hires.height, crop="disabled")
-                up = g.add("DSVAEEncode", vae=[h_loader, 2], pixels=[scaled, 0], tiled=False, tile_size=512)
+                # The mode: A1111 draws this one from its global RNG, not the seed, so no seed
+                # reproduces it; the mean keeps the hires pass deterministic.
+                up = g.add("DSVAEEncode", vae=[h_loader, 2], pixels=[scaled, 0], tiled=False, tile_size=512,
+                           latent_sampling="mode")
             denoise_hr = float(req.denoising_strength if req.denoising_strength is not None else 0.75)
             out = _sampler(g, h_model, h_pos, h_neg, up, steps=hires.steps, cfg=hires.cfg, sampler=hires.sampler,
                            schedule=hires.schedule, denoise=denoise_hr, **common)

@@ -49,6 +49,9 @@ class RunContext:
     added_cond_kwargs: Optional[dict]
     steps: int = 0  # the sampler's steps input (0: unknown, read the scheduler's)
     start_step: int = 0  # the sampler's start_step: > 0 continues an earlier partial run
+    # std * eps of the inpaint masked image's VAE posterior (unscaled), drawn by
+    # the sampler after the starting noise (posterior.py); None in "mode".
+    masked_image_deviation: Optional[torch.Tensor] = None
 
 
 @dataclass

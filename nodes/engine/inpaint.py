@@ -22,11 +22,12 @@ inside the mask leaks into the result (image-to-image's start would keep
 about 7 % of it at SD's first timestep). The sampler does the same for any
 LATENT with a noise_mask at denoise 1.
 
-Parity with diffusers (tests/unit/test_inpaint.py): diffusers encodes images
-by *sampling* the VAE posterior with the generator; the pack takes its mode
-(vae_codec), so the tests hand the pipeline our latents (`image` as 4-channel
-latents, `masked_image_latents`), which also keeps the generator's draws in
-the same order: the starting noise first, then the scheduler's own.
+Parity with diffusers (tests/unit/test_posterior_parity.py): diffusers encodes
+images by *sampling* the VAE posterior with the generator. With
+latent_sampling "sample" (the default) the LATENT carries both posteriors
+(the image's and the masked image's) and the sampler draws them with the seed
+in the pipeline's order (posterior.py), so the pipeline called with PIL image
+and mask gives the same picture; "mode" takes the means (ComfyUI's way).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 
 from . import families
 from . import masks as M
-from . import vae_codec
+from . import posterior as P
 from .components import ModelBundle, VAEBundle
 from .hooks import RunContext, SamplingHook, StepContext
 from .noise import generators_for, initial_noise
@@ -156,7 +157,11 @@ class InpaintModelInputs(SamplingHook):
             )
         scale = float(run.model.latent_scaling_factor)
         mask = self.mask.expand(run.batch, -1, -1, -1).to(run.device, run.dtype)
-        masked = (self.masked_latents * scale).expand(run.batch, -1, -1, -1).to(run.device, run.dtype)
+        masked = self.masked_latents
+        deviation = run.masked_image_deviation
+        if deviation is not None and tuple(deviation.shape) == tuple(masked.shape):
+            masked = masked + deviation  # the posterior sample the pipeline's generator drew
+        masked = _repeat_rows(masked * scale, run.batch).to(run.device, run.dtype)
         self._run = (mask, masked)
 
     def before_unet(self, step: StepContext, run: RunContext, role: str) -> None:
@@ -169,6 +174,11 @@ class InpaintModelInputs(SamplingHook):
 
     def end(self) -> None:
         self._run = None
+
+
+def _repeat_rows(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """[1 or batch, ...] -> [batch, ...] (diffusers repeats masked latents per sample)."""
+    return x.expand(batch, -1, -1, -1) if int(x.shape[0]) == 1 else x
 
 
 # ----------------------------------------------------------------- the LATENT
@@ -193,6 +203,7 @@ def prepare(
     fill: str = "original",
     seed: int = 0,
     blend_unmasked: bool = True,
+    latent_sampling: str = P.DEFAULT_SAMPLING,
 ) -> Prepared:
     """The inpainting LATENT of `image` for `model`, repainting where `mask` is 1.
 
@@ -200,7 +211,11 @@ def prepare(
     "original" the picture, "blurred" colours blurred in from around the mask,
     "noise" random latents, "nothing" zero latents. It matters below denoise 1
     for ordinary models, and always for what the sampler blends towards.
+    latent_sampling: "sample" lets the sampler draw the image's and the masked
+    image's VAE posteriors with its seed, as diffusers' inpaint pipelines do;
+    "mode" takes the means (deterministic, ComfyUI's way). See posterior.py.
     """
+    P.check_mode(latent_sampling)
     image = _check_image(image)
     if fill not in FILL_MODES:
         raise ValueError(f"fill must be one of {', '.join(FILL_MODES)}, got {fill!r}")
@@ -223,7 +238,8 @@ def prepare(
 
     rgb = image[..., :3] if image.shape[-1] >= 3 else image.repeat(1, 1, 1, 3)
     start = fill_blurred(rgb, pixel_mask) if fill == "blurred" else rgb
-    samples = vae_codec.encode(vae, start)
+    sampling = latent_sampling if fill in ("original", "blurred") else "mode"
+    samples, image_posterior = P.encode(vae, start, sampling, per_image=True)
     latent_mask = M.to_latent_size(pixel_mask, f).to(samples.dtype)
     if fill in ("noise", "nothing"):
         if fill == "noise":
@@ -236,9 +252,20 @@ def prepare(
 
     hooks: list = []
     latent: dict = {"samples": samples}
+    if image_posterior is not None:
+        latent[P.KEY] = image_posterior
     if kind == "inpainting":
-        masked = vae_codec.encode(vae, _masked_image(rgb, pixel_mask))
+        masked, masked_posterior = P.encode(vae, _masked_image(rgb, pixel_mask), latent_sampling, per_image=True)
         hooks.append(InpaintModelInputs(M.binarised_latent_mask(pixel_mask, f), masked))
+    elif latent_sampling == "sample":
+        # The 4-channel pipeline encodes the masked image too and throws it
+        # away; only its draw from the generator matters (a zero posterior).
+        zeros = torch.zeros_like(samples)
+        masked_posterior = P.Posterior(zeros, zeros, per_image=True)
+    else:
+        masked_posterior = None
+    if masked_posterior is not None:
+        latent[P.MASKED_KEY] = masked_posterior
     if kind == "ordinary" or blend_unmasked or empty:
         latent["noise_mask"] = latent_mask
     latent["ds_hooks"] = hooks

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from . import families
 from . import hooks as hooks_mod
+from . import posterior
 from .components import Conditioning, ModelBundle, model_kind_label
 from .noise import generators_for, initial_noise, seed_plan
 
@@ -238,6 +239,11 @@ def sample(
       run by raising; `on_step(i, total, x0)` is called after each of the
       `total` steps with the predicted clean latents (scaled UNet space) when
       the scheduler gives them, else the current latents, for previews.
+    - A latent from Diffusers VAE Encode / Inpaint with latent_sampling
+      "sample" carries its VAE posterior: the image latents are drawn from it
+      with the seeds right before the noise (and an inpaint masked image's
+      right after), as diffusers' pipelines do (posterior.py). The result
+      carries no posterior.
     - A "noise_mask" in the latent (1 = repaint) keeps the unmasked area at
       the input, re-noised to each step's level (diffusers' inpaint pipeline
       for 4-channel UNets).
@@ -260,7 +266,7 @@ def sample(
 
     if denoise == 0.0:
         logger.info("denoise is 0: returning the input latent unchanged")
-        return dict(latent)
+        return posterior.without_posteriors(latent)
 
     device = torch.device(device) if device is not None else _unet_device(model.denoiser)
     dtype = model.dtype
@@ -268,7 +274,7 @@ def sample(
     repaints = "noise_mask" in latent or any(getattr(h, "repaints", False) for h in latent.get("ds_hooks", ()) or ())
     plan = _plan(scheduler, steps, denoise, start_step, end_step, samples, device, repaints)
     if plan is None:
-        return dict(latent)
+        return posterior.without_posteriors(latent)
     timesteps, full, order, total = plan.timesteps, plan.full, plan.order, plan.total
     if plan.is_txt2img and family.from_noise_warning():
         # Allowed, as in diffusers, but rarely what was meant.
@@ -283,14 +289,22 @@ def sample(
     shape = (batch, int(samples.shape[1]), h, w)
     generators = generators_for(seeds)
     variation_generators = generators_for(variation_seeds) if variation_seeds else None
-    init_latents = family.to_model_space(model, samples, device, dtype)
     mask = latent.get("noise_mask")
+    if not plan.is_txt2img or mask is not None:
+        # The pipelines sample the VAE posterior with the seed before the
+        # noise whenever they use the image latents (posterior.py).
+        drawn = posterior.image_draw(latent, generators)
+        if drawn is not None:
+            samples = drawn
+    init_latents = family.to_model_space(model, samples, device, dtype)
     noise = None
     if start_step == 0 or mask is not None:
         noise = initial_noise(
             shape, generators, device=device, dtype=dtype,
             variation_generators=variation_generators, variation_strength=variation_strength,
         )
+    # prepare_mask_latents: the masked image's posterior, after the noise.
+    masked_deviation = posterior.masked_image_deviation(latent, generators)
     if plan.is_txt2img:
         latents = noise * scheduler.init_noise_sigma
     elif start_step == 0:
@@ -318,6 +332,7 @@ def sample(
         pixel_size=pixel_size, timesteps=timesteps, total_steps=len(full), first_index=plan.first_index,
         scheduler=scheduler, cfg=cfg, encoder_hidden_states=inputs.embeds,
         added_cond_kwargs=inputs.added_cond_kwargs, steps=steps, start_step=int(start_step),
+        masked_image_deviation=masked_deviation,
     )
     begun = []
     try:
@@ -366,7 +381,7 @@ def sample(
         for b in reversed(begun):
             b.hook.end()
 
-    result = dict(latent)
+    result = posterior.without_posteriors(latent)
     result["samples"] = family.from_model_space(model, latents)
     return result
 

@@ -5,10 +5,9 @@ IMAGE is [B, H, W, C] float 0..1 (channels last); LATENT samples are
 scaling factor, so a LATENT from here plugs into native ComfyUI nodes too.
 
 Encoding returns the mode (mean) of the latent distribution, so the same
-image always gives the same latents. diffusers' img2img pipelines sample the
-distribution with the generator instead; the difference is tiny (the
-posterior's std is small) but it means an img2img parity test must hand the
-pipeline our latents, not the image.
+image always gives the same latents; `with_std=True` also returns the
+posterior's std, from which the sampler draws the latent with its seed as
+diffusers' img2img and inpaint pipelines do (posterior.py).
 
 Tiling is done here, not by the VAE's own `enable_tiling()`: the VAE module
 is shared and cached by ComfyUI between prompts, and switching its tiling
@@ -166,11 +165,13 @@ def encode(
     tiled: bool = False,
     tile_size: int = DEFAULT_TILE_SIZE,
     batch_per_call: int = DEFAULT_BATCH_PER_CALL,
-) -> torch.Tensor:
+    with_std: bool = False,
+):
     """IMAGE [B,H,W,C] in 0..1 -> unscaled latents [B, C, H/f, W/f] (float32, CPU).
 
     latents = vae.encode(2 * x - 1).latent_dist.mode(): deterministic (see the
     module docstring). H and W must be multiples of the VAE's downscale f.
+    with_std: return (mean, std) of the posterior instead, both [B, C, H/f, W/f].
     """
     f = vae.downscale
     pixels = _to_pixels(images)
@@ -188,15 +189,21 @@ def encode(
 
     def run(x: torch.Tensor) -> torch.Tensor:
         x = x.to(device=device, dtype=dtype) * 2.0 - 1.0
-        return module.encode(x).latent_dist.mode()
+        dist = module.encode(x).latent_dist
+        return torch.cat([dist.mode(), dist.std], dim=1) if with_std else dist.mode()
 
+    channels = vae.latent_channels * (2 if with_std else 1)
     chunks = []
     for part in pixels.split(batch_per_call):
         if tiled:
-            chunks.append(_tiled(part, run, tile_size, 1.0 / f, vae.latent_channels, align=f))
+            chunks.append(_tiled(part, run, tile_size, 1.0 / f, channels, align=f))
         else:
             chunks.append(run(part).float().cpu())
-    return torch.cat(chunks)
+    out = torch.cat(chunks)
+    if with_std:
+        mean, std = out.split(vae.latent_channels, dim=1)
+        return mean.contiguous(), std.contiguous()
+    return out
 
 
 @torch.no_grad()

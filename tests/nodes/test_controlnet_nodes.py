@@ -106,3 +106,41 @@ def test_sdxl_controlnet_on_sd1_model_is_refused_when_sampling(cn_dir):
     p, n = mod.DSApplyControlNet.execute(pos, pos, xl, torch.zeros(1, 64, 64, 3), 1.0, 0.0, 1.0, False).args
     with pytest.raises(ValueError, match="SDXL ControlNet, but the model"):
         DSSampler.execute(model, p, n, {"samples": torch.zeros(1, 4, 8, 8)}, 0, 1, 7.0, "Euler", "normal", 1.0)
+
+
+def test_controlnet_img2img_graph_matches_the_pipeline_fed_pil_pictures(cn_dir):
+    """Diffusers VAE Encode (latent_sampling "sample") + Apply ControlNet -> Sampler -> Decode
+    equals StableDiffusionControlNetImg2ImgPipeline(image=PIL, control_image=PIL), same seed."""
+    import numpy as np
+    import pil_inputs
+    from diffusers import StableDiffusionControlNetImg2ImgPipeline
+
+    from diffusers_studio.nodes.encode import DSTextEncode
+    from diffusers_studio.nodes.engine.schedulers import make_scheduler
+    from diffusers_studio.nodes.loaders import DSLoadModel
+    from diffusers_studio.nodes.sample import DSSampler
+    from diffusers_studio.nodes.vae import DSVAEDecode, DSVAEEncode
+
+    mod = _nodes()
+    model, te, vae = DSLoadModel.execute("tiny-sd15.safetensors", "float32").args
+    photo, hint = pil_inputs.picture(11), pil_inputs.picture(12)
+    control_net = mod.DSLoadControlNet.execute(mc.SD15_CANNY, "float32").args[0]
+    pos = DSTextEncode.execute(te, "a house", 1).args[0]
+    neg = DSTextEncode.execute(te, "fog", 1).args[0]
+    p, n = mod.DSApplyControlNet.execute(pos, neg, control_net, pil_inputs.as_image(hint), 0.8, 0.0, 1.0,
+                                         False).args
+    latent = DSVAEEncode.execute(vae, pil_inputs.as_image(photo)).args[0]
+    out = DSSampler.execute(model, p, n, latent, 9, 5, 6.0, "Euler a", "normal", 0.7).args[0]
+    images = DSVAEDecode.execute(vae, out).args[0]
+
+    pipe = StableDiffusionControlNetImg2ImgPipeline(
+        vae=vae.vae, text_encoder=te.text_encoders[0], tokenizer=te.tokenizers[0], unet=model.unet,
+        controlnet=control_net.module, scheduler=make_scheduler(model.scheduler_config, "Euler a", "normal"),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(prompt="a house", negative_prompt="fog", image=photo, control_image=hint, strength=0.7,
+                    num_inference_steps=5, guidance_scale=6.0, controlnet_conditioning_scale=0.8,
+                    generator=torch.Generator().manual_seed(9), output_type="np").images
+    diff = float(np.abs(images.numpy() - expected).max())
+    assert diff <= 1e-4, f"max abs difference {diff}"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import pil_inputs
 import tiny_models
 
 TOL = 1e-4
@@ -84,28 +85,59 @@ def test_txt2img_matches_diffusers(models_dir, model_name, sampler, schedule):
     assert diff <= TOL, f"max abs difference {diff}"
 
 
-@pytest.mark.parametrize("sampler", ["Euler", "DDIM"])
-def test_img2img_matches_diffusers(models_dir, sampler):
-    from diffusers import StableDiffusionImg2ImgPipeline
+def _img2img_pipeline(family):
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
 
+    return StableDiffusionXLImg2ImgPipeline if family == "sdxl" else StableDiffusionImg2ImgPipeline
+
+
+@pytest.mark.parametrize(
+    "model_name,sampler",
+    [("tiny-sd15.safetensors", "Euler"), ("tiny-sd15.safetensors", "Euler a"), ("tiny-sd15.safetensors", "DDIM"),
+     ("tiny-sdxl.safetensors", "Euler a")],
+)
+def test_img2img_matches_the_pipeline_fed_a_pil_image(models_dir, model_name, sampler):
+    """The user's picture through Diffusers VAE Encode (latent_sampling "sample", the default)
+    equals the img2img pipeline called with the same PIL image and seed."""
     *_, encode_node = _nodes()
-    load = _nodes()[0]
-    _, _, vae = load.execute("tiny-sd15.safetensors", "float32").args
-    torch.manual_seed(3)
-    picture = torch.rand(1, 64, 64, 3)
-    latent = encode_node.execute(vae, picture).args[0]
+    _, _, vae = _nodes()[0].execute(model_name, "float32").args
+    photo = pil_inputs.picture(3)
+    latent = encode_node.execute(vae, pil_inputs.as_image(photo)).args[0]
     images, bundles = _run_graph(
-        "tiny-sd15.safetensors", "a castle", "", seed=7, steps=10, cfg=5.0,
+        model_name, "a castle", "", seed=7, steps=10, cfg=5.0,
         sampler=sampler, schedule="normal", latent=latent, denoise=0.6,
     )
-    scaled = latent["samples"] * vae.scaling_factor  # diffusers takes 4-channel input as latents
     expected = _reference(
-        StableDiffusionImg2ImgPipeline, bundles, sampler, "normal",
-        prompt="a castle", negative_prompt="", image=scaled, strength=0.6, num_inference_steps=10,
+        _img2img_pipeline(bundles[0].family), bundles, sampler, "normal",
+        prompt="a castle", negative_prompt="", image=photo, strength=0.6, num_inference_steps=10,
         guidance_scale=5.0, generator=torch.Generator().manual_seed(7),
     )
     diff = np.abs(images.numpy() - expected).max()
     assert diff <= TOL, f"max abs difference {diff}"
+
+
+def test_img2img_mode_matches_the_pipeline_fed_the_mode_latents(models_dir):
+    """latent_sampling "mode" (ComfyUI's deterministic encoding) equals the pipeline handed
+    the posterior's mean as latents; the PIL image's sampled picture is another one."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    *_, encode_node = _nodes()
+    _, _, vae = _nodes()[0].execute("tiny-sd15.safetensors", "float32").args
+    photo = pil_inputs.picture(3)
+    latent = encode_node.execute(vae, pil_inputs.as_image(photo), False, 512, "mode").args[0]
+    assert set(latent) == {"samples"}
+    images, bundles = _run_graph(
+        "tiny-sd15.safetensors", "a castle", "", seed=7, steps=10, cfg=5.0,
+        sampler="Euler a", schedule="normal", latent=latent, denoise=0.6,
+    )
+    common = dict(prompt="a castle", negative_prompt="", strength=0.6, num_inference_steps=10, guidance_scale=5.0)
+    scaled = latent["samples"] * vae.scaling_factor  # diffusers takes 4-channel input as latents
+    expected = _reference(StableDiffusionImg2ImgPipeline, bundles, "Euler a", "normal", image=scaled,
+                          generator=torch.Generator().manual_seed(7), **common)
+    assert np.abs(images.numpy() - expected).max() <= TOL
+    sampled = _reference(StableDiffusionImg2ImgPipeline, bundles, "Euler a", "normal", image=photo,
+                         generator=torch.Generator().manual_seed(7), **common)
+    assert np.abs(images.numpy() - sampled).max() > 1e-3
 
 
 def test_batch_gives_different_images_with_consecutive_seeds(models_dir):

@@ -119,3 +119,62 @@ def test_mask_batch_mismatch_is_a_clear_error(inpaint_models):
     image, mask = _image_and_mask()
     with pytest.raises(ValueError, match="mask has a batch of 2"):
         _nodes().DSInpaint.execute(image.repeat(3, 1, 1, 1), mask.repeat(2, 1, 1), vae, model)
+
+
+def _inpaint_reference(bundles, photo, mask_photo, *, seed, steps, cfg, sampler, strength):
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from diffusers_studio.nodes.engine.schedulers import make_scheduler
+
+    model, te, vae = bundles
+    pipe = StableDiffusionInpaintPipeline(
+        unet=model.unet, vae=vae.vae, scheduler=make_scheduler(model.scheduler_config, sampler, "normal"),
+        text_encoder=te.text_encoders[0], tokenizer=te.tokenizers[0],
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(prompt="a red door", negative_prompt="blurry", image=photo, mask_image=mask_photo,
+                height=SIZE, width=SIZE, strength=strength, num_inference_steps=steps, guidance_scale=cfg,
+                generator=torch.Generator().manual_seed(seed), output_type="np").images
+
+
+@pytest.mark.parametrize(
+    "name,strength",
+    [("tiny-sd15.safetensors", 0.75), ("tiny-sd15.safetensors", 1.0), (INPAINT_CKPT, 0.75), (INPAINT_CKPT, 1.0)],
+)
+def test_graph_matches_the_inpaint_pipeline_fed_pil_image_and_mask(inpaint_models, name, strength):
+    """Diffusers Inpaint (latent_sampling "sample", the default; no grow, no feather, and for the
+    9-channel checkpoint no blending, as the pipeline) -> Sampler -> Decode equals
+    StableDiffusionInpaintPipeline(image=PIL, mask_image=PIL) with the same seed."""
+    import numpy as np
+    import pil_inputs
+
+    from diffusers_studio.nodes.sample import DSSampler
+    from diffusers_studio.nodes.vae import DSVAEDecode
+
+    model, te, vae = _load(name)
+    photo, mask_photo = pil_inputs.picture(5), pil_inputs.mask_picture()
+    latent, _ = _nodes().DSInpaint.execute(
+        pil_inputs.as_image(photo), pil_inputs.as_mask(mask_photo), vae, model, grow=0, blur=0.0,
+        blend_unmasked=(name != INPAINT_CKPT),
+    ).args
+    out = DSSampler.execute(model, _encode(te, "a red door"), _encode(te, "blurry"), latent, seed=5, steps=4,
+                            cfg=6.0, sampler_name="Euler a", schedule="normal", denoise=strength).args[0]
+    decoded = DSVAEDecode.execute(vae, out).args[0]
+    expected = _inpaint_reference((model, te, vae), photo, mask_photo, seed=5, steps=4, cfg=6.0,
+                                  sampler="Euler a", strength=strength)
+    diff = float(np.abs(decoded.numpy() - expected).max())
+    assert diff <= 1e-4, f"max abs difference {diff}"
+
+
+def test_latent_sampling_is_validated_and_mode_is_deterministic(inpaint_models):
+    import pil_inputs
+
+    assert "latent_sampling" in _nodes().DSInpaint.validate_inputs("original", "argmax")
+    model, _, vae = _load(INPAINT_CKPT)
+    photo, mask_photo = pil_inputs.as_image(pil_inputs.picture(5)), pil_inputs.as_mask(pil_inputs.mask_picture())
+    sampled, _ = _nodes().DSInpaint.execute(photo, mask_photo, vae, model).args
+    mode, _ = _nodes().DSInpaint.execute(photo, mask_photo, vae, model, latent_sampling="mode").args
+    assert "ds_posterior" in sampled and "ds_masked_posterior" in sampled
+    assert "ds_posterior" not in mode and "ds_masked_posterior" not in mode
+    assert torch.equal(sampled["samples"], mode["samples"])  # both carry the mean; the sampler draws

@@ -29,9 +29,12 @@ def _nodes():
     return DSLoadModel, DSTextEncode, DSSampler, DSVAEDecode, DSVAEEncode
 
 
-def _picture(seed: int = 3) -> torch.Tensor:
-    torch.manual_seed(seed)
-    return torch.rand(1, 64, 64, 3)
+def _photo(seed: int = 3):
+    """A user's picture: PIL for the pipeline, and the same pixels as an IMAGE for the nodes."""
+    import pil_inputs
+
+    photo = pil_inputs.picture(seed)
+    return photo, pil_inputs.as_image(photo)
 
 
 def _refiner_pipeline(bundles, sampler, schedule):
@@ -77,7 +80,8 @@ def test_refiner_img2img_matches_diffusers(models_dir, model_name, sampler, sche
     load, encode, sampler_node, decode, vae_encode = _nodes()
     bundles = load.execute(model_name, "float32").args
     model, text_encoder, vae = bundles
-    latent = vae_encode.execute(vae, _picture()).args[0]
+    photo, pixels = _photo()
+    latent = vae_encode.execute(vae, pixels).args[0]
     positive = encode.execute(text_encoder, PROMPT, 1).args[0]
     negative = encode.execute(text_encoder, "", 1).args[0]
     assert positive.embeds.shape == (1, 77, 32) and positive.pooled.shape == (1, 32)
@@ -89,7 +93,7 @@ def test_refiner_img2img_matches_diffusers(models_dir, model_name, sampler, sche
     # No negative prompt: force_zeros_for_empty_prompt is False for the
     # refiner, so diffusers encodes "" exactly as the empty DSTextEncode does.
     expected = _refiner_pipeline(bundles, sampler, schedule)(
-        prompt=PROMPT, image=latent["samples"] * vae.scaling_factor, strength=0.3, num_inference_steps=10,
+        prompt=PROMPT, image=photo, strength=0.3, num_inference_steps=10,
         guidance_scale=5.0, generator=torch.Generator().manual_seed(42), output_type="np",
     ).images
     diff = _diff(images, expected)
@@ -101,7 +105,8 @@ def test_refiner_aesthetic_scores_match_diffusers(models_dir):
     load, encode, sampler_node, decode, vae_encode = _nodes()
     bundles = load.execute(REFINER_FILE, "float32").args
     model, text_encoder, vae = bundles
-    latent = vae_encode.execute(vae, _picture(4)).args[0]
+    photo, pixels = _photo(4)
+    latent = vae_encode.execute(vae, pixels).args[0]
     positive = encode.execute(text_encoder, PROMPT, 1).args[0]
     negative = encode.execute(text_encoder, "blurry", 1).args[0]
 
@@ -115,7 +120,7 @@ def test_refiner_aesthetic_scores_match_diffusers(models_dir):
 
     images = run(8.5, 1.0)
     expected = _refiner_pipeline(bundles, "Euler", "normal")(
-        prompt=PROMPT, negative_prompt="blurry", image=latent["samples"] * vae.scaling_factor, strength=0.5,
+        prompt=PROMPT, negative_prompt="blurry", image=photo, strength=0.5,
         num_inference_steps=10, guidance_scale=6.0, aesthetic_score=8.5, negative_aesthetic_score=1.0,
         generator=torch.Generator().manual_seed(7), output_type="np",
     ).images

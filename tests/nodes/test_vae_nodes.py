@@ -101,3 +101,24 @@ def test_out_of_memory_retries_tiled(vae, monkeypatch, caplog):
     assert tiled_calls == [False, True]
     assert images.shape == (1, 128, 128, 3)
     assert "retrying tiled" in caplog.text
+
+
+def test_latent_sampling_carries_the_posterior_or_only_the_mean(vae):
+    """sample: the mean in "samples" (native nodes see an ordinary latent) and the posterior for
+    the sampler; mode: the mean alone. Tiled encoding carries a posterior of the same shape."""
+    from diffusers_studio.nodes.engine import posterior
+    from diffusers_studio.nodes.vae import DSVAEEncode
+
+    pixels = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(4))
+    sampled = DSVAEEncode.execute(vae, pixels).args[0]
+    mode = DSVAEEncode.execute(vae, pixels, False, 512, "mode").args[0]
+    assert set(mode) == {"samples"} and set(sampled) == {"samples", posterior.KEY}
+    assert torch.equal(sampled["samples"], mode["samples"])
+    drawn_from = sampled[posterior.KEY]
+    assert drawn_from.std.shape == (2, 4, 8, 8) and bool((drawn_from.std > 0).all())
+    tiled = DSVAEEncode.execute(vae, pixels, True, 128).args[0]
+    assert tiled[posterior.KEY].std.shape == (2, 4, 8, 8)
+    assert "latent_sampling" in DSVAEEncode.validate_inputs("argmax")
+    assert DSVAEEncode.validate_inputs("mode") is True
+    with pytest.raises(ValueError, match="latent_sampling"):
+        DSVAEEncode.execute(vae, pixels, False, 512, "argmax")

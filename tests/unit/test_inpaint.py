@@ -1,12 +1,12 @@
 """Inpainting against diffusers' inpaint pipelines, plus its promises.
 
-Parity: `inpaint.prepare` + `sample` reproduce StableDiffusionInpaintPipeline
-(4-channel and 9-channel tiny UNets) and StableDiffusionXLInpaintPipeline to
-1e-4 in float32. diffusers samples the VAE posterior with the generator while
-the pack takes its mode, so the pipeline gets our latents: `image` as
-4-channel (scaled) latents, which it uses as they are, and
-`masked_image_latents`. Then the generator's first draw is the starting noise
-in both, as in the pack. The mask is handed over in pixels and diffusers
+Parity of the deterministic path (latent_sampling "mode", ComfyUI's way):
+`inpaint.prepare` + `sample` reproduce StableDiffusionInpaintPipeline (4- and
+9-channel tiny UNets) and StableDiffusionXLInpaintPipeline fed the pack's mode
+latents (`image` as 4-channel scaled latents, `masked_image_latents`), to 1e-4
+in float32; then the generator's first draw is the starting noise in both.
+The default "sample" path against the pipelines fed PIL images is in
+test_posterior_parity.py. The mask is handed over in pixels and diffusers
 binarises and resizes it itself; the tests' masks are aligned to the 8-pixel
 latent grid, where the pack's area-averaged latent mask (kept soft on
 purpose) equals diffusers' nearest-resized binary one.
@@ -17,9 +17,9 @@ import logging
 
 import pytest
 import torch
+from pipeline_env import sd1_inpaint_env, sdxl_inpaint_env
 
 from diffusers_studio.nodes.engine import inpaint, masks, vae_codec
-from diffusers_studio.nodes.engine.components import Conditioning, ModelBundle, VAEBundle
 from diffusers_studio.nodes.engine.sampling import sample
 from diffusers_studio.nodes.engine.schedulers import make_scheduler
 
@@ -28,11 +28,6 @@ SEED = 77
 STEPS = 3
 CFG = 6.0
 SIZE = 64
-
-
-def _bundle(pipe, family):
-    return ModelBundle(family, "tiny", pipe.unet, dict(pipe.scheduler.config), torch.float32,
-                       latent_scaling_factor=pipe.vae.config.scaling_factor, vae_scale_factor=8)
 
 
 def _image(seed=0, batch=1):
@@ -48,48 +43,19 @@ def _mask(batch=1):
     return m
 
 
-def _sd1(in_channels):
-    from diffusers import StableDiffusionInpaintPipeline
-    from tiny_models import tiny_sd1_components
-
-    pipe = StableDiffusionInpaintPipeline(**tiny_sd1_components(0, in_channels=in_channels),
-                                          requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    pe, ne = pipe.encode_prompt("a red door", "cpu", 1, True, "blurry")
-    empty = pipe.encode_prompt("", "cpu", 1, False)[0]
-    return {
-        "pipe": pipe, "model": _bundle(pipe, "sd1"), "vae": VAEBundle("sd1", "tiny", pipe.vae),
-        "kwargs": dict(prompt_embeds=pe, negative_prompt_embeds=ne),
-        "pos": Conditioning("sd1", pe, empty), "neg": Conditioning("sd1", ne, empty),
-    }
-
-
 @pytest.fixture(scope="module")
 def sd1():
-    return _sd1(4)
+    return sd1_inpaint_env(4)
 
 
 @pytest.fixture(scope="module")
 def sd1_inpainting():
-    return _sd1(9)
+    return sd1_inpaint_env(9)
 
 
 @pytest.fixture(scope="module")
 def sdxl():
-    from diffusers import StableDiffusionXLInpaintPipeline
-    from tiny_models import tiny_sdxl_components
-
-    pipe = StableDiffusionXLInpaintPipeline(**tiny_sdxl_components(0))
-    pipe.set_progress_bar_config(disable=True)
-    pe, ne, pp, npool = pipe.encode_prompt("a red door", device="cpu", do_classifier_free_guidance=True,
-                                           negative_prompt="blurry")
-    empty = pipe.encode_prompt("", device="cpu", do_classifier_free_guidance=False)[0]
-    return {
-        "pipe": pipe, "model": _bundle(pipe, "sdxl"), "vae": VAEBundle("sdxl", "tiny", pipe.vae),
-        "kwargs": dict(prompt_embeds=pe, negative_prompt_embeds=ne, pooled_prompt_embeds=pp,
-                       negative_pooled_prompt_embeds=npool),
-        "pos": Conditioning("sdxl", pe, empty, pooled=pp), "neg": Conditioning("sdxl", ne, empty, pooled=npool),
-    }
+    return sdxl_inpaint_env()
 
 
 def _diff(env, ours, ref) -> float:
@@ -121,7 +87,7 @@ def _reference(env, image, mask, *, strength, sampler="DDIM", schedule="normal",
                                                        (1.0, "DPM++ 2M", "karras")])
 def test_sd1_ordinary_model_matches_diffusers(sd1, strength, sampler, schedule):
     image, mask = _image(), _mask()
-    prepared = inpaint.prepare(sd1["vae"], sd1["model"], image, mask)
+    prepared = inpaint.prepare(sd1["vae"], sd1["model"], image, mask, latent_sampling="mode")
     assert prepared.kind == "ordinary"
     ours = _ours(sd1, prepared, denoise=strength, sampler=sampler, schedule=schedule)
     ref = _reference(sd1, image, mask, strength=strength, sampler=sampler, schedule=schedule)
@@ -132,7 +98,8 @@ def test_sd1_ordinary_model_matches_diffusers(sd1, strength, sampler, schedule):
 def test_sd1_inpainting_model_matches_diffusers(sd1_inpainting, strength):
     env = sd1_inpainting
     image, mask = _image(), _mask()
-    prepared = inpaint.prepare(env["vae"], env["model"], image, mask, blend_unmasked=False)
+    prepared = inpaint.prepare(env["vae"], env["model"], image, mask, blend_unmasked=False,
+                               latent_sampling="mode")
     assert prepared.kind == "inpainting" and "noise_mask" not in prepared.latent
     ours = _ours(env, prepared, denoise=strength)
     ref = _reference(env, image, mask, strength=strength)
@@ -142,7 +109,8 @@ def test_sd1_inpainting_model_matches_diffusers(sd1_inpainting, strength):
 def test_inpainting_model_batch_of_two_matches_diffusers(sd1_inpainting):
     env = sd1_inpainting
     image, mask = _image(batch=2), _mask(1)
-    prepared = inpaint.prepare(env["vae"], env["model"], image, mask, blend_unmasked=False)
+    prepared = inpaint.prepare(env["vae"], env["model"], image, mask, blend_unmasked=False,
+                               latent_sampling="mode")
     ours = _ours(env, prepared, denoise=0.75)
     # Sample i uses seed + i, as diffusers' generator list; one mask for both.
     ref = _reference(env, image, mask, strength=0.75, batch=2)
@@ -152,7 +120,7 @@ def test_inpainting_model_batch_of_two_matches_diffusers(sd1_inpainting):
 @pytest.mark.parametrize("strength", [0.75, 1.0])
 def test_sdxl_ordinary_model_matches_diffusers(sdxl, strength):
     image, mask = _image(), _mask()
-    prepared = inpaint.prepare(sdxl["vae"], sdxl["model"], image, mask)
+    prepared = inpaint.prepare(sdxl["vae"], sdxl["model"], image, mask, latent_sampling="mode")
     ours = _ours(sdxl, prepared, denoise=strength)
     ref = _reference(sdxl, image, mask, strength=strength)
     assert _diff(sdxl, ours, ref) <= TOL
@@ -169,9 +137,10 @@ def test_strength_zero_leaves_the_latent_unchanged(sd1):
 
 
 def test_strength_one_ignores_the_original_inside_the_mask(sd1):
-    """Two originals that differ only inside the (latent) mask give the same result."""
+    """Two originals that differ only inside the (latent) mask give the same result (the mode:
+    a changed latent is not the encoder's mean any more, so it would not be posterior-sampled)."""
     image, mask = _image(), _mask()
-    prepared = inpaint.prepare(sd1["vae"], sd1["model"], image, mask)
+    prepared = inpaint.prepare(sd1["vae"], sd1["model"], image, mask, latent_sampling="mode")
     lat = prepared.latent
     inside = masks.to_latent_size(mask, 8) > 0.5
     other = torch.where(inside, torch.randn_like(lat["samples"]) * 3, lat["samples"])
@@ -199,7 +168,7 @@ def test_all_zero_mask_changes_nothing(sd1, sd1_inpainting, caplog):
     for env in (sd1, sd1_inpainting):
         with caplog.at_level(logging.INFO):
             prepared = inpaint.prepare(env["vae"], env["model"], image, torch.zeros(1, SIZE, SIZE),
-                                       blend_unmasked=False)
+                                       blend_unmasked=False, latent_sampling="mode")
         assert "mask is empty" in caplog.text
         out = _ours(env, prepared, denoise=1.0)
         # Exactly the input in the UNet's space; /scale*scale rounds in the last bit.
@@ -209,8 +178,9 @@ def test_all_zero_mask_changes_nothing(sd1, sd1_inpainting, caplog):
 
 
 def test_all_one_mask_is_plain_img2img(sd1):
+    # The mode: sampled, the inpaint pipeline also draws the masked image's posterior (img2img does not).
     image = _image()
-    prepared = inpaint.prepare(sd1["vae"], sd1["model"], image, torch.ones(1, SIZE, SIZE))
+    prepared = inpaint.prepare(sd1["vae"], sd1["model"], image, torch.ones(1, SIZE, SIZE), latent_sampling="mode")
     ours = _ours(sd1, prepared, denoise=0.6, sampler="Euler a")
     plain = sample(sd1["model"], sd1["pos"], sd1["neg"], {"samples": vae_codec.encode(sd1["vae"], image)},
                    seed=SEED, steps=STEPS, cfg=CFG, sampler_name="Euler a", denoise=0.6)["samples"]
