@@ -1,0 +1,180 @@
+"""Configs of Flux.1 / SD3 components: shipped full-size ones, completed from tensor shapes.
+
+A single file carries no configuration and nothing may be fetched, so the
+pack ships the real configs under `configs/` (written from the published
+model cards and config files: layer counts, widths, scheduler shifts):
+
+* per variant (`flux_dev`, `flux_schnell`, `flux_fill`, `sd3_medium`,
+  `sd35_medium`, `sd35_large`): `transformer.json`, `scheduler_config.json`;
+* per family (`flux`, `sd3`): `vae.json` and the text encoders
+  (`text_encoder.json` CLIP-L, Flux `text_encoder_2.json` / SD3
+  `text_encoder_3.json` T5-XXL, SD3 `text_encoder_2.json` OpenCLIP bigG).
+
+Detection picks the shipped config; every size the tensors show (widths,
+block counts, head width where a qk-norm weight has it, input/output
+channels, position grid) then overrides it, so a test-scale export goes
+through the same path as the real weights and loads as exactly the model it
+came from. What shapes cannot tell:
+
+* Flux rotary axes: (16, 56, 56) for the real 128-wide heads; a narrower
+  head (test scale) splits as (d/4, d/4, d/2), diffusers' dummy-model
+  convention ((4, 4, 8) for 16).
+* SD3 head width when there is no qk-norm (SD3 medium): 64, as in every
+  MMDiT (Stability sizes them as width = 64 x depth).
+* VAE: narrower than 128 (test scale) -> 8 GroupNorm groups, sample size 64
+  (the pack's tiny-model convention); scaling and shift factors are always
+  the family's (they define the latent space the transformer was trained in).
+* CLIP heads/activation: the pack's rule (`families.text_facts`).
+* T5: every size is in the shapes (the relative-attention table has one
+  column per head).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+from functools import lru_cache
+
+from .dit_detect import FLUX, SD3, TransformerInfo
+from .families import CONFIG_DIR, REAL_VAE_MIN_WIDTH, ModelLoadError, text_facts
+from .single_file import clip_shape_fields, vae_shape_fields
+
+FLUX_REAL_HEAD_DIM = 128
+SD3_HEAD_DIM = 64
+
+
+@lru_cache(maxsize=None)
+def _read(folder: str, component: str) -> dict:
+    with open(CONFIG_DIR / folder / f"{component}.json", encoding="utf-8") as fh:
+        data = json.load(fh)
+    return {k: v for k, v in data.items() if k != "_comment"}
+
+
+def shipped(folder: str, component: str) -> dict:
+    """A fresh copy of a shipped config (configs/<folder>/<component>.json)."""
+    return copy.deepcopy(_read(folder, component))
+
+
+def scheduler_config(info: TransformerInfo) -> dict:
+    return shipped(info.config_folder, "scheduler_config")
+
+
+def _count(state: dict, prefix: str) -> int:
+    rx = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return len({m.group(1) for k in state if (m := rx.match(k))})
+
+
+def _shape(state: dict, key: str, name: str) -> tuple:
+    try:
+        return tuple(state[key].shape)
+    except KeyError:
+        raise ModelLoadError(
+            f"Transformer file {name!r}: the weights are incomplete (no {key!r} after conversion). The file "
+            "is damaged or a variant Diffusers Studio does not support."
+        ) from None
+
+
+def transformer_config(info: TransformerInfo, state: dict, name: str) -> dict:
+    """The diffusers transformer config for converted weights `state` (diffusers names)."""
+    config = shipped(info.config_folder, "transformer")
+    if info.family == FLUX:
+        inner, in_channels = _shape(state, "x_embedder.weight", name)
+        out_channels = _shape(state, "proj_out.weight", name)[0]
+        head = _shape(state, "transformer_blocks.0.attn.norm_q.weight", name)[0] if _count(
+            state, "transformer_blocks."
+        ) else _shape(state, "single_transformer_blocks.0.attn.norm_q.weight", name)[0]
+        config.update(
+            in_channels=in_channels,
+            out_channels=None if out_channels == in_channels else out_channels,
+            num_layers=_count(state, "transformer_blocks."),
+            num_single_layers=_count(state, "single_transformer_blocks."),
+            attention_head_dim=head,
+            num_attention_heads=inner // head,
+            joint_attention_dim=_shape(state, "context_embedder.weight", name)[1],
+            pooled_projection_dim=_shape(state, "time_text_embed.text_embedder.linear_1.weight", name)[1],
+            guidance_embeds="time_text_embed.guidance_embedder.linear_1.weight" in state,
+        )
+        if head != FLUX_REAL_HEAD_DIM:
+            config["axes_dims_rope"] = [head // 4, head // 4, head // 2]
+        return config
+    if info.family == SD3:
+        inner, in_channels, patch, _ = _shape(state, "pos_embed.proj.weight", name)
+        grid = _shape(state, "pos_embed.pos_embed", name)[1]
+        side = int(round(grid ** 0.5))
+        qk_norm = "transformer_blocks.0.attn.norm_q.weight" in state
+        head = _shape(state, "transformer_blocks.0.attn.norm_q.weight", name)[0] if qk_norm else SD3_HEAD_DIM
+        attn2 = sorted({int(m.group(1)) for k in state if (m := re.match(r"transformer_blocks\.(\d+)\.attn2\.", k))})
+        config.update(
+            patch_size=patch,
+            in_channels=in_channels,
+            out_channels=_shape(state, "proj_out.weight", name)[0] // (patch * patch),
+            num_layers=_count(state, "transformer_blocks."),
+            attention_head_dim=head,
+            num_attention_heads=inner // head,
+            caption_projection_dim=_shape(state, "context_embedder.weight", name)[0],
+            joint_attention_dim=_shape(state, "context_embedder.weight", name)[1],
+            pooled_projection_dim=_shape(state, "time_text_embed.text_embedder.linear_1.weight", name)[1],
+            pos_embed_max_size=side,
+            dual_attention_layers=attn2,
+            qk_norm="rms_norm" if qk_norm else None,
+        )
+        return config
+    raise ValueError(f"unknown family {info.family!r}")
+
+
+def vae_config(family: str, shapes: dict, name: str) -> dict:
+    """AutoencoderKL config from LDM-layout VAE shapes (prefix removed)."""
+    config = shipped(family, "vae")
+    config.update(vae_shape_fields(shapes, name))
+    if config["block_out_channels"][0] < REAL_VAE_MIN_WIDTH:
+        config.update(norm_num_groups=8, sample_size=64)
+    return config
+
+
+def clip_config(family: str, component: str, shapes: dict, name: str) -> dict:
+    """CLIPTextConfig dict from HF-layout CLIP shapes (text_model.* keys)."""
+    config = shipped(family, component)
+    sizes = clip_shape_fields(shapes, name)
+    config.update(
+        hidden_size=sizes["hidden"],
+        vocab_size=sizes["vocab"],
+        max_position_embeddings=sizes["positions"],
+        num_hidden_layers=sizes["layers"],
+        intermediate_size=sizes["intermediate"],
+        projection_dim=sizes["projection"],
+    )
+    config.update(text_facts(sizes["hidden"]))
+    return config
+
+
+def t5_config(family: str, component: str, shapes: dict, name: str) -> dict:
+    """T5Config dict from T5 encoder shapes (HF layout, prefix removed)."""
+
+    def get(key):
+        if key not in shapes:
+            raise ModelLoadError(
+                f"Text encoder file {name!r}: the T5 weights are incomplete (no {key!r}). The file is damaged "
+                "or not a T5 encoder: select t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn.safetensors."
+            )
+        return tuple(shapes[key])
+
+    config = shipped(family, component)
+    vocab, d_model = get("shared.weight")
+    relative = get("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
+    heads = relative[1]
+    layers = _count(shapes, "encoder.block.")
+    gated = "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in shapes
+    d_ff = get("encoder.block.0.layer.1.DenseReluDense." + ("wi_0.weight" if gated else "wi.weight"))[0]
+    config.update(
+        vocab_size=vocab,
+        d_model=d_model,
+        d_ff=d_ff,
+        num_heads=heads,
+        d_kv=get("encoder.block.0.layer.0.SelfAttention.q.weight")[0] // heads,
+        num_layers=layers,
+        num_decoder_layers=layers,
+        relative_attention_num_buckets=relative[0],
+    )
+    if not gated:
+        config.update(feed_forward_proj="relu", is_gated_act=False, dense_act_fn="relu")
+    return config
