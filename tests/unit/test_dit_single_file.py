@@ -358,3 +358,59 @@ def test_missing_t5_tokenizer_is_named(tmp_path, split_files, flux):
         single_file_dit.load_dit_split(
             path, [split_files["clip_l"], split_files["t5"]], split_files["ae"], dtype=F32, tokenizer_dirs=dirs
         )
+
+
+# ------------------------------------------------------------ full-size configs
+
+
+def _meta(factory):
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        return factory()
+
+
+@pytest.mark.parametrize("folder", ["flux_dev", "flux_schnell", "flux_fill", "sd3_medium", "sd35_medium", "sd35_large"])
+def test_full_size_transformers_are_detected_and_configured_from_shapes(folder):
+    """The real architectures, built on the meta device from the shipped configs and exported to the
+    original names, are detected as their variant and give back exactly the shipped config."""
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    from diffusers_studio.nodes.engine import dit_configs, dit_convert
+
+    shipped = dit_configs.shipped(folder, "transformer")
+    cls = FluxTransformer2DModel if folder.startswith("flux") else SD3Transformer2DModel
+    model = _meta(lambda: cls(**shipped))
+    original = transformer_original(model)
+    header = dit_detect.Header(path="real.safetensors", shapes={k: tuple(v.shape) for k, v in original.items()})
+    info = dit_detect.detect_transformer(header)
+    assert info.config_folder == folder
+    converted = dit_convert.transformer_to_diffusers(info, original)
+    assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    config = dit_configs.transformer_config(info, converted, "real.safetensors")
+    assert config == shipped
+
+
+def test_full_size_encoders_and_vae_configs_come_back_from_shapes():
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from diffusers_studio.nodes.engine import dit_configs
+    from ldm_export import hf_text_state_dict, vae_to_ldm
+
+    def shapes(state):
+        return {k: tuple(v.shape) for k, v in state.items()}
+
+    for family in ("flux", "sd3"):
+        shipped = dit_configs.shipped(family, "vae")
+        vae = _meta(lambda: AutoencoderKL(**shipped))
+        ldm = {k[len("first_stage_model."):]: v for k, v in vae_to_ldm(vae).items()}
+        assert dit_configs.vae_config(family, shapes(ldm), "ae") == shipped
+    for family, component in (("flux", "text_encoder"), ("sd3", "text_encoder"), ("sd3", "text_encoder_2")):
+        shipped = dit_configs.shipped(family, component)
+        clip = _meta(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**shipped)))
+        assert dit_configs.clip_config(family, component, shapes(hf_text_state_dict(clip)), "clip") == shipped
+    for family, component in (("flux", "text_encoder_2"), ("sd3", "text_encoder_3")):
+        shipped = dit_configs.shipped(family, component)
+        t5 = _meta(lambda: T5EncoderModel(T5Config(**shipped)))
+        assert dit_configs.t5_config(family, component, shapes(t5.state_dict()), "t5") == shipped
