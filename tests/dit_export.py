@@ -138,3 +138,25 @@ def save_all_in_one(components: dict, path, fp8: str = "") -> Path:
     if t5 is not None:
         tensors.update({T5XXL + k: v for k, v in t5_tensors(t5).items()})
     return _save(tensors, path)
+
+
+def save_gguf(transformer, path, qtype_name: str = "Q8_0") -> Path:
+    """A GGUF transformer in the original names (as city96's conversions): block matrices quantized
+    row-wise where their width allows, the rest F32."""
+    import gguf
+
+    qtype = getattr(gguf.GGMLQuantizationType, qtype_name)
+    block = gguf.GGML_QUANT_SIZES[qtype][0]
+    path = Path(path)
+    writer = gguf.GGUFWriter(str(path), arch="flux")
+    for key, value in transformer_original(transformer).items():
+        array = value.detach().float().contiguous().numpy()
+        if value.ndim == 2 and "blocks." in key and value.shape[1] % block == 0:
+            writer.add_tensor(key, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+        else:
+            writer.add_tensor(key, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -66,7 +66,8 @@ def _count(state: dict, prefix: str) -> int:
 
 def _shape(state: dict, key: str, name: str) -> tuple:
     try:
-        return tuple(state[key].shape)
+        # A GGUF-quantized tensor stores bytes per row; quant_shape is its real shape.
+        return tuple(getattr(state[key], "quant_shape", state[key].shape))
     except KeyError:
         raise ModelLoadError(
             f"Transformer file {name!r}: the weights are incomplete (no {key!r} after conversion). The file "

@@ -48,6 +48,7 @@ from .dit_detect import (
     detect_transformer,
     detect_vae,
 )
+from .dit_gguf import detect_gguf, is_gguf, load_gguf_transformer
 from .dit_tensors import read_component
 from .families import ModelLoadError
 from .single_file import _assign, check_suffix, fit_text_keys, label, read_header
@@ -276,6 +277,8 @@ def _load_encoder(role: str, path: str, prefix: str, family: str, dtype: torch.d
 def detect(path: str | os.PathLike) -> TransformerInfo:
     """What transformer a file holds (header only): family, variant, layout."""
     path = os.fspath(path)
+    if is_gguf(path):
+        return detect_gguf(path)
     check_suffix(path)
     return detect_transformer(read_header(path))
 
@@ -348,12 +351,14 @@ def load_dit_split(
 ) -> dict:
     """A transformer file plus text-encoder files plus a VAE file as the pipeline's components dict.
 
+    The transformer may be a .safetensors file or a GGUF file (kept quantized,
+    see `dit_gguf`).
+
     Every file is identified from its header before any weight is read, so a
     wrong combination fails at once with the file named.
     """
     transformer_path, vae_path = os.fspath(transformer_path), os.fspath(vae_path)
-    check_suffix(transformer_path)
-    info = detect_transformer(read_header(transformer_path))
+    info = detect(transformer_path)
     name = label(transformer_path)
     where = f"Transformer {name!r} ({info.label})"
     roles = classify_encoders(encoder_paths)
@@ -363,7 +368,10 @@ def load_dit_split(
     logger.info("Loading %s from %s (%s layout) with %s", info.label, name, info.layout,
                 ", ".join(label(e.path) for e in roles.values()))
     tokenizers = _tokenizers(info.family, tokenizer_dirs, "t5xxl" in roles, where)
-    transformer = _load_transformer(transformer_path, info, dtype, name)
+    if is_gguf(transformer_path):
+        transformer = load_gguf_transformer(transformer_path, info, dtype)
+    else:
+        transformer = _load_transformer(transformer_path, info, dtype, name)
     vae = _load_vae(vae_path, vae_prefix, info.family, dtype)
     encoders = {role: _load_encoder(role, e.path, e.prefix, info.family, dtype) for role, e in roles.items()}
     components = _components(info, transformer, vae, encoders, tokenizers)

@@ -414,3 +414,51 @@ def test_full_size_encoders_and_vae_configs_come_back_from_shapes():
         shipped = dit_configs.shipped(family, component)
         t5 = _meta(lambda: T5EncoderModel(T5Config(**shipped)))
         assert dit_configs.t5_config(family, component, shapes(t5.state_dict()), "t5") == shipped
+
+
+# ------------------------------------------------------------ GGUF
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_gguf_transformer_stays_quantized_and_computes_like_the_original(tmp_path, split_files, flux, sd3, family):
+    pytest.importorskip("gguf")
+    import gguf
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+
+    from dit_export import save_gguf
+
+    original = flux if family == "flux" else sd3
+    path = save_gguf(original["transformer"], tmp_path / f"{family}-Q8_0.gguf")
+    info = single_file_dit.detect(path)
+    assert info.family == family and info.layout == dit_detect.ORIGINAL
+    if family == "flux":
+        encoders, vae = [split_files["clip_l"], split_files["t5"]], split_files["ae"]
+    else:
+        encoders, vae = [split_files["sd3_clip_l"], split_files["clip_g"], split_files["sd3_t5"]], split_files["sd3_vae"]
+    components = single_file_dit.load_dit_split(path, encoders, vae, dtype=F32, tokenizer_dirs=tokenizer_dirs())
+    transformer = components["transformer"]
+    assert type(transformer) is type(original["transformer"])
+    _assert_same_config(transformer, original["transformer"])
+    quantized = [p for p in transformer.parameters() if isinstance(p, GGUFParameter)]
+    assert quantized and all(p.quant_type == gguf.GGMLQuantizationType.Q8_0 for p in quantized)
+    forward = _flux_forward if family == "flux" else _sd3_forward
+    want = forward(original["transformer"])
+    # Q8_0 keeps 8 bits per weight with a scale per 32: measured ~6e-4 of the output's range here.
+    torch.testing.assert_close(forward(transformer), want, rtol=0, atol=0.005 * want.abs().max().item())
+
+
+def test_gguf_without_the_package_names_the_fix(tmp_path, monkeypatch, flux):
+    import builtins
+
+    path = tmp_path / "flux1-dev-Q4_K_S.gguf"
+    path.write_bytes(b"GGUF")
+    real_import = builtins.__import__
+
+    def no_gguf(name, *args, **kwargs):
+        if name == "gguf":
+            raise ImportError("no gguf")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_gguf)
+    with pytest.raises(ModelLoadError, match=r"flux1-dev-Q4_K_S\.gguf.*pip install gguf"):
+        single_file_dit.detect(path)
