@@ -462,3 +462,38 @@ def test_gguf_without_the_package_names_the_fix(tmp_path, monkeypatch, flux):
     monkeypatch.setattr(builtins, "__import__", no_gguf)
     with pytest.raises(ModelLoadError, match=r"flux1-dev-Q4_K_S\.gguf.*pip install gguf"):
         single_file_dit.detect(path)
+
+
+def test_sd3_scaled_fp8_all_in_one(tmp_path):
+    """ComfyUI's sd3.5_*_fp8_scaled layout: the marker and scales under model.diffusion_model."""
+    original = tiny_sd3_components(dit_detect.SD35_LARGE)
+    path = save_all_in_one(original, tmp_path / "sd3.5_large_fp8_scaled.safetensors", fp8="scaled")
+    components = single_file_dit.load_dit_checkpoint(path, dtype=F32, tokenizer_dirs=tokenizer_dirs())
+    _assert_same_module(components["transformer"], original["transformer"], exact=False)
+    for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        _assert_same_module(components[name], original[name])
+
+
+def test_sd3_clip_l_without_projection_gets_the_identity(tmp_path, split_files, sd3, flux):
+    """A clip_l.safetensors saved for Flux (no text_projection) serves SD3 with the identity projection."""
+    path = save_transformer(sd3["transformer"], tmp_path / "sd3.safetensors")
+    clip_l = save_clip(flux["text_encoder"], tmp_path / "clip_l.safetensors")
+    components = single_file_dit.load_dit_split(
+        path, [clip_l, split_files["clip_g"]], split_files["sd3_vae"], dtype=F32, tokenizer_dirs=tokenizer_dirs()
+    )
+    assert torch.equal(components["text_encoder"].text_projection.weight, torch.eye(32))
+
+
+def test_vae_of_another_latent_space_is_refused(tmp_path, split_files, flux):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(
+        block_out_channels=[8, 16, 32, 32], down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=2, norm_num_groups=8, layers_per_block=1,
+    )
+    ae = save_ae(vae, tmp_path / "vae-ft-mse.safetensors")
+    path = save_transformer(flux["transformer"], tmp_path / "flux1-dev.safetensors")
+    with pytest.raises(ModelLoadError, match=r"flux1-dev\.safetensors.*VAE has 2 latent channels.*works on 4.*ae\.safetensors"):
+        single_file_dit.load_dit_split(
+            path, [split_files["clip_l"], split_files["t5"]], ae, dtype=F32, tokenizer_dirs=tokenizer_dirs()
+        )
