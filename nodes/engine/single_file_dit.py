@@ -292,8 +292,13 @@ def load_dit_checkpoint(
 ) -> dict:
     """An all-in-one FLUX.1 / SD3 checkpoint as the pipeline's components dict."""
     path = os.fspath(path)
-    check_suffix(path)
     name = label(path)
+    if is_gguf(path):
+        raise ModelLoadError(
+            f"Checkpoint {name!r} is a GGUF file, which holds a transformer only. Put it in models/unet (or "
+            "models/diffusion_models) and load it with the split loader together with its text encoders and VAE."
+        )
+    check_suffix(path)
     header = read_header(path)
     found: CheckpointInfo = detect_checkpoint(header)
     info = found.transformer

@@ -497,3 +497,10 @@ def test_vae_of_another_latent_space_is_refused(tmp_path, split_files, flux):
         single_file_dit.load_dit_split(
             path, [split_files["clip_l"], split_files["t5"]], ae, dtype=F32, tokenizer_dirs=tokenizer_dirs()
         )
+
+
+def test_gguf_as_all_in_one_checkpoint_points_to_the_split_loader(tmp_path):
+    path = tmp_path / "flux1-dev-Q8_0.gguf"
+    path.write_bytes(b"GGUF")
+    with pytest.raises(ModelLoadError, match=r"flux1-dev-Q8_0\.gguf.*transformer only.*split loader"):
+        single_file_dit.load_dit_checkpoint(path, dtype=F32, tokenizer_dirs=tokenizer_dirs())
