@@ -68,15 +68,15 @@ def transformer_original(transformer) -> dict:
     return _apply_map(state, key_map)
 
 
-def quantize_fp8(state: dict, scaled: bool) -> dict:
-    """2-D block weights as float8_e4m3fn; scaled: ComfyUI's scale_weight form."""
+def quantize_fp8(state: dict, scaled: bool, scale_name: str = "scale_weight") -> dict:
+    """2-D block weights as float8_e4m3fn; scaled: ComfyUI's scale_weight form (newer files: weight_scale)."""
     out = {}
     for key, value in state.items():
         if value.ndim == 2 and key.endswith(".weight") and "blocks." in key:
             if scaled:
                 scale = value.abs().max().float() / FP8_MAX
                 out[key] = (value.float() / scale).to(torch.float8_e4m3fn)
-                out[key[: -len("weight")] + "scale_weight"] = scale.reshape(())
+                out[key[: -len("weight")] + scale_name] = scale.reshape(())
             else:
                 out[key] = value.to(torch.float8_e4m3fn)
         else:
@@ -87,13 +87,16 @@ def quantize_fp8(state: dict, scaled: bool) -> dict:
 
 
 def save_transformer(transformer, path, layout: str = "original", fp8: str = "") -> Path:
-    """A transformer file; layout original / comfyui / diffusers; fp8 "", "fp8" or "scaled"."""
+    """A transformer file; layout original / comfyui / diffusers; fp8 "", "fp8", "scaled" or
+    "weight_scale" (scaled, with the newer scale name)."""
     if layout == "diffusers":
         state = dict(transformer.state_dict())
     else:
         state = transformer_original(transformer)
     if fp8:
-        state = quantize_fp8(state, scaled=fp8 == "scaled")
+        state = quantize_fp8(
+            state, scaled=fp8 != "fp8", scale_name="weight_scale" if fp8 == "weight_scale" else "scale_weight"
+        )
     prefix = COMFY if layout == "comfyui" else ""
     return _save({prefix + k: v for k, v in state.items()}, path)
 

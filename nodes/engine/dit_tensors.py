@@ -23,7 +23,7 @@ import torch
 
 # Tensors that describe the quantization, not weights of the model.
 _SCALE_SUFFIXES = (".scale_weight", ".weight_scale", ".scale_input", ".input_scale")
-_MARKERS = ("scaled_fp8",)
+_MARKERS = ("scaled_fp8", "comfy_quant")
 _KEYS_PER_OPENING = 64
 
 

@@ -252,7 +252,7 @@ def test_flux_all_in_one_loads_back_exactly(tmp_path, flux):
 # ------------------------------------------------------------ fp8
 
 
-@pytest.mark.parametrize("fp8", ["fp8", "scaled"])
+@pytest.mark.parametrize("fp8", ["fp8", "scaled", "weight_scale"])
 def test_flux_fp8_transformer_dequantizes_on_load(tmp_path, split_files, flux, fp8):
     from dit_export import quantize_fp8
 
@@ -264,9 +264,10 @@ def test_flux_fp8_transformer_dequantizes_on_load(tmp_path, split_files, flux, f
     assert all(p.dtype == F32 for p in loaded.parameters())
     _assert_same_module(loaded, flux["transformer"], exact=False)
     # Exactly the file's values times their scale: nothing lost beyond the fp8 rounding itself.
-    stored = quantize_fp8(transformer_original(flux["transformer"]), scaled=fp8 == "scaled")
+    scale_name = "weight_scale" if fp8 == "weight_scale" else "scale_weight"
+    stored = quantize_fp8(transformer_original(flux["transformer"]), scaled=fp8 != "fp8", scale_name=scale_name)
     key = "double_blocks.0.img_mlp.0.weight"
-    scale = stored.get("double_blocks.0.img_mlp.0.scale_weight", torch.tensor(1.0))
+    scale = stored.get(f"double_blocks.0.img_mlp.0.{scale_name}", torch.tensor(1.0))
     assert torch.equal(loaded.state_dict()["transformer_blocks.0.ff.net.0.proj.weight"], stored[key].float() * scale)
 
 
