@@ -132,6 +132,36 @@ def vae_config(family: str, shapes: dict, name: str) -> dict:
     return config
 
 
+def diffusers_vae_config(family: str, shapes: dict, name: str) -> dict:
+    """AutoencoderKL config from diffusers-layout VAE shapes (prefix removed)."""
+
+    def get(key):
+        if key not in shapes:
+            raise ModelLoadError(
+                f"VAE file {name!r}: the weights are incomplete (no {key!r}). The file is damaged: select "
+                "ae.safetensors (FLUX.1) or the SD3 VAE."
+            )
+        return tuple(shapes[key])
+
+    levels = sorted({int(m.group(1)) for k in shapes if (m := re.match(r"encoder\.down_blocks\.(\d+)\.", k))})
+    config = shipped(family, "vae")
+    config.update(
+        in_channels=get("encoder.conv_in.weight")[1],
+        out_channels=get("decoder.conv_out.weight")[0],
+        latent_channels=get("decoder.conv_in.weight")[1],
+        block_out_channels=[get(f"encoder.down_blocks.{i}.resnets.0.conv1.weight")[0] for i in levels],
+        layers_per_block=_count(shapes, "encoder.down_blocks.0.resnets."),
+        down_block_types=["DownEncoderBlock2D"] * len(levels),
+        up_block_types=["UpDecoderBlock2D"] * len(levels),
+        use_quant_conv="quant_conv.weight" in shapes,
+        use_post_quant_conv="post_quant_conv.weight" in shapes,
+        mid_block_add_attention="encoder.mid_block.attentions.0.to_q.weight" in shapes,
+    )
+    if config["block_out_channels"][0] < REAL_VAE_MIN_WIDTH:
+        config.update(norm_num_groups=8, sample_size=64)
+    return config
+
+
 def clip_config(family: str, component: str, shapes: dict, name: str) -> dict:
     """CLIPTextConfig dict from HF-layout CLIP shapes (text_model.* keys)."""
     config = shipped(family, component)

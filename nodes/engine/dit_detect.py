@@ -291,16 +291,18 @@ def assign_clip_roles(clips: list[EncoderInfo]) -> dict[str, EncoderInfo]:
     return {"clip_l": ordered[0], "clip_g": ordered[1]}
 
 
-def detect_vae(header: Header) -> str:
-    """The key prefix of an autoencoder file's LDM-layout weights; ModelLoadError otherwise."""
+def detect_vae(header: Header) -> tuple[str, bool]:
+    """(key prefix, diffusers layout?) of an autoencoder file; ModelLoadError otherwise.
+
+    The original layout (encoder.down.*, as ae.safetensors ships) and the
+    diffusers one (encoder.down_blocks.*, a vae folder's
+    diffusion_pytorch_model.safetensors saved under another name) both occur.
+    """
     for prefix in ("", *VAE_PREFIXES):
         if header.has_prefix(prefix + "encoder.conv_in.") and header.has_prefix(prefix + "decoder.conv_out."):
-            if header.has_prefix(prefix + "encoder.down_blocks."):
-                break
-            return prefix
+            return prefix, header.has_prefix(prefix + "encoder.down_blocks.")
     name = label(header.path)
     raise ModelLoadError(
-        f"VAE file {name!r} is not an autoencoder in the original layout (encoder.down.*, decoder.up.*, as "
-        f"ae.safetensors ships): it looks like {_describe_other(header)}. Select ae.safetensors (FLUX.1) or "
-        "the SD3 VAE from models/vae."
+        f"VAE file {name!r} is not an autoencoder (no encoder.conv_in / decoder.conv_out weights): it looks like "
+        f"{_describe_other(header)}. Select ae.safetensors (FLUX.1) or the SD3 VAE from models/vae."
     )

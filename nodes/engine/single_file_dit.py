@@ -126,14 +126,18 @@ def _load_transformer(path: str, info: TransformerInfo, dtype: torch.dtype, name
     return _assign(lambda: cls(**config), state, f"{info.label} transformer", name)
 
 
-def _load_vae(path: str, prefix: str, family: str, dtype: torch.dtype):
+def _load_vae(path: str, prefix: str, family: str, dtype: torch.dtype, diffusers_layout: bool = False):
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     name = label(path)
     state = read_component(path, prefix, dtype)
-    config = dit_configs.vae_config(family, {k: tuple(v.shape) for k, v in state.items()}, name)
-    state = convert_ldm_vae_checkpoint(state, config)
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    if diffusers_layout:
+        config = dit_configs.diffusers_vae_config(family, shapes, name)
+    else:
+        config = dit_configs.vae_config(family, shapes, name)
+        state = convert_ldm_vae_checkpoint(state, config)
     return _assign(lambda: AutoencoderKL(**config), state, "VAE", name)
 
 
@@ -369,7 +373,7 @@ def load_dit_split(
     roles = classify_encoders(encoder_paths)
     _check_encoder_set(info, {r: e.path for r, e in roles.items()}, where)
     check_suffix(vae_path)
-    vae_prefix = detect_vae(read_header(vae_path))
+    vae_prefix, vae_diffusers = detect_vae(read_header(vae_path))
     logger.info("Loading %s from %s (%s layout) with %s", info.label, name, info.layout,
                 ", ".join(label(e.path) for e in roles.values()))
     tokenizers = _tokenizers(info.family, tokenizer_dirs, "t5xxl" in roles, where)
@@ -377,7 +381,7 @@ def load_dit_split(
         transformer = load_gguf_transformer(transformer_path, info, dtype)
     else:
         transformer = _load_transformer(transformer_path, info, dtype, name)
-    vae = _load_vae(vae_path, vae_prefix, info.family, dtype)
+    vae = _load_vae(vae_path, vae_prefix, info.family, dtype, vae_diffusers)
     encoders = {role: _load_encoder(role, e.path, e.prefix, info.family, dtype) for role, e in roles.items()}
     components = _components(info, transformer, vae, encoders, tokenizers)
     _check_fit(info, components, where)

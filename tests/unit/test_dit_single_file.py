@@ -505,3 +505,15 @@ def test_gguf_as_all_in_one_checkpoint_points_to_the_split_loader(tmp_path):
     path.write_bytes(b"GGUF")
     with pytest.raises(ModelLoadError, match=r"flux1-dev-Q8_0\.gguf.*transformer only.*split loader"):
         single_file_dit.load_dit_checkpoint(path, dtype=F32, tokenizer_dirs=tokenizer_dirs())
+
+
+def test_diffusers_layout_vae_file_loads(tmp_path, split_files, flux):
+    """A vae folder's diffusion_pytorch_model.safetensors saved as flux_vae.safetensors."""
+    vae_file = tmp_path / "flux_vae.safetensors"
+    save_file({k: v.contiguous() for k, v in flux["vae"].state_dict().items()}, str(vae_file))
+    path = save_transformer(flux["transformer"], tmp_path / "f.safetensors")
+    components = single_file_dit.load_dit_split(
+        path, [split_files["clip_l"], split_files["t5"]], vae_file, dtype=F32, tokenizer_dirs=tokenizer_dirs()
+    )
+    _assert_same_module(components["vae"], flux["vae"])
+    _assert_same_config(components["vae"], flux["vae"])
