@@ -335,6 +335,11 @@ def classify_encoders(paths: Sequence[str | os.PathLike]) -> dict[str, EncoderIn
     infos = []
     for p in paths:
         p = os.fspath(p)
+        if is_gguf(p):
+            raise ModelLoadError(
+                f"Text encoder file {label(p)!r} is a GGUF file; Diffusers Studio reads GGUF transformers only. "
+                "Select a .safetensors T5 instead (t5xxl_fp8_e4m3fn.safetensors is the smallest)."
+            )
         check_suffix(p)
         infos.append(detect_encoder(read_header(p)))
     t5s = [i for i in infos if i.kind == "t5"]

@@ -517,3 +517,10 @@ def test_diffusers_layout_vae_file_loads(tmp_path, split_files, flux):
     )
     _assert_same_module(components["vae"], flux["vae"])
     _assert_same_config(components["vae"], flux["vae"])
+
+
+def test_gguf_text_encoder_is_refused_with_the_fix(tmp_path):
+    path = tmp_path / "t5-v1_1-xxl-encoder-Q8_0.gguf"
+    path.write_bytes(b"GGUF")
+    with pytest.raises(ModelLoadError, match=r"t5-v1_1-xxl-encoder-Q8_0\.gguf.*GGUF.*t5xxl_fp8_e4m3fn\.safetensors"):
+        single_file_dit.classify_encoders([path])
