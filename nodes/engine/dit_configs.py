@@ -64,26 +64,43 @@ def _count(state: dict, prefix: str) -> int:
     return len({m.group(1) for k in state if (m := rx.match(k))})
 
 
-def _shape(state: dict, key: str, name: str) -> tuple:
-    try:
-        # A GGUF-quantized tensor stores bytes per row; quant_shape is its real shape.
-        return tuple(getattr(state[key], "quant_shape", state[key].shape))
-    except KeyError:
-        raise ModelLoadError(
-            f"Transformer file {name!r}: the weights are incomplete (no {key!r} after conversion). The file "
-            "is damaged or a variant Diffusers Studio does not support."
-        ) from None
+def _getter(items: dict, message: str):
+    """get(key) -> the shape of `items[key]` (a tensor, or already a shape tuple).
+
+    message: the ModelLoadError text when the key is missing, with {key}.
+    A GGUF-quantized tensor stores bytes per row; its quant_shape is the real shape.
+    """
+
+    def get(key: str) -> tuple:
+        if key not in items:
+            raise ModelLoadError(message.replace("{key}", repr(key)))
+        value = items[key]
+        return tuple(value) if isinstance(value, tuple) else tuple(getattr(value, "quant_shape", value.shape))
+
+    return get
+
+
+def _small_vae_facts(config: dict) -> dict:
+    """A VAE narrower than any real one is test-scale: the pack's tiny-model conventions."""
+    if config["block_out_channels"][0] < REAL_VAE_MIN_WIDTH:
+        config.update(norm_num_groups=8, sample_size=64)
+    return config
 
 
 def transformer_config(info: TransformerInfo, state: dict, name: str) -> dict:
     """The diffusers transformer config for converted weights `state` (diffusers names)."""
     config = shipped(info.config_folder, "transformer")
+    get = _getter(
+        state,
+        f"Transformer file {name!r}: the weights are incomplete (no {{key}} after conversion). The file is "
+        "damaged or a variant Diffusers Studio does not support.",
+    )
     if info.family == FLUX:
-        inner, in_channels = _shape(state, "x_embedder.weight", name)
-        out_channels = _shape(state, "proj_out.weight", name)[0]
-        head = _shape(state, "transformer_blocks.0.attn.norm_q.weight", name)[0] if _count(
+        inner, in_channels = get("x_embedder.weight")
+        out_channels = get("proj_out.weight")[0]
+        head = get("transformer_blocks.0.attn.norm_q.weight")[0] if _count(
             state, "transformer_blocks."
-        ) else _shape(state, "single_transformer_blocks.0.attn.norm_q.weight", name)[0]
+        ) else get("single_transformer_blocks.0.attn.norm_q.weight")[0]
         config.update(
             in_channels=in_channels,
             out_channels=None if out_channels == in_channels else out_channels,
@@ -91,30 +108,30 @@ def transformer_config(info: TransformerInfo, state: dict, name: str) -> dict:
             num_single_layers=_count(state, "single_transformer_blocks."),
             attention_head_dim=head,
             num_attention_heads=inner // head,
-            joint_attention_dim=_shape(state, "context_embedder.weight", name)[1],
-            pooled_projection_dim=_shape(state, "time_text_embed.text_embedder.linear_1.weight", name)[1],
+            joint_attention_dim=get("context_embedder.weight")[1],
+            pooled_projection_dim=get("time_text_embed.text_embedder.linear_1.weight")[1],
             guidance_embeds="time_text_embed.guidance_embedder.linear_1.weight" in state,
         )
         if head != FLUX_REAL_HEAD_DIM:
             config["axes_dims_rope"] = [head // 4, head // 4, head // 2]
         return config
     if info.family == SD3:
-        inner, in_channels, patch, _ = _shape(state, "pos_embed.proj.weight", name)
-        grid = _shape(state, "pos_embed.pos_embed", name)[1]
+        inner, in_channels, patch, _ = get("pos_embed.proj.weight")
+        grid = get("pos_embed.pos_embed")[1]
         side = int(round(grid ** 0.5))
         qk_norm = "transformer_blocks.0.attn.norm_q.weight" in state
-        head = _shape(state, "transformer_blocks.0.attn.norm_q.weight", name)[0] if qk_norm else SD3_HEAD_DIM
+        head = get("transformer_blocks.0.attn.norm_q.weight")[0] if qk_norm else SD3_HEAD_DIM
         attn2 = sorted({int(m.group(1)) for k in state if (m := re.match(r"transformer_blocks\.(\d+)\.attn2\.", k))})
         config.update(
             patch_size=patch,
             in_channels=in_channels,
-            out_channels=_shape(state, "proj_out.weight", name)[0] // (patch * patch),
+            out_channels=get("proj_out.weight")[0] // (patch * patch),
             num_layers=_count(state, "transformer_blocks."),
             attention_head_dim=head,
             num_attention_heads=inner // head,
-            caption_projection_dim=_shape(state, "context_embedder.weight", name)[0],
-            joint_attention_dim=_shape(state, "context_embedder.weight", name)[1],
-            pooled_projection_dim=_shape(state, "time_text_embed.text_embedder.linear_1.weight", name)[1],
+            caption_projection_dim=get("context_embedder.weight")[0],
+            joint_attention_dim=get("context_embedder.weight")[1],
+            pooled_projection_dim=get("time_text_embed.text_embedder.linear_1.weight")[1],
             pos_embed_max_size=side,
             dual_attention_layers=attn2,
             qk_norm="rms_norm" if qk_norm else None,
@@ -127,22 +144,16 @@ def vae_config(family: str, shapes: dict, name: str) -> dict:
     """AutoencoderKL config from LDM-layout VAE shapes (prefix removed)."""
     config = shipped(family, "vae")
     config.update(vae_shape_fields(shapes, name))
-    if config["block_out_channels"][0] < REAL_VAE_MIN_WIDTH:
-        config.update(norm_num_groups=8, sample_size=64)
-    return config
+    return _small_vae_facts(config)
 
 
 def diffusers_vae_config(family: str, shapes: dict, name: str) -> dict:
     """AutoencoderKL config from diffusers-layout VAE shapes (prefix removed)."""
-
-    def get(key):
-        if key not in shapes:
-            raise ModelLoadError(
-                f"VAE file {name!r}: the weights are incomplete (no {key!r}). The file is damaged: select "
-                "ae.safetensors (FLUX.1) or the SD3 VAE."
-            )
-        return tuple(shapes[key])
-
+    get = _getter(
+        shapes,
+        f"VAE file {name!r}: the weights are incomplete (no {{key}}). The file is damaged: select "
+        "ae.safetensors (FLUX.1) or the SD3 VAE.",
+    )
     levels = sorted({int(m.group(1)) for k in shapes if (m := re.match(r"encoder\.down_blocks\.(\d+)\.", k))})
     config = shipped(family, "vae")
     config.update(
@@ -157,9 +168,7 @@ def diffusers_vae_config(family: str, shapes: dict, name: str) -> dict:
         use_post_quant_conv="post_quant_conv.weight" in shapes,
         mid_block_add_attention="encoder.mid_block.attentions.0.to_q.weight" in shapes,
     )
-    if config["block_out_channels"][0] < REAL_VAE_MIN_WIDTH:
-        config.update(norm_num_groups=8, sample_size=64)
-    return config
+    return _small_vae_facts(config)
 
 
 def clip_config(family: str, component: str, shapes: dict, name: str) -> dict:
@@ -180,14 +189,11 @@ def clip_config(family: str, component: str, shapes: dict, name: str) -> dict:
 
 def t5_config(family: str, component: str, shapes: dict, name: str) -> dict:
     """T5Config dict from T5 encoder shapes (HF layout, prefix removed)."""
-
-    def get(key):
-        if key not in shapes:
-            raise ModelLoadError(
-                f"Text encoder file {name!r}: the T5 weights are incomplete (no {key!r}). The file is damaged "
-                "or not a T5 encoder: select t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn.safetensors."
-            )
-        return tuple(shapes[key])
+    get = _getter(
+        shapes,
+        f"Text encoder file {name!r}: the T5 weights are incomplete (no {{key}}). The file is damaged or not a "
+        "T5 encoder: select t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn.safetensors.",
+    )
 
     config = shipped(family, component)
     vocab, d_model = get("shared.weight")
