@@ -59,6 +59,8 @@ _FLUX_SINGLE = {
     "norm.query_norm": "attn.norm_q",
     "norm.key_norm": "attn.norm_k",
 }
+_IMAGE_QKV = ("to_q", "to_k", "to_v")
+_TEXT_QKV = ("add_q_proj", "add_k_proj", "add_v_proj")
 _BLOCK = re.compile(r"(double_blocks|single_blocks)\.(\d+)\.(.+)\.(weight|bias|scale)$")
 
 
@@ -95,7 +97,7 @@ def flux_to_diffusers(state: dict) -> dict:
         if kind == "double_blocks":
             target = f"transformer_blocks.{index}."
             if inner in ("img_attn.qkv", "txt_attn.qkv"):
-                names = ("to_q", "to_k", "to_v") if inner == "img_attn.qkv" else ("add_q_proj", "add_k_proj", "add_v_proj")
+                names = _IMAGE_QKV if inner == "img_attn.qkv" else _TEXT_QKV
                 for name, part in zip(names, value.chunk(3, dim=0)):
                     out[f"{target}attn.{name}.{end}"] = part.clone()
             elif inner in _FLUX_DOUBLE:

@@ -147,7 +147,8 @@ def _load_clip(path: str, prefix: str, family: str, component: str, dtype: torch
 
     name = label(path)
     state = clip_state(read_component(path, prefix, dtype))
-    config = CLIPTextConfig(**dit_configs.clip_config(family, component, {k: tuple(v.shape) for k, v in state.items()}, name))
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    config = CLIPTextConfig(**dit_configs.clip_config(family, component, shapes, name))
     if family == FLUX:
         state.pop("text_projection.weight", None)
         cls = CLIPTextModel
@@ -164,7 +165,8 @@ def _load_t5(path: str, prefix: str, family: str, component: str, dtype: torch.d
 
     name = label(path)
     state = t5_state(read_component(path, prefix, dtype))
-    config = T5Config(**dit_configs.t5_config(family, component, {k: tuple(v.shape) for k, v in state.items()}, name))
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    config = T5Config(**dit_configs.t5_config(family, component, shapes, name))
     model = _assign(lambda: T5EncoderModel(config), state, "T5 text encoder", name)
     if dtype == torch.float16:
         # As from_pretrained does (T5's _keep_in_fp32_modules): the feed-forward
@@ -241,9 +243,10 @@ def _components(info: TransformerInfo, transformer, vae, encoders: dict, tokeniz
     scheduler = _scheduler(info)
     if info.family == FLUX:
         return {
-            "scheduler": scheduler, "vae": vae, "text_encoder": encoders["clip_l"], "tokenizer": tokenizers["tokenizer"],
-            "text_encoder_2": encoders["t5xxl"], "tokenizer_2": tokenizers["tokenizer_2"], "transformer": transformer,
-            "image_encoder": None, "feature_extractor": None,
+            "scheduler": scheduler, "vae": vae,
+            "text_encoder": encoders["clip_l"], "tokenizer": tokenizers["tokenizer"],
+            "text_encoder_2": encoders["t5xxl"], "tokenizer_2": tokenizers["tokenizer_2"],
+            "transformer": transformer, "image_encoder": None, "feature_extractor": None,
         }
     return {
         "transformer": transformer, "scheduler": scheduler, "vae": vae,
