@@ -32,6 +32,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .components import BASE
 from .families import ModelLoadError
 from .single_file import Header, _looks_like, label
 
@@ -107,6 +108,12 @@ class TransformerInfo:
     @property
     def config_folder(self) -> str:
         return CONFIG_FOLDERS[(self.family, self.variant)]
+
+    @property
+    def registry_variant(self) -> str:
+        """The variant the families registry knows this model by: SD3's sizes share one
+        family object (BASE); Flux's variants are their own (dev, schnell, ...)."""
+        return BASE if self.family == SD3 else self.variant
 
 
 @dataclass(frozen=True)

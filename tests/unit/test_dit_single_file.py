@@ -112,7 +112,7 @@ def test_flux_variant_and_layout_are_detected(tmp_path, variant, layout):
     path = save_transformer(transformer, tmp_path / "t.safetensors", layout)
     info = single_file_dit.detect(path)
     assert (info.family, info.variant, info.layout) == (dit_detect.FLUX, variant, layout)
-    assert info.depth == 1
+    assert info.depth == 1 and info.registry_variant == variant
 
 
 @pytest.mark.parametrize("variant", [dit_detect.SD3_MEDIUM, dit_detect.SD35_MEDIUM, dit_detect.SD35_LARGE])
@@ -122,6 +122,7 @@ def test_sd3_variant_and_layout_are_detected(tmp_path, variant, layout):
     path = save_transformer(transformer, tmp_path / "t.safetensors", layout)
     info = single_file_dit.detect(path)
     assert (info.family, info.variant, info.layout, info.depth) == (dit_detect.SD3, variant, layout, 2)
+    assert info.registry_variant == "base"
 
 
 def test_full_size_flux_and_sd3_key_layouts_are_told_apart():
