@@ -360,6 +360,17 @@ def infer_unet_config(
 
 def infer_vae_config(shapes: dict, family: str, name: str) -> dict:
     """A diffusers AutoencoderKL config from LDM VAE shapes (prefix removed)."""
+    config = families.bundled_config(family, "vae")
+    config.update(vae_shape_fields(shapes, name))
+    config.update(families.vae_facts(family, config["block_out_channels"]))
+    return config
+
+
+def vae_shape_fields(shapes: dict, name: str) -> dict:
+    """The AutoencoderKL config entries LDM VAE shapes (prefix removed) tell.
+
+    Shared with the Flux/SD3 loader, whose autoencoders have the same layout.
+    """
     conv_in = _shape(shapes, "encoder.conv_in.weight", "VAE", name)
     levels = _indices(shapes, "encoder.down.")
     if not levels:
@@ -367,8 +378,7 @@ def infer_vae_config(shapes: dict, family: str, name: str) -> dict:
     block_out_channels = [
         int(_shape(shapes, f"encoder.down.{i}.block.0.conv1.weight", "VAE", name)[0]) for i in levels
     ]
-    config = families.bundled_config(family, "vae")
-    config.update(
+    return dict(
         in_channels=int(conv_in[1]),
         out_channels=int(_shape(shapes, "decoder.conv_out.weight", "VAE", name)[0]),
         latent_channels=int(_shape(shapes, "decoder.conv_in.weight", "VAE", name)[1]),
@@ -380,8 +390,6 @@ def infer_vae_config(shapes: dict, family: str, name: str) -> dict:
         use_post_quant_conv="post_quant_conv.weight" in shapes,
         mid_block_add_attention="encoder.mid.attn_1.q.weight" in shapes,
     )
-    config.update(families.vae_facts(family, block_out_channels))
-    return config
 
 
 def _text_config(family: str, component: str, *, hidden, vocab, positions, layers, intermediate, projection):
@@ -400,12 +408,18 @@ def _text_config(family: str, component: str, *, hidden, vocab, positions, layer
 
 def infer_clip_config(shapes: dict, family: str, name: str) -> dict:
     """A CLIPTextConfig dict from HF-layout CLIP-L shapes (prefix removed)."""
+    return _text_config(family, "text_encoder", **clip_shape_fields(shapes, name))
+
+
+def clip_shape_fields(shapes: dict, name: str) -> dict:
+    """The `_text_config` sizes HF-layout CLIP shapes (`text_model.*`, prefix removed) tell.
+
+    Shared with the Flux/SD3 loader, whose CLIP towers have the same layout.
+    """
     token = _shape(shapes, "text_model.embeddings.token_embedding.weight", "CLIP text encoder", name)
     hidden = int(token[1])
     projection = shapes.get("text_projection.weight", (hidden,))[0]
-    return _text_config(
-        family,
-        "text_encoder",
+    return dict(
         hidden=hidden,
         vocab=int(token[0]),
         positions=int(_shape(shapes, "text_model.embeddings.position_embedding.weight", "CLIP", name)[0]),
