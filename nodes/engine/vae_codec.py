@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 
 from .components import VAEBundle
+from .seamless import vae_patches_applied
 
 logger = logging.getLogger(__name__)
 
@@ -191,11 +192,12 @@ def encode(
         return module.encode(x).latent_dist.mode()
 
     chunks = []
-    for part in pixels.split(batch_per_call):
-        if tiled:
-            chunks.append(_tiled(part, run, tile_size, 1.0 / f, vae.latent_channels, align=f))
-        else:
-            chunks.append(run(part).float().cpu())
+    with vae_patches_applied(vae):
+        for part in pixels.split(batch_per_call):
+            if tiled:
+                chunks.append(_tiled(part, run, tile_size, 1.0 / f, vae.latent_channels, align=f))
+            else:
+                chunks.append(run(part).float().cpu())
     return torch.cat(chunks)
 
 
@@ -233,10 +235,11 @@ def decode(
         return module.decode(z.to(device=device, dtype=dtype)).sample
 
     chunks = []
-    for part in latents.split(batch_per_call):
-        if tiled:
-            img = _tiled(part, run, tile_size // f, float(f), 3)
-        else:
-            img = run(part).float().cpu()
-        chunks.append((img / 2 + 0.5).clamp(0, 1))
+    with vae_patches_applied(vae):
+        for part in latents.split(batch_per_call):
+            if tiled:
+                img = _tiled(part, run, tile_size // f, float(f), 3)
+            else:
+                img = run(part).float().cpu()
+            chunks.append((img / 2 + 0.5).clamp(0, 1))
     return torch.cat(chunks).permute(0, 2, 3, 1).contiguous()
