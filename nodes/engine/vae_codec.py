@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 
 from .components import VAEBundle
-from .seamless import vae_patches_applied
+from .seamless import seamless_of, vae_patches_applied
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +227,9 @@ def decode(
     f = vae.downscale
     if tiled:
         _check_tile_size(tile_size, f)
+        if seamless_of(vae) is not None:
+            logger.warning("decoding a seamless-tiling VAE in tiles: each tile wraps on itself, so seams may "
+                           "show; decode with tiled off")
     _check_batch_per_call(batch_per_call)
     module = vae.vae
     device, dtype = _module_device_dtype(module)
