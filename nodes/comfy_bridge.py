@@ -305,3 +305,17 @@ def step_reporter(total_steps: int, preview: str, device: torch.device) -> Calla
         bar.update_absolute(step + 1, total, preview)
 
     return report
+
+
+# ------------------------------------------------------------ upscale models
+def upscale_with_model(upscale_model, image: torch.Tensor) -> torch.Tensor:
+    """IMAGE enlarged by a ComfyUI UPSCALE_MODEL (ESRGAN & co., loaded by Load Upscale Model).
+
+    ComfyUI's own Upscale Image (using Model) node does the work (its memory
+    planning, tiling and out-of-memory retry), so the result is the same as
+    wiring that node in front.
+    """
+    from comfy_extras.nodes_upscale_model import ImageUpscaleWithModel
+
+    result = ImageUpscaleWithModel.execute(upscale_model, image)
+    return result.result[0] if hasattr(result, "result") else result[0]

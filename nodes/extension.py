@@ -20,12 +20,14 @@ from . import (
     routes,
     sample,
     sdxl_conditioning,
+    sd_upscale,
+    seamless,
     vae,
 )
 
 CONCEPT_MODULES = [
     loaders, encode, sdxl_conditioning, sample, vae, ip_adapter, controlnet, inpaint, regional, region_masks,
-    lora, model_options,
+    lora, model_options, seamless, sd_upscale,
 ]
 
 NODES: list[type[io.ComfyNode]] = [node for module in CONCEPT_MODULES for node in module.NODES]

@@ -35,7 +35,7 @@ from ..engine.schedulers import (
     split_a1111_name,
     supported_schedules,
 )
-from . import extras, infotext, listings, styles
+from . import extras, infotext, listings, scripts, styles
 from .errors import ApiError, not_found, unsupported
 from .models import MAX_SIDE, Img2ImgRequest, Txt2ImgRequest
 from .options import AESTHETIC_SCORE_KEYS, OptionError, check_value
@@ -316,10 +316,6 @@ def strip_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float, float]]]:
 def _refuse_unsupported(req, catalog: Catalog, sampler: str) -> None:
     if req.restore_faces:
         raise unsupported(listings.restore_faces_refusal(catalog.face_restorers))
-    if req.tiling:
-        raise unsupported("tiling: seamless tiling is not supported by Diffusers Studio; send tiling false")
-    if req.script_name:
-        raise ApiError(422, f"Script '{req.script_name}' not found")
     for name in req.alwayson_scripts or {}:
         if name.lower() == "controlnet":
             continue
@@ -424,6 +420,21 @@ def _hires(req: Txt2ImgRequest, catalog: Catalog, sampler: str, schedule: str) -
                   req.hr_prompt or req.prompt, req.hr_negative_prompt or req.negative_prompt, cfg, params)
 
 
+def _seamless(g: Graph, tiling: Optional[bool], model, vae) -> tuple[list, list]:
+    """(model, vae) refs, through DSSeamlessTiling when the request asks for `tiling`."""
+    if not tiling:
+        return _ref(model), _ref(vae)
+    node = g.add("DSSeamlessTiling", model=_ref(model), vae=_ref(vae), axes="both")
+    return [node, 0], [node, 1]
+
+
+def _output(g: Graph, images: str, settings: _Settings, kind: str) -> str:
+    """SaveImage (save_images) or PreviewImage (ComfyUI's temp folder) for the graph's pictures."""
+    if settings.save:
+        return g.add("SaveImage", images=[images, 0], filename_prefix=f"{settings.outdir}/{kind}")
+    return g.add("PreviewImage", images=[images, 0])
+
+
 def _random_seed() -> int:
     return random.randrange(RANDOM_SEED_RANGE)
 
@@ -432,6 +443,11 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
     """The graphs, infotexts and info for a validated txt2img or img2img request."""
     sampler, schedule = resolve_sampler(req.sampler_name or req.sampler_index, req.scheduler)
     _refuse_unsupported(req, catalog, sampler)
+    upscale_script = scripts.parse(req.script_name, req.script_args, kind, catalog.upscale_models)
+    if upscale_script is not None:
+        scripts.check_request(req, upscale_script)
+    if req.tiling:
+        extras.check_node_types(catalog.node_types, ["DSSeamlessTiling"], "tiling")
     settings = _settings(req, options, catalog, kind)
     try:
         styled, styled_negative = styles.apply_styles(req.prompt, req.negative_prompt, req.styles or [],
@@ -474,6 +490,9 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
             raise unsupported("resize_mode 3 (just resize, latent upscale) is not supported; use 0, 1 or 2")
         decoded_inits = [decode_image(data, f"init_images[{i}]") for i, data in enumerate(req.init_images)]
         size = (req.width, req.height)
+        if upscale_script is not None:
+            extras.check_node_types(catalog.node_types, ["DSSDUpscale"], "script_name 'sd upscale'")
+            size = decoded_inits[0].size  # A1111's script upscales the init image from its own size
         if req.mask:
             extras.check_node_types(catalog.node_types, ["DSInpaint", "DSInpaintComposite"], "mask")
             full_res = bool(req.inpaint_full_res)
@@ -497,7 +516,8 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
 
     seed = _random_seed() if req.seed == -1 else req.seed
     subseed = _random_seed() if req.subseed == -1 else req.subseed
-    total = req.batch_size * req.n_iter
+    per_graph = 1 if upscale_script is not None else req.batch_size  # SD upscale: one picture per iteration
+    total = per_graph * req.n_iter
     strength = req.subseed_strength
     all_seeds = [seed + (0 if strength > 0 else i) for i in range(total)]
     all_subseeds = [subseed + i for i in range(total)]
@@ -516,18 +536,19 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
         steps_of: dict[str, int] = {}
         loader = g.add("DSLoadModel", model_name=settings.model, dtype="auto")
         model_ref, te_ref = extras.lora_chain(g, [loader, 0], [loader, 1], lora_list)
+        model_ref, vae_ref = _seamless(g, req.tiling, model_ref, [loader, 2])
         pos = _encode(g, te_ref, prompt, settings)
         neg = _encode(g, te_ref, negative, settings)
         pixels = None
-        seed_k = seed if strength > 0 else seed + k * req.batch_size
+        seed_k = seed if strength > 0 else seed + k * per_graph
         crop = inpainted = None
         if kind == "txt2img":
             latent = g.add("EmptyLatentImage", width=req.width, height=req.height, batch_size=req.batch_size)
         else:
-            picks = [init_names[(k * req.batch_size + j) % len(init_names)] for j in range(req.batch_size)]
+            picks = [init_names[(k * per_graph + j) % len(init_names)] for j in range(per_graph)]
             loads = {name: g.add("LoadImage", image=name) for name in dict.fromkeys(picks)}
-            if len(loads) == 1 and req.batch_size > 1:
-                pixels = g.add("RepeatImageBatch", image=[loads[picks[0]], 0], amount=req.batch_size)
+            if len(loads) == 1 and per_graph > 1:
+                pixels = g.add("RepeatImageBatch", image=[loads[picks[0]], 0], amount=per_graph)
             else:
                 pixels = loads[picks[0]]
                 for name in picks[1:]:
@@ -540,26 +561,37 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
                                  padding=req.inpaint_full_res_padding, width=req.width, height=req.height,
                                  model=model_ref)
                     source, source_mask = [crop, 0], [crop, 1]
-                inpainted = g.add("DSInpaint", image=source, mask=source_mask, vae=[loader, 2], model=model_ref,
+                inpainted = g.add("DSInpaint", image=source, mask=source_mask, vae=vae_ref, model=model_ref,
                                   grow=0, blur=blur, fill=extras.FILL_MODES[req.inpainting_fill],
                                   fill_seed=seed_k % 2**32, blend_unmasked=True, latent_sampling="sample")
                 latent = [inpainted, 0]
+            elif upscale_script is not None:
+                node = scripts.add_node(
+                    g, upscale_script, image=[pixels, 0], model=model_ref, positive=[pos, 0], negative=[neg, 0],
+                    vae=vae_ref, width=req.width, height=req.height, denoise=denoise, seed=seed_k,
+                    steps=req.steps, cfg=req.cfg_scale, sampler=sampler, schedule=schedule)
+                steps_of[node] = req.steps
+                output_node = _output(g, node, settings, kind)
+                graphs.append(g.nodes)
+                sampler_steps.append(steps_of)
+                continue
             else:
                 # A1111 samples the VAE posterior; with the sampler's seed it is diffusers' picture too.
-                latent = g.add("DSVAEEncode", vae=[loader, 2], pixels=[pixels, 0], tiled=False, tile_size=512,
+                latent = g.add("DSVAEEncode", vae=vae_ref, pixels=[pixels, 0], tiled=False, tile_size=512,
                                latent_sampling="sample")
         init_pixels = [pixels, 0] if pixels else None
         if units and crop is not None:
             init_pixels = [crop, 0]
         c_pos, c_neg = extras.control_chain(g, pos, neg, units, init_pixels) if units else ([pos, 0], [neg, 0])
-        sub_k = subseed + k * req.batch_size
+        sub_k = subseed + k * per_graph
         common = dict(seed=seed_k, variation_seed=sub_k, variation_strength=strength)
         first = _sampler(g, model_ref, c_pos, c_neg, latent, steps=req.steps, cfg=req.cfg_scale, sampler=sampler,
                          schedule=schedule, denoise=denoise, end=switch or END_AT_LAST_STEP, **common)
         steps_of[first] = req.steps
-        out, vae_source = first, loader
+        out, vae_out = first, vae_ref
         if refiner:
             r_loader = g.add("DSLoadModel", model_name=refiner, dtype="auto")
+            r_model, r_vae = _seamless(g, req.tiling, [r_loader, 0], [r_loader, 2])
             r_pos = _encode(g, [r_loader, 1], prompt, settings)
             r_neg = _encode(g, [r_loader, 1], negative, settings)
             if refiner_scored:
@@ -567,12 +599,13 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
                 r_pos = g.add("DSSDXLAestheticScore", conditioning=[r_pos, 0], aesthetic_score=settings.aesthetic_score)
                 r_neg = g.add("DSSDXLAestheticScore", conditioning=[r_neg, 0],
                               aesthetic_score=settings.negative_aesthetic_score)
-            out = _sampler(g, r_loader, r_pos, r_neg, out, steps=req.steps, cfg=req.cfg_scale, sampler=sampler,
+            out = _sampler(g, r_model, r_pos, r_neg, out, steps=req.steps, cfg=req.cfg_scale, sampler=sampler,
                            schedule=schedule, denoise=denoise, start=switch, **common)
             steps_of[out] = req.steps
-            vae_source = r_loader
+            vae_out = r_vae
         if hires:
             h_loader = g.add("DSLoadModel", model_name=hires.model, dtype="auto") if hires.model else loader
+            h_vae = vae_ref if h_loader == loader else _seamless(g, req.tiling, [h_loader, 0], [h_loader, 2])[1]
             # An edited prompt is scheduled anew for the hires pass (A1111's hires timeline).
             edited = has_editing(hires.prompt) or has_editing(hires.negative)
             if h_loader == loader and hires.prompt == req.prompt and hires.negative == req.negative_prompt \
@@ -580,6 +613,7 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
                 h_model, h_pos, h_neg = model_ref, c_pos, c_neg
             else:
                 h_model, h_te = extras.lora_chain(g, [h_loader, 0], [h_loader, 1], hires_loras)
+                h_model = _seamless(g, req.tiling, h_model, h_vae)[0]
                 h_text, h_negative = styles.apply_styles(hires.prompt, hires.negative, req.styles or [],
                                                          catalog.styles)
                 h_pos = _encode(g, h_te, strip_lora_tags(h_text)[0], settings, first_pass_steps=req.steps)
@@ -590,7 +624,7 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
                 up = g.add("LatentUpscale", samples=[out, 0], upscale_method=LATENT_UPSCALERS[hires.upscaler],
                            width=hires.width, height=hires.height, crop="disabled")
             else:
-                decoded_lo = g.add("DSVAEDecode", vae=[vae_source, 2], samples=[out, 0], tiled=False, tile_size=512)
+                decoded_lo = g.add("DSVAEDecode", vae=vae_out, samples=[out, 0], tiled=False, tile_size=512)
                 up_pixels = decoded_lo
                 if hires.upscaler in catalog.upscale_models:
                     up_model = g.add("UpscaleModelLoader", model_name=hires.upscaler)
@@ -602,22 +636,19 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
                                height=hires.height, crop="disabled")
                 # The mode: A1111 draws this one from its global RNG, not the seed, so no seed
                 # reproduces it; the mean keeps the hires pass deterministic.
-                up = g.add("DSVAEEncode", vae=[h_loader, 2], pixels=[scaled, 0], tiled=False, tile_size=512,
+                up = g.add("DSVAEEncode", vae=h_vae, pixels=[scaled, 0], tiled=False, tile_size=512,
                            latent_sampling="mode")
             denoise_hr = float(req.denoising_strength if req.denoising_strength is not None else 0.75)
             out = _sampler(g, h_model, h_pos, h_neg, up, steps=hires.steps, cfg=hires.cfg, sampler=hires.sampler,
                            schedule=hires.schedule, denoise=denoise_hr, **common)
             steps_of[out] = hires.steps
-            vae_source = h_loader
-        decoded = g.add("DSVAEDecode", vae=[vae_source, 2], samples=[out, 0], tiled=False, tile_size=512)
+            vae_out = h_vae
+        decoded = g.add("DSVAEDecode", vae=vae_out, samples=[out, 0], tiled=False, tile_size=512)
         if inpainted is not None and crop is not None:
             decoded = g.add("DSInpaintPasteBack", crop=[crop, 2], image=[decoded, 0], mask=[inpainted, 1])
         elif inpainted is not None:
             decoded = g.add("DSInpaintComposite", original=[pixels, 0], generated=[decoded, 0], mask=[inpainted, 1])
-        if settings.save:
-            output_node = g.add("SaveImage", images=[decoded, 0], filename_prefix=f"{settings.outdir}/{kind}")
-        else:
-            output_node = g.add("PreviewImage", images=[decoded, 0])
+        output_node = _output(g, decoded, settings, kind)
         graphs.append(g.nodes)
         sampler_steps.append(steps_of)
 
@@ -635,6 +666,10 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
     }
     if hires:
         params_common.update(hires.params)
+    if req.tiling:
+        params_common["Tiling"] = True
+    if upscale_script is not None:
+        params_common.update(upscale_script.infotext())
     if refiner:
         params_common["Refiner"] = model_stem(refiner)
         params_common["Refiner switch at"] = req.refiner_switch_at
@@ -694,7 +729,7 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
         "version": "diffusers-studio",
     }
     return Plan(kind=kind, graphs=graphs, output_node=output_node, sampler_steps=sampler_steps, infotexts=texts,
-                info=info, save=settings.save, samples_per_graph=req.batch_size)
+                info=info, save=settings.save, samples_per_graph=per_graph)
 
 
 def content_name(png: bytes) -> str:

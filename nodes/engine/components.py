@@ -100,6 +100,8 @@ class VAEBundle:
     name: str
     vae: Any  # diffusers AutoencoderKL
     variant: str = BASE
+    # Per-call patches (seamless tiling), applied around one encode or decode by vae_codec.
+    patches: tuple = ()
 
     @property
     def scaling_factor(self) -> float:

@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 
 from .components import VAEBundle
+from .seamless import seamless_of, vae_patches_applied
 
 logger = logging.getLogger(__name__)
 
@@ -194,11 +195,12 @@ def encode(
 
     channels = vae.latent_channels * (2 if with_std else 1)
     chunks = []
-    for part in pixels.split(batch_per_call):
-        if tiled:
-            chunks.append(_tiled(part, run, tile_size, 1.0 / f, channels, align=f))
-        else:
-            chunks.append(run(part).float().cpu())
+    with vae_patches_applied(vae):
+        for part in pixels.split(batch_per_call):
+            if tiled:
+                chunks.append(_tiled(part, run, tile_size, 1.0 / f, channels, align=f))
+            else:
+                chunks.append(run(part).float().cpu())
     out = torch.cat(chunks)
     if with_std:
         mean, std = out.split(vae.latent_channels, dim=1)
@@ -232,6 +234,9 @@ def decode(
     f = vae.downscale
     if tiled:
         _check_tile_size(tile_size, f)
+        if seamless_of(vae) is not None:
+            logger.warning("decoding a seamless-tiling VAE in tiles: each tile wraps on itself, so seams may "
+                           "show; decode with tiled off")
     _check_batch_per_call(batch_per_call)
     module = vae.vae
     device, dtype = _module_device_dtype(module)
@@ -240,10 +245,11 @@ def decode(
         return module.decode(z.to(device=device, dtype=dtype)).sample
 
     chunks = []
-    for part in latents.split(batch_per_call):
-        if tiled:
-            img = _tiled(part, run, tile_size // f, float(f), 3)
-        else:
-            img = run(part).float().cpu()
-        chunks.append((img / 2 + 0.5).clamp(0, 1))
+    with vae_patches_applied(vae):
+        for part in latents.split(batch_per_call):
+            if tiled:
+                img = _tiled(part, run, tile_size // f, float(f), 3)
+            else:
+                img = run(part).float().cpu()
+            chunks.append((img / 2 + 0.5).clamp(0, 1))
     return torch.cat(chunks).permute(0, 2, 3, 1).contiguous()

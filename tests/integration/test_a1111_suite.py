@@ -1,11 +1,11 @@
 """The requests of A1111's own API test suite (its test/ folder), against the real server.
 
 Each request is A1111's, with the tiny SD1.5 checkpoint chosen by
-override_settings (A1111's suite runs on whatever model is loaded). Two are
-out of the pack's scope and answer 422 naming the field: `tiling` and the
-"sd upscale" script. `restore_faces` answers 422 naming what to install (no
-face-restoration model here). Also: styles from styles.csv in ComfyUI's user
-folder, and the endpoints A1111's suite lists.
+override_settings (A1111's suite runs on whatever model is loaded). `tiling`
+runs through seamless tiling and the "sd upscale" script through DSSDUpscale,
+both recorded in the infotext. `restore_faces` answers 422 naming what to
+install (no face-restoration model here). Also: styles from styles.csv in
+ComfyUI's user folder, and the endpoints A1111's suite lists.
 """
 from __future__ import annotations
 
@@ -97,11 +97,47 @@ def test_a1111_img2img_requests(server, masked, invert):
     assert len(response.json()["images"]) == 1
 
 
-@pytest.mark.parametrize("field, needle", [("restore_faces", "models/facerestore_models"), ("tiling", "tiling")])
-def test_a1111_requests_the_pack_refuses_say_why(server, field, needle):
-    response = _post(server, "/txt2img", {**TXT2IMG, field: True})
+def test_a1111_restore_faces_without_a_model_says_what_to_install(server):
+    response = _post(server, "/txt2img", {**TXT2IMG, "restore_faces": True})
     assert response.status_code == 422, response.text[:2000]
-    assert needle in response.json()["detail"]
+    assert "models/facerestore_models" in response.json()["detail"]
+
+
+def _picture(body: dict, index: int = 0) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(body["images"][index]))).convert("RGB"))
+
+
+@pytest.mark.parametrize("kind", ["txt2img", "img2img"])
+def test_a1111_tiling_is_honoured(server, kind):
+    body = {**TXT2IMG, "seed": 5} if kind == "txt2img" else {**_img2img_request(), "seed": 5}
+    tiled = _post(server, f"/{kind}", {**body, "tiling": True})
+    assert tiled.status_code == 200, tiled.text[:2000]
+    info = json.loads(tiled.json()["info"])
+    assert "Tiling: True" in info["infotexts"][0]
+    plain = _post(server, f"/{kind}", {**body, "tiling": False})
+    assert plain.status_code == 200 and "Tiling" not in json.loads(plain.json()["info"])["infotexts"][0]
+    # Same seed, same request: only the wrapped convolutions differ.
+    assert _picture(tiled.json()).shape == _picture(plain.json()).shape == (64, 64, 3)
+    assert np.abs(_picture(tiled.json()).astype(int) - _picture(plain.json()).astype(int)).max() > 0
+
+
+def test_a1111_sd_upscale_script(server):
+    """A1111's test_img2img_sd_upscale_performed: script_args [info, overlap, upscaler, scale_factor]."""
+    body = {**_img2img_request(), "script_name": "sd upscale", "script_args": ["", 8, "Lanczos", 2.0], "seed": 3}
+    response = _post(server, "/img2img", body)
+    assert response.status_code == 200, response.text[:2000]
+    info = json.loads(response.json()["info"])
+    assert len(response.json()["images"]) == 1
+    assert _picture(response.json()).shape == (128, 128, 3)  # 64x64 init image, scale 2, 64x64 tiles
+    assert "SD upscale overlap: 8, SD upscale upscaler: Lanczos" in info["infotexts"][0]
+    # 1: Lanczos, as GET /sdapi/v1/upscalers lists it (another seed: ComfyUI would answer a repeat from its cache)
+    by_index = _post(server, "/img2img", {**body, "script_args": ["", 8, 1, 2.0], "seed": 4})
+    assert by_index.status_code == 200, by_index.text[:2000]
+    assert "SD upscale upscaler: Lanczos" in json.loads(by_index.json()["info"])["infotexts"][0]
+    assert _picture(by_index.json()).shape == (128, 128, 3)
+
+    unknown = _post(server, "/img2img", {**body, "script_args": ["", 8, 99, 2.0]})
+    assert unknown.status_code == 422 and "upscaler index 99" in unknown.json()["detail"]
 
 
 @pytest.mark.parametrize(

@@ -103,14 +103,22 @@ def test_shipped_workflow_is_consistent_with_the_node_schemas(path, object_info)
 
 
 def _expected_size(prompt: dict, save_id: str, input_dir: Path) -> tuple[int, int]:
-    """The picture size a SaveImage should get: from the nearest latent or image source."""
+    """The picture size a SaveImage should get: from the nearest latent or image source, enlarged by
+    any SD upscale on the way (scale times each side, on the 8-pixel grid)."""
+    scale = 1.0
     for node_id in upstream(prompt, save_id):
         node = prompt[node_id]
+        if node["class_type"] == "DSSDUpscale":
+            scale *= node["inputs"]["scale"]
+            continue
+        size = None
         if node["class_type"] == "EmptyLatentImage":
-            return node["inputs"]["width"], node["inputs"]["height"]
+            size = node["inputs"]["width"], node["inputs"]["height"]
         if node["class_type"] == "LoadImage":
             with Image.open(input_dir / node["inputs"]["image"]) as picture:
-                return picture.size
+                size = picture.size
+        if size is not None:
+            return size if scale == 1.0 else tuple(max(64, round(side * scale / 8) * 8) for side in size)
     raise AssertionError(f"no EmptyLatentImage or LoadImage upstream of SaveImage {save_id}")
 
 

@@ -8,23 +8,18 @@ from __future__ import annotations
 import base64
 import importlib
 import io
-import sys
 import types
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-_ROOT = Path(__file__).resolve().parents[2]
-_PKG = "ds_unit_a1111_pack"
-if _PKG not in sys.modules:
-    _package = types.ModuleType(_PKG)
-    _package.__path__ = [str(_ROOT / "nodes")]
-    sys.modules[_PKG] = _package
-translate = importlib.import_module(f"{_PKG}.a1111.translate")
-extras = importlib.import_module(f"{_PKG}.a1111.extras")
-errors = importlib.import_module(f"{_PKG}.a1111.errors")
-models = importlib.import_module(f"{_PKG}.a1111.models")
+from harness.a1111_pack import PKG as _PKG
+from harness.a1111_pack import a1111_module
+
+translate = a1111_module("translate")
+extras = a1111_module("extras")
+errors = a1111_module("errors")
+models = a1111_module("models")
 
 NODE_TYPES = ["DSInpaint", "DSInpaintComposite", "DSInpaintCropToMask", "DSInpaintPasteBack", "DSLoadLoRA",
               "DSLoadControlNet", "DSApplyControlNet", "DSCannyEdges", "DSLineArtThreshold"]
