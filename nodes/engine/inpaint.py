@@ -196,11 +196,14 @@ def prepare(
 ) -> Prepared:
     """The inpainting LATENT of `image` for `model`, repainting where `mask` is 1.
 
+    Refused for families without inpainting support yet (SD3, Flux).
+
     fill: what the masked area starts from (A1111's inpainting_fill):
     "original" the picture, "blurred" colours blurred in from around the mask,
     "noise" random latents, "nothing" zero latents. It matters below denoise 1
     for ordinary models, and always for what the sampler blends towards.
     """
+    families.of(model).refuse_adapter(families.INPAINT, "model")
     image = _check_image(image)
     if fill not in FILL_MODES:
         raise ValueError(f"fill must be one of {', '.join(FILL_MODES)}, got {fill!r}")

@@ -9,7 +9,7 @@ shapes cannot tell, re-exported here for the single-file loaders.
 from __future__ import annotations
 
 from ..components import BASE
-from .base import CONTROLNET, IP_ADAPTER, LORA, REGIONAL, DenoiserInputs, EncoderSlot, Family, LatentFormat
+from .base import CONTROLNET, INPAINT, IP_ADAPTER, LORA, REGIONAL, DenoiserInputs, EncoderSlot, Family, LatentFormat
 from .facts import (
     CONFIG_DIR,
     FAMILY_LABELS,
@@ -70,7 +70,7 @@ def of(value) -> Family:
 
 __all__ = [
     "ALL", "CONFIG_DIR", "CONTROLNET", "DenoiserInputs", "EncoderSlot", "FAMILY_LABELS", "Family", "FlowFamily",
-    "IP_ADAPTER", "for_pipeline_class",
+    "INPAINT", "IP_ADAPTER", "for_pipeline_class",
     "LORA", "LatentFormat", "ModelLoadError", "REAL_TEXT_MIN_HIDDEN", "REAL_UNET_MIN_WIDTH", "REAL_VAE_MIN_WIDTH",
     "REFINER_LABEL", "REGIONAL", "REGISTRY", "SUPPORTED_SUMMARY", "bundled_config", "get", "label_of", "of",
     "scheduler_config", "text_attention_heads", "text_facts", "unet_attention_heads", "unet_facts", "vae_facts",

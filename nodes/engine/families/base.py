@@ -39,6 +39,7 @@ CONTROLNET = "controlnet"
 IP_ADAPTER = "ip_adapter"
 LORA = "lora"
 REGIONAL = "regional"
+INPAINT = "inpaint"
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,14 @@ class Family:
     def adapter_refusal(self, kind: str) -> Optional[str]:
         """None when adapters of `kind` (CONTROLNET, IP_ADAPTER, ...) apply, else why not."""
         return None
+
+    def refuse_adapter(self, kind: str, what: str) -> None:
+        """Raise the family's own ValueError when `what` (an adapter input) does not apply to it at all.
+
+        The SDXL refiner's refusals keep their adapter-specific wording at
+        the adapters; a family whose whole model type has no adapter support
+        yet (SD3, Flux) raises here, before any shape is looked at.
+        """
 
     def from_noise_warning(self) -> Optional[str]:
         """A warning for a run that starts from pure noise, for families not made for it."""

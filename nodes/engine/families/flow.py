@@ -29,10 +29,14 @@ import torch
 
 from ..components import Conditioning, ModelBundle
 from ..prompt_weights import parse_prompt_chunks
-from .base import CONTROLNET, IP_ADAPTER, LORA, REGIONAL, Family
+from .base import CONTROLNET, INPAINT, IP_ADAPTER, LORA, REGIONAL, Family
 
 logger = logging.getLogger(__name__)
 
+ADAPTER_WORDS = {
+    CONTROLNET: "ControlNet", IP_ADAPTER: "IP-Adapter", REGIONAL: "a regional prompt", LORA: "LoRA",
+    INPAINT: "inpainting",
+}
 EULER = "Euler"
 FLOW_SAMPLERS = (EULER,)
 FLOW_SCHEDULES = ("normal", "karras", "exponential", "beta")
@@ -258,9 +262,17 @@ class FlowFamily(Family):
         return torch.cat(rows).to(device=device, dtype=dtype)
 
     def adapter_refusal(self, kind: str) -> Optional[str]:
-        if kind in (CONTROLNET, IP_ADAPTER, REGIONAL, LORA):
-            return f"{kind} is not supported for {self.label} models yet"
+        if kind in (CONTROLNET, IP_ADAPTER, REGIONAL, LORA, INPAINT):
+            return f"{ADAPTER_WORDS.get(kind, kind)} is not supported for {self.label} models yet"
         return None
+
+    def refuse_adapter(self, kind: str, what: str) -> None:
+        reason = self.adapter_refusal(kind)
+        if reason:
+            raise ValueError(
+                f"{what}: {reason} (the pack runs {self.short_label} text-to-image and image-to-image only). "
+                "Remove the node from the graph, or use an SD1.x / SDXL model for it"
+            )
 
     # ---- schedulers
     def sigmas(self, steps: int):
