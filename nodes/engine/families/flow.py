@@ -146,9 +146,18 @@ class FlowFamily(Family):
         return self.variant
 
     # ---- encode
-    def check_text_bundle(self, bundle, text) -> None:
+    def check_text_bundle(self, bundle, text, embeddings=None) -> None:
         if not isinstance(text, str):
             raise ValueError(f"text: expected a string, got {type(text).__name__}")
+        if embeddings is not None and embeddings.names:
+            from ..embeddings import Embedding
+
+            named = [p.name for p in embeddings.split(text) if isinstance(p, Embedding)]
+            if named:
+                logger.warning(
+                    "%s prompts take no textual-inversion embeddings (they are CLIP vectors of SD1/SDXL): "
+                    "%s read as plain words", self.short_label, ", ".join(named),
+                )
         if bundle.patches:
             raise ValueError(
                 f"text_encoder: {self.label} text encoders take no LoRA yet (the text encoder carries "
@@ -199,7 +208,8 @@ class FlowFamily(Family):
         if "noise_mask" in latent or latent.get("ds_hooks"):
             refusal = "inpainting (a latent with a mask)"
         elif model.patches:
-            refusal = "model patches (LoRA, IP-Adapter)"
+            kinds = ", ".join(sorted({type(patch).__name__ for patch in model.patches}))
+            refusal = f"a patched model ({kinds}: LoRA, IP-Adapter or attention options)"
         if refusal:
             raise ValueError(
                 f"{model_label} is {self.label}: {refusal} is not supported for it yet. "

@@ -98,7 +98,7 @@ class FluxFamily(FlowFamily):
         from ..components import Conditioning
         from ..text_encoding import encoder_device
 
-        self.check_text_bundle(bundle, text)
+        self.check_text_bundle(bundle, text, embeddings)
         length = self.check_max_sequence_length(max_sequence_length or self.default_max_sequence_length)
         if clip_skip != 1:
             raise ValueError(

@@ -53,7 +53,7 @@ class SD3Family(FlowFamily):
         from ..components import Conditioning
         from ..text_encoding import encoder_device
 
-        self.check_text_bundle(bundle, text)
+        self.check_text_bundle(bundle, text, embeddings)
         length = self.check_max_sequence_length(max_sequence_length or self.default_max_sequence_length)
         text = plain_prompt(text, self.short_label)
         (tok_l, tok_g, tok_t5), (enc_l, enc_g, enc_t5) = bundle.tokenizers, bundle.text_encoders
