@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from tiny_models import _text_config, clip_tokenizer, comfyui_root
+from tiny_models import _text_config, clip_tokenizer, comfyui_root, tiny_vae
 
 
 def t5_tokenizer():
@@ -34,25 +34,9 @@ def tiny_t5(seed: int = 0, d_model: int = 48):
 
 
 def tiny_vae16(seed: int = 0, scaling_factor: float = 1.5305, shift_factor: float = 0.0609):
-    """A 4-level (8x) VAE with 16 latent channels and a shift factor, no quant convs (SD3 / Flux)."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    return AutoencoderKL(
-        block_out_channels=[8, 16, 32, 32],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        latent_channels=16,
-        norm_num_groups=8,
-        layers_per_block=1,
-        sample_size=64,
-        scaling_factor=scaling_factor,
-        shift_factor=shift_factor,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
+    """The tiny VAE with 16 latent channels and a shift factor, no quant convs (SD3 / Flux)."""
+    return tiny_vae(seed, latent_channels=16, scaling_factor=scaling_factor, shift_factor=shift_factor,
+                    use_quant_conv=False, use_post_quant_conv=False)
 
 
 def sd3_scheduler():

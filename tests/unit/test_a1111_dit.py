@@ -4,23 +4,14 @@ The pack's `nodes/` folder is loaded as a bare package, as in test_a1111_transla
 """
 from __future__ import annotations
 
-import importlib
-import sys
-import types
-from pathlib import Path
-
 import pytest
 
-_ROOT = Path(__file__).resolve().parents[2]
-_PKG = "ds_unit_a1111_pack"
-if _PKG not in sys.modules:
-    _package = types.ModuleType(_PKG)
-    _package.__path__ = [str(_ROOT / "nodes")]
-    sys.modules[_PKG] = _package
-translate = importlib.import_module(f"{_PKG}.a1111.translate")
-errors = importlib.import_module(f"{_PKG}.a1111.errors")
-models = importlib.import_module(f"{_PKG}.a1111.models")
-families = importlib.import_module(f"{_PKG}.engine.families")
+from bare_pack import module
+
+translate = module("a1111.translate")
+errors = module("a1111.errors")
+models = module("a1111.models")
+families = module("engine.families")
 
 KINDS = {"flux-dev": ("flux", "dev"), "flux-schnell": ("flux", "schnell"), "sd3": ("sd3", "base"),
          "sd15.safetensors": ("sd1", "base")}
