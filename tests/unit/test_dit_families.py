@@ -248,3 +248,38 @@ def test_adapters_refused_with_the_reason(kind):
         with pytest.raises(ValueError, match="not supported for"):
             family.refuse_adapter(kind, "thing")
     families.get("sdxl").refuse_adapter(kind, "thing")  # the UNet families take them
+
+
+def test_flux_batch_of_two_matches_the_pipeline(folders):
+    """Sample i of a batch uses seed + i, as FluxPipeline with one generator per image (true CFG on)."""
+    from diffusers import FluxPipeline
+
+    bundles = _load(folders, "flux-dev")
+    model, text, _ = bundles
+    pos, neg = encode_prompt(text, "a cat"), encode_prompt(text, "fog")
+    out = sample(model, pos, neg, {"samples": torch.zeros(2, 16, 8, 8)}, seed=4, steps=3, cfg=2.0,
+                 sampler_name="Euler")["samples"]
+    pipe = _pipe(FluxPipeline, bundles)
+    pipe.set_progress_bar_config(disable=True)
+    latents = pipe(prompt="a cat", negative_prompt="fog", true_cfg_scale=2.0, num_images_per_prompt=2,
+                   num_inference_steps=3, height=64, width=64, output_type="latent",
+                   generator=[torch.Generator().manual_seed(4), torch.Generator().manual_seed(5)]).images
+    latents = pipe._unpack_latents(latents, 64, 64, 8) / model.latent_scaling_factor + model.latent_shift_factor
+    assert float((out - latents).abs().max()) <= 1e-4
+
+
+@pytest.mark.parametrize("schedule,flag", [("karras", "use_karras_sigmas"), ("exponential", "use_exponential_sigmas")])
+def test_flux_schedules_are_the_scheduler_flags(folders, schedule, flag):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    model, _, _ = _load(folders, "flux-dev")
+    scheduler = families.of(model).make_scheduler(model, "Euler", schedule, (8, 8))
+    scheduler.set_timesteps(5)
+    reference = FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config, **{flag: True})
+    config = reference.config
+    mu = calculate_shift(16, config.base_image_seq_len, config.max_image_seq_len, config.base_shift, config.max_shift)
+    reference.set_timesteps(sigmas=np.linspace(1.0, 1 / 5, 5), mu=mu)
+    assert torch.allclose(scheduler.timesteps, reference.timesteps)
+    with pytest.raises(ValueError, match="sgm_uniform"):
+        families.of(model).make_scheduler(model, "Euler", "sgm_uniform", (8, 8))
