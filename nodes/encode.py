@@ -62,6 +62,14 @@ class DSTextEncode(io.ComfyNode):
                     "pass and fractions from 1 to 2 address this pass ([a:b:1.5] switches halfway through "
                     "it). 0 (default): a normal pass.",
                 ),
+                io.Boolean.Input(
+                    "old_prompt_editing_timelines",
+                    default=False,
+                    optional=True,
+                    tooltip="A1111's 'Use old prompt editing timelines': when on, any number below 1 is a "
+                    "fraction of the steps and any other a step number; off (A1111 1.6+), a number with a "
+                    "decimal point is a fraction (so 1.0 is the end) and one without a step.",
+                ),
                 io.Int.Input(
                     "max_sequence_length",
                     default=0,
@@ -70,14 +78,6 @@ class DSTextEncode(io.ComfyNode):
                     optional=True,
                     tooltip="SD3 and Flux only: how many T5 tokens the prompt is padded or cut to. 0 (default) "
                     "takes the family's: 256 for SD3 and Flux schnell, 512 for Flux dev. SD1.x/SDXL: leave 0.",
-                ),
-                io.Boolean.Input(
-                    "old_prompt_editing_timelines",
-                    default=False,
-                    optional=True,
-                    tooltip="A1111's 'Use old prompt editing timelines': when on, any number below 1 is a "
-                    "fraction of the steps and any other a step number; off (A1111 1.6+), a number with a "
-                    "decimal point is a fraction (so 1.0 is the end) and one without a step.",
                 ),
             ],
             outputs=[
