@@ -19,7 +19,8 @@ class DSTextEncode(io.ComfyNode):
                 "Encodes a prompt with the model's text encoder(s). Long prompts are encoded in "
                 "75-token chunks instead of being cut off; A1111 emphasis such as (word:1.3), "
                 "(word) and [word] is honoured, BREAK starts a new chunk, and A1111's prompt editing "
-                "[from:to:when] and alternation [a|b] change the prompt during sampling."
+                "[from:to:when] and alternation [a|b] change the prompt during sampling. SD3 and Flux "
+                "prompts are plain text for CLIP + T5 (see the text tooltip)."
             ),
             inputs=[
                 DSTextEncoder.Input(
@@ -37,7 +38,9 @@ class DSTextEncode(io.ComfyNode):
                     "point is a step), [dog:10] adds dog after step 10, [cat::10] removes cat, [cat|dog] "
                     "alternates every step. A textual-inversion embedding from models/embeddings is used by its "
                     "name (easynegative) or as embedding:easynegative. An empty prompt is allowed (typical for "
-                    "a negative prompt).",
+                    "a negative prompt). SD3 and Flux read plain text: emphasis and BREAK are removed with a "
+                    "warning (T5 has no A1111 emphasis), prompt editing is refused, CLIP sees the first 75 tokens "
+                    "and T5 max_sequence_length tokens (the rest is cut with a warning).",
                 ),
                 io.Int.Input(
                     "clip_skip",
@@ -67,6 +70,15 @@ class DSTextEncode(io.ComfyNode):
                     "fraction of the steps and any other a step number; off (A1111 1.6+), a number with a "
                     "decimal point is a fraction (so 1.0 is the end) and one without a step.",
                 ),
+                io.Int.Input(
+                    "max_sequence_length",
+                    default=0,
+                    min=0,
+                    max=512,
+                    optional=True,
+                    tooltip="SD3 and Flux only: how many T5 tokens the prompt is padded or cut to. 0 (default) "
+                    "takes the family's: 256 for SD3 and Flux schnell, 512 for Flux dev. SD1.x/SDXL: leave 0.",
+                ),
             ],
             outputs=[
                 DSConditioning.Output(
@@ -84,8 +96,11 @@ class DSTextEncode(io.ComfyNode):
         clip_skip: int = 1,
         first_pass_steps: int = 0,
         old_prompt_editing_timelines: bool = False,
+        max_sequence_length: int = 0,
     ) -> io.NodeOutput:
-        comfy_bridge.load_to_compute_device(text_encoder.text_encoders)
+        # SD3 without T5 holds None in its place.
+        comfy_bridge.load_to_compute_device([e for e in text_encoder.text_encoders if e is not None])
+        options = {"max_sequence_length": max_sequence_length} if max_sequence_length else {}
         return io.NodeOutput(
             encode_with_editing(
                 text_encoder,
@@ -94,6 +109,7 @@ class DSTextEncode(io.ComfyNode):
                 first_pass_steps=first_pass_steps,
                 old_timelines=old_prompt_editing_timelines,
                 embeddings=embedding_files.library(),
+                **options,
             )
         )
 

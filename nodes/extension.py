@@ -10,6 +10,7 @@ from comfy_api.latest import ComfyExtension, io
 from . import (
     controlnet,
     encode,
+    flux_guidance,
     inpaint,
     ip_adapter,
     loaders,
@@ -26,8 +27,8 @@ from . import (
 )
 
 CONCEPT_MODULES = [
-    loaders, encode, sdxl_conditioning, sample, vae, ip_adapter, controlnet, inpaint, regional, region_masks,
-    lora, model_options, seamless, sd_upscale,
+    loaders, encode, sdxl_conditioning, flux_guidance, sample, vae, ip_adapter, controlnet, inpaint, regional,
+    region_masks, lora, model_options, seamless, sd_upscale,
 ]
 
 NODES: list[type[io.ComfyNode]] = [node for module in CONCEPT_MODULES for node in module.NODES]

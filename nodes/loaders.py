@@ -19,7 +19,8 @@ class DSLoadModel(io.ComfyNode):
             description=(
                 "Loads an SD1.x, SDXL or SDXL refiner model as diffusers components: a diffusers "
                 "folder from models/diffusers or a single .safetensors checkpoint from "
-                "models/checkpoints. Works offline; loading the same file again reuses the loaded weights."
+                "models/checkpoints. SD3 / SD3.5 and Flux.1 (dev, schnell) load from diffusers folders. "
+                "Works offline; loading the same file again reuses the loaded weights."
             ),
             inputs=[
                 io.Combo.Input(
@@ -27,18 +28,21 @@ class DSLoadModel(io.ComfyNode):
                     options=comfy_bridge.model_names(),
                     tooltip="The model: a diffusers folder (models/diffusers) or a single-file "
                     ".safetensors checkpoint (models/checkpoints). SD1.x, SDXL and the SDXL refiner "
-                    "(sd_xl_refiner_1.0) are supported.",
+                    "(sd_xl_refiner_1.0) are supported; SD3 / SD3.5 and Flux.1 dev / schnell as diffusers "
+                    "folders (the family is read from model_index.json).",
                 ),
                 weights_dtype.dtype_input("float32 is exact but uses twice the memory."),
             ],
             outputs=[
                 DSModel.Output(
-                    display_name="MODEL", tooltip="The denoising UNet and its scheduler settings, for DSSampler."
+                    display_name="MODEL",
+                    tooltip="The denoiser (UNet, or SD3 / Flux transformer) and its scheduler settings, for DSSampler."
                 ),
                 DSTextEncoder.Output(
                     display_name="TEXT_ENCODER",
                     tooltip="The tokenizer(s) and text encoder(s), for DSTextEncode (two for SDXL, one for the "
-                    "SDXL refiner: encode the refiner's prompts with this one).",
+                    "SDXL refiner: encode the refiner's prompts with this one; CLIP-L, CLIP-G and T5 for SD3; "
+                    "CLIP-L and T5 for Flux).",
                 ),
                 DSVAE.Output(
                     display_name="VAE", tooltip="The autoencoder, for DSVAEDecode and DSVAEEncode."

@@ -53,14 +53,16 @@ class DSSampler(io.ComfyNode):
                     step=0.1,
                     round=0.01,
                     tooltip="Classifier-free guidance scale: how strongly to follow the prompt. "
-                    "1 disables the negative prompt (and halves the work).",
+                    "1 disables the negative prompt (and halves the work). Flux: keep 1 (its guidance is "
+                    "Diffusers Flux Guidance); above 1 runs the negative prompt too (true CFG).",
                 ),
                 io.Combo.Input(
                     "sampler_name",
                     options=SAMPLER_NAMES,
                     default="Euler a",
                     tooltip="The sampler, by its A1111 name, mapped to the matching diffusers scheduler "
-                    "(PLMS is diffusers' PNDM).",
+                    "(PLMS is diffusers' PNDM). SD3 and Flux are flow-matching models: only Euler "
+                    "(FlowMatchEulerDiscrete) applies, other names are refused.",
                 ),
                 io.Combo.Input(
                     "schedule",

@@ -55,8 +55,8 @@ def _text_config(hidden: int, projection: int):
     )
 
 
-def tiny_vae(seed: int = 0):
-    """A 4-level VAE (8x downscale, as the real one) with 4 latent channels."""
+def tiny_vae(seed: int = 0, latent_channels: int = 4, **config):
+    """A 4-level VAE (8x downscale, as the real one) with 4 latent channels (16 and a shift for SD3 / Flux)."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
@@ -66,10 +66,11 @@ def tiny_vae(seed: int = 0):
         out_channels=3,
         down_block_types=["DownEncoderBlock2D"] * 4,
         up_block_types=["UpDecoderBlock2D"] * 4,
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=8,
         layers_per_block=1,
         sample_size=64,
+        **config,
     )
 
 

@@ -35,6 +35,8 @@ class _Common(_Body):
     n_iter: int = Field(1, ge=1, le=100)
     steps: int = Field(50, ge=1, le=10000)
     cfg_scale: float = Field(7.0, ge=0.0, le=100.0)
+    # Forge's field: Flux dev's distilled guidance (DSFluxGuidance); None is the model's default (3.5).
+    distilled_cfg_scale: Optional[float] = Field(None, ge=0.0, le=100.0)
     width: int = Field(512, ge=64, le=MAX_SIDE)
     height: int = Field(512, ge=64, le=MAX_SIDE)
     restore_faces: Optional[bool] = None

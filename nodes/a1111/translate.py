@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
+from ..engine.families import CONTROLNET, INPAINT, LORA
+from ..engine.families.flux import DEFAULT_GUIDANCE
 from ..engine.prompt_schedule import has_editing
 from ..engine.schedulers import (
     A1111_SCHEDULE_LABELS,
@@ -351,6 +353,43 @@ def _settings(req, options: dict, catalog: Catalog, kind: str) -> _Settings:
                      aesthetic_score=high, negative_aesthetic_score=low, old_timelines=old_timelines)
 
 
+def _family(catalog: Catalog, model: str):
+    """The engine Family of a catalog model, None when the catalog cannot tell."""
+    return catalog.model_family(model) if catalog.model_family is not None else None
+
+
+def _refuse_for_family(family, req, sampler: str, loras: list) -> None:
+    """A request asking the model's family for what it cannot do: 422 naming it, before anything runs.
+
+    The family says which samplers apply and which adapters it refuses
+    (SD3 and Flux: flow-matching samplers only, no LoRA, ControlNet or inpainting yet).
+    """
+    if family is None:
+        return
+    if family.sampler_names and sampler not in family.sampler_names:
+        raise unsupported(
+            f"sampler_name: {sampler!r} does not apply to {family.label}, a flow-matching model: "
+            f"use one of {', '.join(family.sampler_names)}"
+        )
+    asked = [
+        (LORA, bool(loras), "<lora:...> tags"),
+        (INPAINT, bool(getattr(req, "mask", None)), "mask (inpainting)"),
+        (CONTROLNET, any(k.lower() == "controlnet" for k in (req.alwayson_scripts or {})), "alwayson_scripts.controlnet"),
+    ]
+    for kind, wanted, field_name in asked:
+        reason = family.adapter_refusal(kind) if wanted else None
+        if reason:
+            raise unsupported(f"{field_name}: {reason}; send the request without it")
+
+
+def _guided(g: Graph, family, pos: str, req) -> str:
+    """Flux dev's distilled guidance on the positive prompt (Forge's distilled_cfg_scale), where the model has one."""
+    if not getattr(family, "guidance_embedding", False):
+        return pos
+    guidance = req.distilled_cfg_scale if req.distilled_cfg_scale is not None else DEFAULT_GUIDANCE
+    return g.add("DSFluxGuidance", conditioning=_ref(pos), guidance=guidance)
+
+
 def _takes_aesthetic_score(catalog: Catalog, model: str) -> bool:
     """Whether the A1111 refiner checkpoint is an SDXL refiner (A1111 lets any model refine; only
     the SDXL refiner takes the aesthetic-score options, the others ignore them there)."""
@@ -461,6 +500,9 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
         extras.check_node_types(catalog.node_types, ["DSLoadLoRA"], "<lora:...> tags")
         lora_list = extras.resolve_loras(loras + neg_loras, catalog.loras)
 
+    family = _family(catalog, settings.model)
+    _refuse_for_family(family, req, sampler, lora_list)
+
     refiner = None
     if req.refiner_checkpoint not in (None, "", "None") and req.refiner_switch_at is not None \
             and req.refiner_switch_at < 1.0:
@@ -537,13 +579,14 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
         loader = g.add("DSLoadModel", model_name=settings.model, dtype="auto")
         model_ref, te_ref = extras.lora_chain(g, [loader, 0], [loader, 1], lora_list)
         model_ref, vae_ref = _seamless(g, req.tiling, model_ref, [loader, 2])
-        pos = _encode(g, te_ref, prompt, settings)
+        pos = _guided(g, family, _encode(g, te_ref, prompt, settings), req)
         neg = _encode(g, te_ref, negative, settings)
         pixels = None
         seed_k = seed if strength > 0 else seed + k * per_graph
         crop = inpainted = None
         if kind == "txt2img":
-            latent = g.add("EmptyLatentImage", width=req.width, height=req.height, batch_size=req.batch_size)
+            empty = getattr(family, "empty_latent_node", "EmptyLatentImage")  # 16 channels for SD3 / Flux
+            latent = g.add(empty, width=req.width, height=req.height, batch_size=req.batch_size)
         else:
             picks = [init_names[(k * per_graph + j) % len(init_names)] for j in range(per_graph)]
             loads = {name: g.add("LoadImage", image=name) for name in dict.fromkeys(picks)}
@@ -616,7 +659,9 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
                 h_model = _seamless(g, req.tiling, h_model, h_vae)[0]
                 h_text, h_negative = styles.apply_styles(hires.prompt, hires.negative, req.styles or [],
                                                          catalog.styles)
-                h_pos = _encode(g, h_te, strip_lora_tags(h_text)[0], settings, first_pass_steps=req.steps)
+                h_family = _family(catalog, hires.model) if hires.model else family
+                h_pos = _guided(g, h_family, _encode(g, h_te, strip_lora_tags(h_text)[0], settings,
+                                                     first_pass_steps=req.steps), req)
                 h_neg = _encode(g, h_te, strip_lora_tags(h_negative)[0], settings, first_pass_steps=req.steps)
                 if units and h_loader == loader:
                     h_pos, h_neg = extras.control_chain(g, h_pos, h_neg, units, None)
@@ -657,6 +702,8 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
         "Sampler": sampler,
         "Schedule type": SCHEDULE_LABELS[schedule],
         "CFG scale": req.cfg_scale,
+        "Distilled CFG Scale": (req.distilled_cfg_scale if req.distilled_cfg_scale is not None else DEFAULT_GUIDANCE)
+        if getattr(family, "guidance_embedding", False) else None,
         "Size": f"{req.width}x{req.height}",
         "Model": model_stem(settings.model),
         "Variation seed strength": strength if strength > 0 else None,

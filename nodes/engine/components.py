@@ -15,7 +15,9 @@ import torch
 
 SD1 = "sd1"
 SDXL = "sdxl"
-FAMILIES = (SD1, SDXL)
+SD3 = "sd3"
+FLUX = "flux"
+FAMILIES = (SD1, SDXL, SD3, FLUX)
 
 # Variants within a family. The SDXL refiner is family SDXL (same VAE and
 # latent space, same scheduler, previews and float16 rules) with variant
@@ -23,7 +25,11 @@ FAMILIES = (SD1, SDXL)
 # five time ids (original size, crop top-left, aesthetic score).
 BASE = "base"
 REFINER = "refiner"
-VARIANTS = (BASE, REFINER)
+# Flux.1's two releases: dev is guidance-distilled (a guidance embedding, 512
+# T5 tokens), schnell is timestep-distilled (no guidance, 256 T5 tokens).
+DEV = "dev"
+SCHNELL = "schnell"
+VARIANTS = (BASE, REFINER, DEV, SCHNELL)
 
 
 def model_kind_label(family: str, variant: str = BASE) -> str:
@@ -86,6 +92,9 @@ class TextEncoderBundle:
     text_encoders: tuple
     patches: tuple = ()
     variant: str = BASE
+    # SD3 without its T5 (text_encoder_3 null): the width of the zeros that
+    # stand in for T5 (the transformer's joint_attention_dim), as diffusers.
+    joint_width: int = 0
 
     @property
     def is_refiner(self) -> bool:
@@ -142,6 +151,8 @@ class Conditioning:
     size_conditioning: Optional[dict] = None
     extras: tuple = field(default=())
     variant: str = BASE
+    # Flux dev's distilled guidance (DSFluxGuidance sets it; None: the family default).
+    guidance: Optional[float] = None
 
     def with_extra(self, extra: Any) -> "Conditioning":
         return replace(self, extras=self.extras + (extra,))

@@ -103,6 +103,7 @@ def _refiner_message(control_net: ControlNetBundle, what: str) -> str:
 
 def check_compatible(control_net: ControlNetBundle, model) -> None:
     """Refuse a ControlNet of another family or shape before any shape error."""
+    families.of(model).refuse_adapter(families.CONTROLNET, f"control_net {control_net.name!r}")
     cn, unet = control_net.module.config, model.unet.config
     if families.of(model).adapter_refusal(families.CONTROLNET):
         raise ValueError(_refiner_message(control_net, f"the model {model.name!r} is"))
@@ -317,6 +318,7 @@ def apply_controlnet(
         raise ValueError(
             f"control_net must be a DS_CONTROLNET from Load ControlNet, got {type(control_net).__name__}"
         )
+    families.of(positive).refuse_adapter(families.CONTROLNET, f"control_net {control_net.name!r}")
     if families.of(positive).adapter_refusal(families.CONTROLNET):
         raise ValueError(_refiner_message(control_net, "positive was encoded with the text encoder of"))
     unit = ControlNetUnit(

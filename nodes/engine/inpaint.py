@@ -207,6 +207,8 @@ def prepare(
 ) -> Prepared:
     """The inpainting LATENT of `image` for `model`, repainting where `mask` is 1.
 
+    Refused for families without inpainting support yet (SD3, Flux).
+
     fill: what the masked area starts from (A1111's inpainting_fill):
     "original" the picture, "blurred" colours blurred in from around the mask,
     "noise" random latents, "nothing" zero latents. It matters below denoise 1
@@ -215,6 +217,7 @@ def prepare(
     image's VAE posteriors with its seed, as diffusers' inpaint pipelines do;
     "mode" takes the means (deterministic, ComfyUI's way). See posterior.py.
     """
+    families.of(model).refuse_adapter(families.INPAINT, "model")
     P.check_mode(latent_sampling)
     image = _check_image(image)
     if fill not in FILL_MODES:

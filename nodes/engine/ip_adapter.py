@@ -364,6 +364,7 @@ def check_embeds(adapter: IPAdapter, embeds: ImageEmbeds) -> None:
 
 def check_model(adapter: IPAdapter, model: ModelBundle) -> list[str]:
     """The UNet's cross-attention names, after checking the adapter fits them."""
+    families.of(model).refuse_adapter(families.IP_ADAPTER, f"ip_adapter {adapter.name!r}")
     if families.of(model).adapter_refusal(families.IP_ADAPTER):
         raise ValueError(
             f"ip_adapter: '{adapter.name}' cannot be applied to the model '{model.name}', which is the SDXL "

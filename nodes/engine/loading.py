@@ -279,6 +279,8 @@ def peek_family(path: str | os.PathLike) -> families.Family:
 def _bundles(family, name, unet, vae, text_encoders, tokenizers, scheduler_config, dtype, variant=BASE) -> Loaded:
     if families.get(family, variant).keep_vae_float32(vae, dtype):
         vae = vae.to(torch.float32)
+    # The VAE's shift_factor (SD3, Flux; None for SD1/SDXL VAEs, which keeps their path unchanged).
+    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
     model = ModelBundle(
         family=family,
         name=name,
@@ -288,9 +290,11 @@ def _bundles(family, name, unet, vae, text_encoders, tokenizers, scheduler_confi
         latent_scaling_factor=float(vae.config.scaling_factor),
         vae_scale_factor=2 ** (len(vae.config.block_out_channels) - 1),
         variant=variant,
+        latent_shift_factor=shift,
     )
     text = TextEncoderBundle(
-        family=family, name=name, tokenizers=tuple(tokenizers), text_encoders=tuple(text_encoders), variant=variant
+        family=family, name=name, tokenizers=tuple(tokenizers), text_encoders=tuple(text_encoders), variant=variant,
+        joint_width=int(getattr(unet.config, "joint_attention_dim", 0) or 0),
     )
     return model, text, VAEBundle(family=family, name=name, vae=vae, variant=variant)
 
@@ -360,6 +364,9 @@ def _folder_family(path: str, index: dict) -> tuple[str, str]:
     """(family, variant) of a diffusers folder from its model_index.json."""
     name = label(path)
     cls = index.get("_class_name")
+    transformer_family = families.for_pipeline_class(cls)
+    if transformer_family is not None:
+        return transformer_family.family, transformer_family.folder_variant(path)
     has = lambda comp: isinstance(index.get(comp), list) and index[comp][0] is not None  # noqa: E731
     if cls in _SDXL_PIPELINES or (cls not in _SD1_PIPELINES and has("text_encoder_2")):
         if not has("text_encoder"):
@@ -398,6 +405,12 @@ def _check_components(path: str, index: dict, family: str, variant: str = BASE) 
             )
 
 
+def _folder_has(path: str, index: dict, component: str) -> bool:
+    entry = index.get(component)
+    present = isinstance(entry, list) and bool(entry) and entry[0] is not None
+    return present and os.path.isdir(os.path.join(path, component))
+
+
 def _from_pretrained(path: str, component: str, loader, **kwargs):
     try:
         return loader(os.path.join(path, component), local_files_only=True, **kwargs)
@@ -429,7 +442,6 @@ def _folder_scheduler_config(path: str, spec: families.Family) -> dict:
 def _load_diffusers_folder(path: str, dtype: torch.dtype, device: torch.device) -> Loaded:
     import diffusers
     import transformers
-    from transformers import CLIPTokenizer
 
     index = _read_model_index(path)
     family, variant = _folder_family(path, index)
@@ -442,11 +454,18 @@ def _load_diffusers_folder(path: str, dtype: torch.dtype, device: torch.device) 
     vae = _from_pretrained(path, "vae", diffusers.AutoencoderKL.from_pretrained, torch_dtype=dtype)
     text_encoders, tokenizers = [], []
     for slot in spec.text_encoders:
+        if slot.optional and not _folder_has(path, index, slot.folder):
+            # SD3 saved without T5: diffusers conditions on zeros in its place.
+            logger.info("Folder %s has no %s; its prompts get zeros in its place", label(path), slot.folder)
+            text_encoders.append(None)
+            tokenizers.append(None)
+            continue
         encoder_cls = getattr(transformers, slot.encoder_class)
+        tokenizer_cls = getattr(transformers, slot.tokenizer_class)
         text_encoders.append(_from_pretrained(path, slot.folder, encoder_cls.from_pretrained, **_dtype_kwarg(dtype)))
-        tokenizers.append(_from_pretrained(path, slot.tokenizer_folder, CLIPTokenizer.from_pretrained))
+        tokenizers.append(_from_pretrained(path, slot.tokenizer_folder, tokenizer_cls.from_pretrained))
 
-    for module in (unet, vae, *text_encoders):
+    for module in (unet, vae, *[e for e in text_encoders if e is not None]):
         module.to(device)
         module.eval()
         module.requires_grad_(False)

@@ -336,6 +336,7 @@ def apply_lora(
     fit) or when none of its layers matches the model; layers or keys that do
     not match are counted in a warning. A strength of 0 adds no patch at all.
     """
+    families.of(model).refuse_adapter(families.LORA, f"lora {lora.name!r}")
     try:
         unet_targets, unet_unmatched = match_layers(lora, fmt.UNET, model.unet)
         te_targets, te_unmatched = [], []

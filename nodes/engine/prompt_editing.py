@@ -34,7 +34,7 @@ from typing import Optional
 
 import torch
 
-from . import hooks
+from . import families, hooks
 from .components import Conditioning, TextEncoderBundle
 from .embeddings import EmbeddingLibrary
 from .prompt_schedule import entry_at, first_text, has_editing, prompt_schedule
@@ -90,6 +90,7 @@ def encode_with_editing(
     first_pass_steps: int = 0,
     old_timelines: bool = False,
     embeddings: Optional[EmbeddingLibrary] = None,
+    **options,
 ) -> Conditioning:
     """encode_prompt, plus A1111's prompt editing and alternation.
 
@@ -101,7 +102,13 @@ def encode_with_editing(
             "0 for a normal pass, the first pass's steps for a hires-fix pass"
         )
     if not isinstance(text, str) or not has_editing(text):
-        return encode_prompt(text_encoder, text, clip_skip=clip_skip, embeddings=embeddings)
+        return encode_prompt(text_encoder, text, clip_skip=clip_skip, embeddings=embeddings, **options)
+    family = families.of(text_encoder)
+    if not family.chunked:
+        raise ValueError(
+            f"text: prompt editing [a:b:when] and alternation [a|b] are not supported for {family.label} yet "
+            f"(the prompt was {text!r}): write the prompt without them"
+        )
     editing = PromptEditing(text, text_encoder, clip_skip, first_pass_steps, bool(old_timelines), embeddings)
     return editing.encoded(first_text(text)).with_extra(editing)
 

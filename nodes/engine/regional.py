@@ -134,6 +134,7 @@ def add_region(
     """
     if not isinstance(base, Conditioning):
         raise ValueError(f"conditioning must be a DS_CONDITIONING, got {type(base).__name__}")
+    families.of(base).refuse_adapter(families.REGIONAL, "conditioning")
     if not 0.0 <= float(strength) <= 1.0:
         raise ValueError(
             f"strength must be between 0 and 1, got {strength}: 1 puts only the region's prompt "

@@ -148,7 +148,8 @@ class _Plan:
     is_txt2img: bool
 
 
-def _plan(scheduler, steps, denoise, start_step, end_step, samples, device, has_mask=False) -> Optional[_Plan]:
+def _plan(scheduler, steps, denoise, start_step, end_step, samples, device, has_mask=False,
+          family=None) -> Optional[_Plan]:
     """Set the scheduler's timesteps and pick this run's slice of them.
 
     denoise < 1 keeps the last int(steps * denoise) steps (diffusers'
@@ -159,8 +160,11 @@ def _plan(scheduler, steps, denoise, start_step, end_step, samples, device, has_
     order = int(getattr(scheduler, "order", 1))
     full = scheduler.timesteps
     end = steps if end_step is None else min(int(end_step), steps)
-    init_timestep = min(int(steps * denoise), steps)
-    t_start = max(steps - init_timestep, 0)
+    if family is None:
+        init_timestep = min(int(steps * denoise), steps)
+        t_start = max(steps - init_timestep, 0)
+    else:
+        t_start = family.img2img_start(steps, denoise)
     begin = max(int(start_step), t_start)
     if begin >= end:
         logger.warning(
@@ -272,7 +276,7 @@ def sample(
     dtype = model.dtype
 
     repaints = "noise_mask" in latent or any(getattr(h, "repaints", False) for h in latent.get("ds_hooks", ()) or ())
-    plan = _plan(scheduler, steps, denoise, start_step, end_step, samples, device, repaints)
+    plan = _plan(scheduler, steps, denoise, start_step, end_step, samples, device, repaints, family)
     if plan is None:
         return posterior.without_posteriors(latent)
     timesteps, full, order, total = plan.timesteps, plan.full, plan.order, plan.total

@@ -340,12 +340,32 @@ def _aligned_chunks(
     return list(zip(*per_tokenizer))
 
 
+def _family_encoding(bundle, text, clip_skip, embeddings, options) -> Optional[Conditioning]:
+    """The family's own encoder (SD3, Flux: CLIP + T5 as their pipelines), or None for CLIP windows.
+
+    `options` are family options (max_sequence_length); the CLIP-window
+    families take none, so one given to them is refused by name.
+    """
+    try:
+        family = families.of(bundle)
+    except ValueError as exc:
+        raise ValueError(f"text_encoder: {exc}") from None
+    own = family.encode_prompt(bundle, text, clip_skip=clip_skip, embeddings=embeddings, **options)
+    if own is None and options:
+        raise ValueError(
+            f"text_encoder: {', '.join(sorted(options))} applies to SD3 and Flux text encoders, not to "
+            f"{family.short_label}: leave it at 0"
+        )
+    return own
+
+
 def encode_prompt(
     text_encoder: TextEncoderBundle,
     text: str,
     *,
     clip_skip: int = 1,
     embeddings: Optional[EmbeddingLibrary] = None,
+    **options,
 ) -> Conditioning:
     """Encode one prompt (A1111 emphasis, BREAK, any length) into Conditioning.
 
@@ -354,6 +374,9 @@ def encode_prompt(
     for SDXL, pooled [1, P] from the first chunk. Tensors stay on the (last)
     encoder's device in its dtype.
     """
+    own = _family_encoding(text_encoder, text, clip_skip, embeddings, options)
+    if own is not None:
+        return own
     _check(text_encoder, text, clip_skip)
     chunk_rows = _aligned_chunks(text_encoder, text, embeddings)
     last_encoder = text_encoder.text_encoders[-1]

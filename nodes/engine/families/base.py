@@ -39,6 +39,7 @@ CONTROLNET = "controlnet"
 IP_ADAPTER = "ip_adapter"
 LORA = "lora"
 REGIONAL = "regional"
+INPAINT = "inpaint"
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,10 @@ class EncoderSlot:
     # The key of this encoder's vectors in a textual-inversion file (A1111's
     # SDXL files hold "clip_l" and "clip_g"; SD1 files one tensor, read as clip_l).
     embedding_key: str = "clip_l"
+    tokenizer_class: str = "CLIPTokenizer"  # the transformers tokenizer class of its folder
+    # SD3's T5 may be left out of a folder (model_index lists it as null):
+    # diffusers then conditions on zeros in its place.
+    optional: bool = False
 
 
 @dataclass
@@ -116,7 +121,8 @@ class Family:
         """The component folders a diffusers pipeline folder of this family must hold."""
         names = [self.denoiser_folder, "vae"]
         for slot in self.text_encoders:
-            names += [slot.folder, slot.tokenizer_folder]
+            if not slot.optional:
+                names += [slot.folder, slot.tokenizer_folder]
         return tuple(names)
 
     def bundled_config(self, component: str) -> dict:
@@ -141,7 +147,16 @@ class Family:
     size_conditioning: bool = False  # takes DSSDXLSizeConditioning's original size / crop
     target_size: bool = False  # ... and the target size
     aesthetic_score: bool = False  # takes an aesthetic score on the prompt (the SDXL refiner)
+    guidance_embedding: bool = False  # takes a distilled guidance value on the prompt (Flux dev, DSFluxGuidance)
     prompt_syntax: str = ""  # one sentence for tooltips and docs
+
+    def encode_prompt(self, bundle, text: str, *, clip_skip: int = 1, embeddings=None, **options):
+        """The family's own prompt encoder, or None: the CLIP-window encoder (text_encoding) applies.
+
+        The UNet families answer None; the transformer families (T5 sequences,
+        joint CLIP + T5 embeddings) encode here.
+        """
+        return None
 
     def encoder_output(self, index: int, encoder, ids: torch.Tensor, clip_skip: int):
         """One encoder on one token window: (hidden states [1, window, D], pooled or None)."""
@@ -170,6 +185,14 @@ class Family:
         """None when adapters of `kind` (CONTROLNET, IP_ADAPTER, ...) apply, else why not."""
         return None
 
+    def refuse_adapter(self, kind: str, what: str) -> None:
+        """Raise the family's own ValueError when `what` (an adapter input) does not apply to it at all.
+
+        The SDXL refiner's refusals keep their adapter-specific wording at
+        the adapters; a family whose whole model type has no adapter support
+        yet (SD3, Flux) raises here, before any shape is looked at.
+        """
+
     def from_noise_warning(self) -> Optional[str]:
         """A warning for a run that starts from pure noise, for families not made for it."""
         return None
@@ -185,8 +208,19 @@ class Family:
         """A fresh scheduler for one run (a flow family may shift by `latent_size`)."""
         raise NotImplementedError
 
+    def img2img_start(self, steps: int, denoise: float) -> int:
+        """The first step of an image-to-image run of `steps` at strength `denoise`.
+
+        diffusers' UNet img2img pipelines keep int(steps * strength) steps;
+        its flow-matching ones skip int(steps - steps * strength), which
+        rounds the other way when steps * strength is not whole.
+        """
+        init_timestep = min(int(steps * denoise), steps)
+        return max(steps - init_timestep, 0)
+
     # ---- latent format
     latent_format: LatentFormat = LatentFormat(channels=4, scaling_factor=0.18215)
+    empty_latent_node: str = "EmptyLatentImage"  # ComfyUI's node making an empty latent of this family
 
     def to_model_space(self, model: ModelBundle, samples: torch.Tensor, device, dtype) -> torch.Tensor:
         """LATENT samples (raw VAE latents) -> the denoiser's space."""

@@ -52,7 +52,7 @@ REFINER_LABEL = "Stable Diffusion XL refiner"
 SUPPORTED_SUMMARY = (
     "Supported: Stable Diffusion 1.x, SDXL base and SDXL refiner checkpoints, as a "
     "single .safetensors file in the original (LDM/A1111) layout or as a diffusers "
-    "folder (with model_index.json)."
+    "folder (with model_index.json); SD3 / SD3.5 and Flux.1 dev / schnell as diffusers folders."
 )
 
 # Widths of the narrowest real checkpoints; anything narrower is test-scale.

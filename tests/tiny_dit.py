@@ -1,0 +1,123 @@
+"""Tiny SD3 and Flux.1 (dev, schnell) components built in code.
+
+Shaped like the real families (three / two text encoders including T5, a
+joint transformer, a 16-channel VAE with a shift factor, the real scheduler
+configs) and small enough for a CPU test. The CLIP tokenizer is ComfyUI's
+real CLIP vocabulary, the T5 tokenizer ComfyUI's real T5 tokenizer
+(comfy/text_encoders/t5_tokenizer), so prompts tokenize as with real
+checkpoints; the tiny T5 keeps T5's 32128-token vocabulary for that reason.
+"""
+from __future__ import annotations
+
+import torch
+
+from tiny_models import _text_config, clip_tokenizer, comfyui_root, tiny_vae
+
+
+def t5_tokenizer():
+    from transformers import T5TokenizerFast
+
+    return T5TokenizerFast.from_pretrained(str(comfyui_root() / "comfy" / "text_encoders" / "t5_tokenizer"))
+
+
+def tiny_t5(seed: int = 0, d_model: int = 48):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=32128, d_model=d_model, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, relative_attention_max_distance=16, decoder_start_token_id=0,
+            pad_token_id=0, eos_token_id=1, feed_forward_proj="relu", dropout_rate=0.0,
+        )
+    )
+
+
+def tiny_vae16(seed: int = 0, scaling_factor: float = 1.5305, shift_factor: float = 0.0609):
+    """The tiny VAE with 16 latent channels and a shift factor, no quant convs (SD3 / Flux)."""
+    return tiny_vae(seed, latent_channels=16, scaling_factor=scaling_factor, shift_factor=shift_factor,
+                    use_quant_conv=False, use_post_quant_conv=False)
+
+
+def sd3_scheduler():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+
+
+def flux_scheduler(dev: bool = True):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    # The real FLUX.1-dev / -schnell scheduler configs.
+    if dev:
+        return FlowMatchEulerDiscreteScheduler(
+            base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15,
+            num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+        )
+    return FlowMatchEulerDiscreteScheduler(
+        base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15,
+        num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False,
+    )
+
+
+def tiny_sd3_components(seed: int = 0, with_t5: bool = True) -> dict:
+    """StableDiffusion3Pipeline components: CLIP-L (32) + CLIP-G (48) hidden states padded to T5's 96."""
+    from diffusers import SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=32, patch_size=1, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=96, pooled_projection_dim=64,
+    )
+    torch.manual_seed(seed)
+    clip_l = CLIPTextModelWithProjection(_text_config(32, 32))
+    torch.manual_seed(seed + 1)
+    clip_g = CLIPTextModelWithProjection(_text_config(48, 32))
+    return {
+        "transformer": transformer,
+        "scheduler": sd3_scheduler(),
+        "vae": tiny_vae16(seed),
+        "text_encoder": clip_l,
+        "tokenizer": clip_tokenizer(),
+        "text_encoder_2": clip_g,
+        "tokenizer_2": clip_tokenizer(pad_token="!"),
+        "text_encoder_3": tiny_t5(seed, d_model=96) if with_t5 else None,
+        "tokenizer_3": t5_tokenizer() if with_t5 else None,
+    }
+
+
+def tiny_flux_components(seed: int = 0, dev: bool = True) -> dict:
+    """FluxPipeline components: CLIP-L pooled (32) + T5 (48); dev with a guidance embedding."""
+    from diffusers import FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=48, pooled_projection_dim=32, guidance_embeds=dev,
+        axes_dims_rope=[4, 4, 8],
+    )
+    torch.manual_seed(seed)
+    clip_l = CLIPTextModel(_text_config(32, 32))
+    return {
+        "transformer": transformer,
+        "scheduler": flux_scheduler(dev),
+        "vae": tiny_vae16(seed, scaling_factor=0.3611, shift_factor=0.1159),
+        "text_encoder": clip_l,
+        "tokenizer": clip_tokenizer(),
+        "text_encoder_2": tiny_t5(seed, d_model=48),
+        "tokenizer_2": t5_tokenizer(),
+    }
+
+
+def sd3_pipeline(seed: int = 0, with_t5: bool = True):
+    from diffusers import StableDiffusion3Pipeline
+
+    return StableDiffusion3Pipeline(**tiny_sd3_components(seed, with_t5))
+
+
+def flux_pipeline(seed: int = 0, dev: bool = True):
+    from diffusers import FluxPipeline
+
+    return FluxPipeline(**tiny_flux_components(seed, dev), image_encoder=None, feature_extractor=None)

@@ -1,0 +1,61 @@
+"""A1111 requests naming an SD3 or Flux checkpoint: the graph they become, or a 422 naming the field.
+
+The pack's `nodes/` folder is loaded as a bare package, as in test_a1111_translate.
+"""
+from __future__ import annotations
+
+import pytest
+
+from bare_pack import module
+
+translate = module("a1111.translate")
+errors = module("a1111.errors")
+models = module("a1111.models")
+families = module("engine.families")
+
+KINDS = {"flux-dev": ("flux", "dev"), "flux-schnell": ("flux", "schnell"), "sd3": ("sd3", "base"),
+         "sd15.safetensors": ("sd1", "base")}
+
+
+def _plan(model: str, **fields):
+    body = {"prompt": "a cat", "steps": 4, "width": 64, "height": 64, "seed": 1, "cfg_scale": 1.0,
+            "override_settings": {"sd_model_checkpoint": model}, **fields}
+    catalog = translate.Catalog(models=list(KINDS), node_types=["DSLoadLoRA", "DSInpaint", "DSInpaintComposite"],
+                                store_image=lambda png: "x.png", loras=["ink.safetensors"],
+                                model_family=lambda name: families.get(*KINDS[name]))
+    return translate.build_plan(models.Txt2ImgRequest.model_validate(body), "txt2img", {}, catalog)
+
+
+def _of(graph: dict, class_type: str) -> list[dict]:
+    return [node["inputs"] for node in graph.values() if node["class_type"] == class_type]
+
+
+def test_flux_dev_txt2img_carries_distilled_guidance():
+    plan = _plan("flux-dev", distilled_cfg_scale=2.5)
+    graph = plan.graphs[0]
+    assert _of(graph, "EmptySD3LatentImage") and not _of(graph, "EmptyLatentImage")
+    (guidance,) = _of(graph, "DSFluxGuidance")
+    assert guidance["guidance"] == 2.5
+    sampler = _of(graph, "DSSampler")[0]
+    assert graph[sampler["positive"][0]]["class_type"] == "DSFluxGuidance"
+    assert "Distilled CFG Scale: 2.5" in plan.infotexts[0]
+
+
+def test_flux_schnell_and_sd3_have_no_guidance_node():
+    for model in ("flux-schnell", "sd3"):
+        graph = _plan(model, distilled_cfg_scale=3.5).graphs[0]
+        assert not _of(graph, "DSFluxGuidance") and _of(graph, "EmptySD3LatentImage")
+    assert _of(_plan("sd15.safetensors").graphs[0], "EmptyLatentImage")
+
+
+def test_non_flow_sampler_refused_by_name():
+    with pytest.raises(errors.ApiError) as caught:
+        _plan("sd3", sampler_name="DPM++ 2M")
+    assert caught.value.status == 422 and "sampler_name" in str(caught.value.detail)
+    assert "Euler" in str(caught.value.detail)
+
+
+def test_lora_tags_refused_for_flux():
+    with pytest.raises(errors.ApiError) as caught:
+        _plan("flux-dev", prompt="a cat <lora:ink:1>")
+    assert caught.value.status == 422 and "LoRA" in str(caught.value.detail)
