@@ -13,7 +13,6 @@ the same order, so the pipeline is called exactly as its docs show (PIL image).
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
