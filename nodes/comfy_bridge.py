@@ -164,11 +164,25 @@ def unknown_model_message(name: str) -> str:
     )
 
 
-def tokenizer_dir() -> str:
-    """The CLIP BPE tokenizer files that ComfyUI ships (used for single files)."""
+def _comfy_dir(*parts: str) -> str:
     # `comfy` is a namespace package in some trees (no __file__), so locate it
     # from folder_paths, which always sits at the root of the ComfyUI tree.
-    return os.path.join(os.path.dirname(os.path.abspath(folder_paths.__file__)), "comfy", "sd1_tokenizer")
+    return os.path.join(os.path.dirname(os.path.abspath(folder_paths.__file__)), "comfy", *parts)
+
+
+def tokenizer_dir() -> str:
+    """The CLIP BPE tokenizer files that ComfyUI ships (used for single files)."""
+    return _comfy_dir("sd1_tokenizer")
+
+
+def t5_tokenizer_dir() -> str:
+    """The T5 tokenizer that ComfyUI ships (FLUX.1 / SD3 single and split files)."""
+    return _comfy_dir("text_encoders", "t5_tokenizer")
+
+
+def tokenizer_dirs() -> dict[str, str]:
+    """Both tokenizer folders, as the engine's DiT file loaders take them."""
+    return {"clip": tokenizer_dir(), "t5": t5_tokenizer_dir()}
 
 
 # ------------------------------------------------------------------- devices

@@ -23,12 +23,13 @@ from . import (
     sdxl_conditioning,
     sd_upscale,
     seamless,
+    split_loader,
     vae,
 )
 
 CONCEPT_MODULES = [
-    loaders, encode, sdxl_conditioning, flux_guidance, sample, vae, ip_adapter, controlnet, inpaint, regional,
-    region_masks, lora, model_options, seamless, sd_upscale,
+    loaders, split_loader, encode, sdxl_conditioning, flux_guidance, sample, vae, ip_adapter, controlnet, inpaint,
+    regional, region_masks, lora, model_options, seamless, sd_upscale,
 ]
 
 NODES: list[type[io.ComfyNode]] = [node for module in CONCEPT_MODULES for node in module.NODES]

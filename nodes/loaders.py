@@ -8,7 +8,6 @@ from .engine.loading import load_checkpoint
 from .types import DSVAE, DSModel, DSTextEncoder, category
 
 
-
 class DSLoadModel(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -19,7 +18,9 @@ class DSLoadModel(io.ComfyNode):
             description=(
                 "Loads an SD1.x, SDXL or SDXL refiner model as diffusers components: a diffusers "
                 "folder from models/diffusers or a single .safetensors checkpoint from "
-                "models/checkpoints. SD3 / SD3.5 and Flux.1 (dev, schnell) load from diffusers folders. "
+                "models/checkpoints. SD3 / SD3.5 and Flux.1 (dev, schnell) load from diffusers folders and from "
+                "all-in-one checkpoints (e.g. flux1-dev-fp8, sd3.5_medium incl. clips); for a transformer file "
+                "with separate text encoders and VAE use Load Diffusers Split Model. "
                 "Works offline; loading the same file again reuses the loaded weights."
             ),
             inputs=[
@@ -29,7 +30,8 @@ class DSLoadModel(io.ComfyNode):
                     tooltip="The model: a diffusers folder (models/diffusers) or a single-file "
                     ".safetensors checkpoint (models/checkpoints). SD1.x, SDXL and the SDXL refiner "
                     "(sd_xl_refiner_1.0) are supported; SD3 / SD3.5 and Flux.1 dev / schnell as diffusers "
-                    "folders (the family is read from model_index.json).",
+                    "folders or all-in-one checkpoints (the family is read from model_index.json or the file's "
+                    "header).",
                 ),
                 weights_dtype.dtype_input("float32 is exact but uses twice the memory."),
             ],
@@ -65,6 +67,7 @@ class DSLoadModel(io.ComfyNode):
             path,
             dtype=weights_dtype.resolve(dtype),
             tokenizer_dir=comfy_bridge.tokenizer_dir(),
+            t5_tokenizer_dir=comfy_bridge.t5_tokenizer_dir(),
             device=comfy_bridge.offload_device(),
         )
         return io.NodeOutput(model, text_encoder, vae)

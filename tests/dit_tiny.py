@@ -116,7 +116,10 @@ def tiny_sd3_components(variant: str = "sd3_medium", seed: int = 0) -> dict:
     )
     torch.manual_seed(seed)
     clip_l = CLIPTextModelWithProjection(_text_config(32, 32))
-    clip_g = CLIPTextModelWithProjection(_text_config(64, 64))
+    clip_g_config = _text_config(64, 64)
+    # 8-wide heads, the test-scale rule a loader reads back (families.facts.text_attention_heads).
+    clip_g_config.num_attention_heads = 8
+    clip_g = CLIPTextModelWithProjection(clip_g_config)
     return _evaluating({
         "transformer": transformer,
         "scheduler": _scheduler(num_train_timesteps=1000, shift=3.0),

@@ -203,6 +203,7 @@ def load_checkpoint(
     *,
     dtype: str = "auto",
     tokenizer_dir: str | os.PathLike,
+    t5_tokenizer_dir: str | os.PathLike | None = None,
     device: torch.device | str = "cpu",
     use_cache: bool = True,
 ) -> tuple[ModelBundle, TextEncoderBundle, VAEBundle]:
@@ -214,6 +215,9 @@ def load_checkpoint(
     or "bfloat16".
     tokenizer_dir: the CLIP vocabulary used for single files (ComfyUI's
     comfy/sd1_tokenizer); diffusers folders bring their own tokenizers.
+    t5_tokenizer_dir: the T5 tokenizer for FLUX.1 / SD3 all-in-one files
+    (ComfyUI's comfy/text_encoders/t5_tokenizer), which are detected from
+    their header and loaded by `dit_loading`.
     use_cache: give back the cached bundles of an identical earlier load
     (see `CheckpointCache`).
     """
@@ -235,7 +239,7 @@ def load_checkpoint(
         fingerprint=_fingerprint(path),
         dtype=str(torch_dtype),
         device=str(device),
-        tokenizer_dir="" if is_folder else os.path.realpath(os.fspath(tokenizer_dir)),
+        tokenizer_dir="" if is_folder else _tokenizer_key(tokenizer_dir, t5_tokenizer_dir),
     )
     if use_cache:
         cached = checkpoint_cache.get(key)
@@ -252,7 +256,7 @@ def load_checkpoint(
     if is_folder:
         loaded = _load_diffusers_folder(path, torch_dtype, device)
     else:
-        loaded = _load_single_file(path, torch_dtype, device, os.fspath(tokenizer_dir))
+        loaded = _load_single_file(path, torch_dtype, device, os.fspath(tokenizer_dir), t5_tokenizer_dir)
     logger.info(
         "Loaded %s checkpoint %s (%s, %s) in %.1f s",
         families.of(loaded[0]).log_name, label(path), torch_dtype, device, time.perf_counter() - started,
@@ -260,6 +264,13 @@ def load_checkpoint(
     if use_cache:
         checkpoint_cache.put(key, loaded)
     return loaded
+
+
+def _tokenizer_key(tokenizer_dir, t5_tokenizer_dir) -> str:
+    key = os.path.realpath(os.fspath(tokenizer_dir))
+    if t5_tokenizer_dir is not None:
+        key += "|" + os.path.realpath(os.fspath(t5_tokenizer_dir))
+    return key
 
 
 def peek_family(path: str | os.PathLike) -> families.Family:
@@ -273,7 +284,13 @@ def peek_family(path: str | os.PathLike) -> families.Family:
     if os.path.isdir(path):
         return families.get(*_folder_family(path, _read_model_index(path)))
     single_file.check_suffix(path)
-    return families.get(*single_file.detect_model(single_file.read_header(path)))
+    header = single_file.read_header(path)
+    from .dit_loading import dit_checkpoint_info
+
+    dit = dit_checkpoint_info(header)
+    if dit is not None:
+        return families.get(dit.family, dit.registry_variant)
+    return families.get(*single_file.detect_model(header))
 
 
 def _bundles(family, name, unet, vae, text_encoders, tokenizers, scheduler_config, dtype, variant=BASE) -> Loaded:
@@ -302,7 +319,25 @@ def _bundles(family, name, unet, vae, text_encoders, tokenizers, scheduler_confi
 # --------------------------------------------------------------- single file
 
 
-def _load_single_file(path: str, dtype: torch.dtype, device: torch.device, tokenizer_dir: str) -> Loaded:
+def _dit_file(path: str):
+    """The FLUX.1 / SD3 transformer of an all-in-one file, or None (SD1/SDXL, or unreadable: that path reports)."""
+    from .dit_loading import dit_checkpoint_info
+
+    try:
+        return dit_checkpoint_info(single_file.read_header(path))
+    except ModelLoadError:
+        return None
+
+
+def _load_single_file(
+    path: str, dtype: torch.dtype, device: torch.device, tokenizer_dir: str, t5_tokenizer_dir=None
+) -> Loaded:
+    dit = _dit_file(path)
+    if dit is not None:
+        from .dit_loading import load_dit_checkpoint_bundles
+
+        tokenizer_dirs = {"clip": tokenizer_dir, "t5": os.fspath(t5_tokenizer_dir or "")}
+        return load_dit_checkpoint_bundles(path, dit, dtype, device, tokenizer_dirs)
     models = single_file.load_single_file(path, dtype=dtype, device=device)
     # Checked after the file so that a bad file is reported as such first.
     if not os.path.isfile(os.path.join(tokenizer_dir, "vocab.json")):

@@ -357,6 +357,25 @@ def classify_encoders(paths: Sequence[str | os.PathLike]) -> dict[str, EncoderIn
     return roles
 
 
+def identify_split(
+    transformer_path: str | os.PathLike, encoder_paths: Sequence[str | os.PathLike], vae_path: str | os.PathLike
+) -> tuple[TransformerInfo, dict[str, EncoderInfo], tuple[str, bool]]:
+    """What each split file is, from headers only, and whether they fit together.
+
+    Cheap enough for a node's input validation: a wrong combination (an SD3
+    clip_g with FLUX.1, a missing T5, an SD1 file as the transformer) is a
+    ModelLoadError naming the file and the fix before any weight is read.
+    Returns (transformer info, encoder roles, (VAE key prefix, diffusers layout)).
+    """
+    transformer_path, vae_path = os.fspath(transformer_path), os.fspath(vae_path)
+    info = detect(transformer_path)
+    where = f"Transformer {label(transformer_path)!r} ({info.label})"
+    roles = classify_encoders(encoder_paths)
+    _check_encoder_set(info, {r: e.path for r, e in roles.items()}, where)
+    check_suffix(vae_path)
+    return info, roles, detect_vae(read_header(vae_path))
+
+
 def load_dit_split(
     transformer_path: str | os.PathLike,
     encoder_paths: Sequence[str | os.PathLike],
@@ -375,13 +394,9 @@ def load_dit_split(
     wrong combination fails at once with the file named.
     """
     transformer_path, vae_path = os.fspath(transformer_path), os.fspath(vae_path)
-    info = detect(transformer_path)
+    info, roles, (vae_prefix, vae_diffusers) = identify_split(transformer_path, encoder_paths, vae_path)
     name = label(transformer_path)
     where = f"Transformer {name!r} ({info.label})"
-    roles = classify_encoders(encoder_paths)
-    _check_encoder_set(info, {r: e.path for r, e in roles.items()}, where)
-    check_suffix(vae_path)
-    vae_prefix, vae_diffusers = detect_vae(read_header(vae_path))
     logger.info("Loading %s from %s (%s layout) with %s", info.label, name, info.layout,
                 ", ".join(label(e.path) for e in roles.values()))
     tokenizers = _tokenizers(info.family, tokenizer_dirs, "t5xxl" in roles, where)
