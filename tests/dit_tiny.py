@@ -41,14 +41,14 @@ def tiny_t5(d_model: int, seed: int = 0):
     ))
 
 
-def tiny_dit_vae(scaling: float, shift: float, seed: int = 0):
+def tiny_dit_vae(scaling: float, shift: float, seed: int = 0, latent: int = LATENT):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
     return AutoencoderKL(
         block_out_channels=[8, 16, 32, 32], in_channels=3, out_channels=3,
         down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-        latent_channels=LATENT, norm_num_groups=8, layers_per_block=1, sample_size=64,
+        latent_channels=latent, norm_num_groups=8, layers_per_block=1, sample_size=64,
         use_quant_conv=False, use_post_quant_conv=False, scaling_factor=scaling, shift_factor=shift,
         force_upcast=True,
     )
@@ -68,12 +68,13 @@ def _evaluating(components: dict) -> dict:
     return components
 
 
-def tiny_flux_components(variant: str = "dev", seed: int = 0) -> dict:
-    """FluxPipeline components; variant dev, schnell or fill."""
+def tiny_flux_components(variant: str = "dev", seed: int = 0, latent: int = LATENT) -> dict:
+    """FluxPipeline components; variant dev, schnell or fill. latent: VAE channels (16 as the real
+    FLUX.1 for graphs that start from ComfyUI's EmptySD3LatentImage)."""
     from diffusers import FluxTransformer2DModel
     from transformers import CLIPTextModel
 
-    packed = LATENT * 4
+    packed = latent * 4
     in_channels = {"dev": packed, "schnell": packed, "fill": 2 * packed + 256}[variant]
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
@@ -90,7 +91,7 @@ def tiny_flux_components(variant: str = "dev", seed: int = 0) -> dict:
             base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15,
             num_train_timesteps=1000, shift=shift[0], use_dynamic_shifting=shift[1],
         ),
-        "vae": tiny_dit_vae(0.3611, 0.1159, seed),
+        "vae": tiny_dit_vae(0.3611, 0.1159, seed, latent),
         "text_encoder": clip,
         "tokenizer": clip_tokenizer(),
         "text_encoder_2": tiny_t5(32, seed),
@@ -101,14 +102,14 @@ def tiny_flux_components(variant: str = "dev", seed: int = 0) -> dict:
     })
 
 
-def tiny_sd3_components(variant: str = "sd3_medium", seed: int = 0) -> dict:
-    """StableDiffusion3Pipeline components; variant sd3_medium, sd35_medium or sd35_large."""
+def tiny_sd3_components(variant: str = "sd3_medium", seed: int = 0, latent: int = LATENT) -> dict:
+    """StableDiffusion3Pipeline components; variant sd3_medium, sd35_medium or sd35_large; latent as for Flux."""
     from diffusers import SD3Transformer2DModel
     from transformers import CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
-        sample_size=128, patch_size=2, in_channels=LATENT, out_channels=LATENT, num_layers=2,
+        sample_size=128, patch_size=2, in_channels=latent, out_channels=latent, num_layers=2,
         attention_head_dim=64, num_attention_heads=2, joint_attention_dim=96, caption_projection_dim=128,
         pooled_projection_dim=96, pos_embed_max_size=16,
         dual_attention_layers=(0,) if variant == "sd35_medium" else (),
@@ -123,7 +124,7 @@ def tiny_sd3_components(variant: str = "sd3_medium", seed: int = 0) -> dict:
     return _evaluating({
         "transformer": transformer,
         "scheduler": _scheduler(num_train_timesteps=1000, shift=3.0),
-        "vae": tiny_dit_vae(1.5305, 0.0609, seed),
+        "vae": tiny_dit_vae(1.5305, 0.0609, seed, latent),
         "text_encoder": clip_l,
         "tokenizer": clip_tokenizer(),
         "text_encoder_2": clip_g,

@@ -113,8 +113,8 @@ _SHRINK_JS = """
     const total = node.widgets?.find((w) => w.name === "steps")?.value;  // before it shrinks
     for (const widget of node.widgets ?? []) {
       let value = widget.value;
-      if (node.type === "EmptyLatentImage" && (widget.name === "width" || widget.name === "height")) value = size;
-      if (node.type === "EmptyLatentImage" && widget.name === "batch_size") value = 1;
+      if ((node.type === "EmptyLatentImage" || node.type === "EmptySD3LatentImage") && (widget.name === "width" || widget.name === "height")) value = size;
+      if ((node.type === "EmptyLatentImage" || node.type === "EmptySD3LatentImage") && widget.name === "batch_size") value = 1;
       if (node.type === "DSSampler" && widget.name === "steps") value = Math.min(widget.value, maxSteps);
       if (node.type === "DSSampler" && (widget.name === "start_step" || widget.name === "end_step")) {
         // A split schedule (base + refiner hand-off) keeps its proportions.

@@ -113,7 +113,7 @@ def shrink(prompt: dict, *, size: int = 64, max_steps: int = 3, batch: Optional[
     small = copy.deepcopy(prompt)
     for node in small.values():
         inputs = node["inputs"]
-        if node["class_type"] == "EmptyLatentImage":
+        if node["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage"):
             inputs["width"] = inputs["height"] = size
             if batch is not None:
                 inputs["batch_size"] = batch

@@ -112,7 +112,7 @@ def _expected_size(prompt: dict, save_id: str, input_dir: Path) -> tuple[int, in
             scale *= node["inputs"]["scale"]
             continue
         size = None
-        if node["class_type"] == "EmptyLatentImage":
+        if node["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage"):
             size = node["inputs"]["width"], node["inputs"]["height"]
         if node["class_type"] == "LoadImage":
             with Image.open(input_dir / node["inputs"]["image"]) as picture:
@@ -124,7 +124,7 @@ def _expected_size(prompt: dict, save_id: str, input_dir: Path) -> tuple[int, in
 
 def _expected_count(prompt: dict, save_id: str) -> int:
     for node_id in upstream(prompt, save_id):
-        if prompt[node_id]["class_type"] == "EmptyLatentImage":
+        if prompt[node_id]["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage"):
             return prompt[node_id]["inputs"]["batch_size"]
     return 1
 
