@@ -38,7 +38,9 @@ import torch
 UNET = "unet"
 TEXT_ENCODER = "text_encoder"
 TEXT_ENCODER_2 = "text_encoder_2"
-COMPONENTS = (UNET, TEXT_ENCODER, TEXT_ENCODER_2)
+TEXT_ENCODER_3 = "text_encoder_3"  # SD3's T5
+TRANSFORMER = "transformer"  # SD3 / Flux denoiser (diffusers' folder name)
+COMPONENTS = (UNET, TEXT_ENCODER, TEXT_ENCODER_2, TEXT_ENCODER_3, TRANSFORMER)
 
 KOHYA = "kohya"
 DIFFUSERS = "diffusers"
@@ -119,7 +121,13 @@ _KOHYA_PREFIXES = (
     ("lora_te2_", TEXT_ENCODER_2),
     ("lora_te_", TEXT_ENCODER),
 )
-_DOTTED_PREFIXES = ((TEXT_ENCODER_2 + ".", TEXT_ENCODER_2), (TEXT_ENCODER + ".", TEXT_ENCODER), (UNET + ".", UNET))
+_DOTTED_PREFIXES = (
+    (TEXT_ENCODER_3 + ".", TEXT_ENCODER_3),
+    (TEXT_ENCODER_2 + ".", TEXT_ENCODER_2),
+    (TEXT_ENCODER + ".", TEXT_ENCODER),
+    (UNET + ".", UNET),
+    (TRANSFORMER + ".", TRANSFORMER),
+)
 
 
 def split_key(key: str) -> Optional[tuple[str, str]]:
@@ -305,6 +313,8 @@ __all__ = [
     "KOHYA",
     "TEXT_ENCODER",
     "TEXT_ENCODER_2",
+    "TEXT_ENCODER_3",
+    "TRANSFORMER",
     "UNET",
     "LoraLayer",
     "ParsedLora",
