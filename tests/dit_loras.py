@@ -84,3 +84,34 @@ def kohya_flux_from_peft(peft: dict, alpha: float = 4.0) -> dict:
                 module = "text_model." + module
             put("lora_te1_" + module.replace(".", "_"), value, peft[key.replace("lora_A", "lora_B")])
     return out
+
+
+def xlabs_flux_from_peft(peft: dict) -> tuple[dict, dict]:
+    """(the XLabs spelling, the peft layers it covers) of a peft_lora(..., shared_qkv=True) Flux LoRA.
+
+    XLabs trains the attention only: `double_blocks.<i>.processor.qkv_lora1` (image q, k, v fused),
+    `qkv_lora2` (text), `proj_lora1` / `proj_lora2` (outputs), `single_blocks.<i>.processor.proj_lora`; no alpha.
+    """
+    out, covered = {}, {}
+
+    def put(key, module):
+        a, b = (peft[f"transformer.{module}.lora_{x}.weight"] for x in "AB")
+        out[f"{key}.down.weight"], out[f"{key}.up.weight"] = a, b
+        covered[f"transformer.{module}.lora_A.weight"], covered[f"transformer.{module}.lora_B.weight"] = a, b
+
+    blocks = sorted({int(k.split(".")[2]) for k in peft if k.startswith("transformer.transformer_blocks.")})
+    for i in blocks:
+        base = f"transformer_blocks.{i}"
+        for fused, parts in (("qkv_lora1", ("attn.to_q", "attn.to_k", "attn.to_v")),
+                             ("qkv_lora2", ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"))):
+            for part in parts:
+                put(f"unused.{part}", f"{base}.{part}")
+            out[f"double_blocks.{i}.processor.{fused}.down.weight"] = peft[f"transformer.{base}.{parts[0]}.lora_A.weight"]
+            out[f"double_blocks.{i}.processor.{fused}.up.weight"] = torch.cat(
+                [peft[f"transformer.{base}.{p}.lora_B.weight"] for p in parts])
+        put(f"double_blocks.{i}.processor.proj_lora1", f"{base}.attn.to_out.0")
+        put(f"double_blocks.{i}.processor.proj_lora2", f"{base}.attn.to_add_out")
+    singles = sorted({int(k.split(".")[2]) for k in peft if k.startswith("transformer.single_transformer_blocks.")})
+    for i in singles:
+        put(f"single_blocks.{i}.processor.proj_lora", f"single_transformer_blocks.{i}.proj_out")
+    return {k: v.contiguous() for k, v in out.items() if not k.startswith("unused.")}, covered

@@ -35,11 +35,19 @@ def _merged(model, text_encoder, lora):
     saved = lora_mod._merge(model.unet, [(patch.targets, 1.0)])
     transformer = {k: v.clone() for k, v in model.unet.state_dict().items()}
     lora_mod._restore(saved)
+    if not new_te.patches:
+        return transformer, None
     (te_patch,) = new_te.patches
     saved = lora_mod._merge(text_encoder.text_encoders[0], [(te_patch.targets[0], 1.0)])
     clip = {k: v.clone() for k, v in text_encoder.text_encoders[0].state_dict().items()}
     lora_mod._restore(saved)
     return transformer, clip
+
+
+def _assert_same_weights(first, second):
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.allclose(first[key], second[key], atol=1e-6), key
 
 
 def test_kohya_flux_file_converted_equals_the_peft_one(folders):
@@ -51,9 +59,7 @@ def test_kohya_flux_file_converted_equals_the_peft_one(folders):
     from_peft = _merged(model, text_encoder, lora_mod.lora_from_state_dict(peft, "peft.safetensors"))
     from_kohya = _merged(model, text_encoder, lora_mod.lora_from_state_dict(kohya, "kohya.safetensors"))
     for ours, theirs in zip(from_peft, from_kohya):
-        assert ours.keys() == theirs.keys()
-        for key in ours:
-            assert torch.allclose(ours[key], theirs[key], atol=1e-6), key
+        _assert_same_weights(ours, theirs)
     changed = [k for k in plain if not torch.equal(plain[k], from_peft[0][k])]
     assert "single_transformer_blocks.0.proj_out.weight" in changed and "transformer_blocks.0.attn.to_q.weight" in changed
     assert all(torch.equal(v, model.unet.state_dict()[k]) for k, v in plain.items())  # restored bit for bit
@@ -71,6 +77,38 @@ def test_comfyui_saved_flux_format_is_read(folders):
     assert dit_lora_family(comfy) == "Flux.1"
     new_model, _ = lora_mod.apply_lora(model, text_encoder, lora_mod.lora_from_state_dict(comfy, "comfy.safetensors"))
     assert len(new_model.patches[0].targets) == len([k for k in peft if k.endswith("lora_A.weight")])
+
+
+def test_xlabs_flux_file_converted_equals_the_peft_one(folders):
+    model, text_encoder, _ = _load(folders, "flux")
+    peft = dit_loras.peft_lora(model.unet, None, seed=5, shared_qkv=True)
+    xlabs, covered = dit_loras.xlabs_flux_from_peft(peft)
+    assert any(".processor.qkv_lora1." in k for k in xlabs)
+    from_peft = _merged(model, text_encoder, lora_mod.lora_from_state_dict(covered, "peft.safetensors"))[0]
+    from_xlabs = _merged(model, text_encoder, lora_mod.lora_from_state_dict(xlabs, "xlabs.safetensors"))[0]
+    _assert_same_weights(from_peft, from_xlabs)
+
+
+def test_sd3_lora_with_t5_layers_reaches_t5(folders):
+    """T5 layers (text_encoder_3.*) merge into SD3's T5 with the text-encoder strength."""
+    from diffusers_studio.nodes.engine.text_encoding import encode_prompt
+
+    model, text_encoder, _ = _load(folders, "sd3")
+    t5 = text_encoder.text_encoders[2]
+    state = dit_loras.peft_lora(model.unet, None, seed=6)
+    gen = torch.Generator().manual_seed(7)
+    for name, module in t5.named_modules():
+        if name.endswith(("SelfAttention.q", "SelfAttention.v")):
+            state[f"text_encoder_3.{name}.lora_A.weight"] = torch.randn(4, module.weight.shape[1], generator=gen)
+            state[f"text_encoder_3.{name}.lora_B.weight"] = torch.randn(module.weight.shape[0], 4, generator=gen)
+    lora = lora_mod.lora_from_state_dict(state, "sd3-t5.safetensors")
+    _, patched = lora_mod.apply_lora(model, text_encoder, lora, 1.0, 0.7)
+    assert len(patched.patches[0].targets[2]) == 4 and not patched.patches[0].targets[0]
+    before = {k: v.clone() for k, v in t5.state_dict().items()}
+    plain, with_lora = encode_prompt(text_encoder, "a cat"), encode_prompt(patched, "a cat")
+    assert (with_lora.embeds[:, 77:] - plain.embeds[:, 77:]).abs().max() > 1e-4  # T5's part of the sequence
+    assert torch.equal(with_lora.embeds[:, :77], plain.embeds[:, :77])  # the CLIPs have no layers
+    assert all(torch.equal(v, t5.state_dict()[k]) for k, v in before.items())
 
 
 @pytest.mark.parametrize(
