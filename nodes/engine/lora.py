@@ -1,6 +1,7 @@
 """LoRA as a value: merged into the weights for one run, then undone exactly.
 
-`load_lora` reads a file (any format `lora_formats` knows), `apply_lora`
+`load_lora` reads a file (any format `lora_formats` knows; SD3 / Flux files
+go through diffusers' converters first, see lora_dit.py), `apply_lora`
 matches its layers against a model's real modules (so a wrong LoRA fails in
 the LoRA node, not halfway through sampling) and returns new DS_MODEL /
 DS_TEXT_ENCODER values carrying a patch. The cached modules are not touched.
@@ -349,9 +350,12 @@ def apply_lora(
     if family.denoiser_folder == fmt.TRANSFORMER:
         return _apply_dit(model, text_encoder, lora, strength_model, strength_text_encoder)
     family.refuse_adapter(families.LORA, f"lora {lora.name!r}")
-    if lora.parsed.layers.get(fmt.TRANSFORMER):
+    from .lora_dit import dit_lora_family
+
+    made_for = dit_lora_family(lora.state_dict or {})
+    if lora.parsed.layers.get(fmt.TRANSFORMER) or made_for not in (None, "UNet"):
         raise ValueError(
-            f"lora_name: {lora.name!r} has diffusion-transformer (transformer.*) layers: it is an SD3 / Flux "
+            f"lora_name: {lora.name!r} has diffusion-transformer layers: it is {'a ' + made_for if made_for else 'an SD3 / Flux'} "
             f"LoRA, the model {model.name!r} is {_model_hint(model.family, model.unet, model.variant)}. Pick a "
             "LoRA trained for this model's family, or load a checkpoint of the LoRA's family."
         )

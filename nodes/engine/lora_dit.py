@@ -31,7 +31,7 @@ FLUX_LABEL = "Flux.1"
 SD3_LABEL = "SD3"
 _FLUX_NATIVE = ("double_blocks", "single_blocks")  # BFL / kohya / ComfyUI / XLabs block names
 _FLUX_DIFFUSERS = ("single_transformer_blocks", "x_embedder", "time_text_embed.guidance_embedder")
-_SD3_MARKS = ("joint_blocks", "pos_embed", "context_block", "x_block")
+_SD3_MARKS = ("joint_blocks", "pos_embed.proj")
 
 
 def _diffusers_prefixed(state_dict: dict) -> bool:

@@ -20,7 +20,12 @@ every format can be reduced to). Matching those keys to a model's real modules
 happens in `lora.py`; the sgm → diffusers block renaming, which needs the
 UNet's configuration, is `sgm_to_diffusers` here.
 
-Why our own reader rather than diffusers' converters: diffusers converts
+SD3 / Flux files use the same canonical form with the `transformer` (and
+`text_encoder_3`, SD3's T5) components; their non-diffusers spellings are
+first converted by diffusers itself (lora_dit.py), whose output this reader
+then takes (including the old-style CLIP keys diffusers' Flux converter writes).
+
+Why our own reader rather than diffusers' converters for SD1.x / SDXL: diffusers converts
 kohya files into a mixture of old and new key styles that it then fails to
 load in part (text-encoder attention and MLP layers together lose the
 attention layers, see tests/unit/test_lora.py), and its converters are

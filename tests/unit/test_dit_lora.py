@@ -144,8 +144,12 @@ def test_a_dit_lora_on_sd1_is_refused_naming_both():
     model = ModelBundle(name="tiny-sd15", family="sd1", unet=components["unet"],
                         scheduler_config=dict(components["scheduler"].config), dtype=torch.float32)
     state = dit_loras.peft_lora(tiny_dit.tiny_sd3_components(0)["transformer"], seed=4)
-    with pytest.raises(ValueError, match="SD3 / Flux LoRA.*tiny-sd15"):
+    with pytest.raises(ValueError, match="'dit.safetensors'.*an SD3 / Flux LoRA.*tiny-sd15.*SD1"):
         lora_mod.apply_lora(model, None, lora_mod.lora_from_state_dict(state, "dit.safetensors"))
+    flux = dit_loras.peft_lora(tiny_dit.tiny_flux_components(0)["transformer"], seed=4, shared_qkv=True)
+    kohya = dit_loras.kohya_flux_from_peft(flux)
+    with pytest.raises(ValueError, match="'flux-kohya.safetensors'.*a Flux.1 LoRA.*tiny-sd15.*SD1"):
+        lora_mod.apply_lora(model, None, lora_mod.lora_from_state_dict(kohya, "flux-kohya.safetensors"))
 
 
 def test_kohya_sd3_file_is_refused_by_name(folders):
