@@ -158,3 +158,20 @@ def test_kohya_sd3_file_is_refused_by_name(folders):
              "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_up.weight": torch.zeros(96, 4)}
     with pytest.raises(ValueError, match="sd3-kohya.safetensors.*diffusers' SD3 LoRA format"):
         lora_mod.apply_lora(model, text_encoder, lora_mod.lora_from_state_dict(state, "sd3-kohya.safetensors"))
+
+
+def test_other_model_patches_still_refused_on_dit(folders):
+    """Only LoRA patches pass the flow families' sampler check; attention options and the like do not."""
+    from diffusers_studio.nodes.engine import families
+
+    model, text_encoder, _ = _load(folders, "flux")
+    peft = dit_loras.peft_lora(model.unet, text_encoder.text_encoders[0], seed=8)
+    with_lora, _ = lora_mod.apply_lora(model, text_encoder, lora_mod.lora_from_state_dict(peft, "a.safetensors"))
+    samples = torch.zeros(1, 16, 8, 8)
+    families.of(model).check_latent(with_lora, {"samples": samples}, samples, "model")
+
+    class Options:  # a model patch that is no LoRA
+        pass
+
+    with pytest.raises(ValueError, match="Options"):
+        families.of(model).check_latent(with_lora.with_patch(Options()), {"samples": samples}, samples, "model")
