@@ -23,6 +23,7 @@ import tiny_dit
 TOL = 1e-4
 SIZE = 64
 STACK = (("dit-a.safetensors", 0.8, 0.5), ("dit-b.safetensors", -0.6, 1.2))
+KOHYA = "flux-kohya.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,9 @@ def dit_setup(models_dir):
         for index, (file, _, _) in enumerate(STACK):
             state = dit_loras.peft_lora(pipe.transformer, pipe.text_encoder, seed=10 + index)
             save_file(state, str(loras / f"{name}-{file}"))
+    flux = made["tiny-flux-lora"].transformer
+    kohya = dit_loras.kohya_flux_from_peft(dit_loras.peft_lora(flux, seed=20, shared_qkv=True), alpha=2.0)
+    save_file(kohya, str(loras / KOHYA))
     folder_paths.add_model_folder_path("loras", str(loras), is_default=True)
     folder_paths.filename_list_cache.clear()
     return loras
@@ -62,7 +66,7 @@ def _generate(model, text_encoder, vae, cfg):
     return decode.execute(vae, out).args[0].numpy()
 
 
-def _reference(name, bundles, folder, cfg):
+def _reference(name, bundles, folder, cfg, stack=None):
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline
 
     model, text_encoder, vae = bundles
@@ -77,10 +81,11 @@ def _reference(name, bundles, folder, cfg):
     pipe = (FluxPipeline if flux else StableDiffusion3Pipeline)(**parts)
     pipe.set_progress_bar_config(disable=True)
     adapters = []
-    for index, (file, _, _) in enumerate(STACK):
-        pipe.load_lora_weights(str(folder), weight_name=f"{name}-{file}", adapter_name=f"a{index}")
+    stack = stack or [(f"{name}-{file}", m, t) for file, m, t in STACK]
+    for index, (file, _, _) in enumerate(stack):
+        pipe.load_lora_weights(str(folder), weight_name=file, adapter_name=f"a{index}")
         adapters.append(f"a{index}")
-    pipe.set_adapters(adapters, adapter_weights=[{"transformer": m, "text_encoder": t} for _, m, t in STACK])
+    pipe.set_adapters(adapters, adapter_weights=[{"transformer": m, "text_encoder": t} for _, m, t in stack])
     kwargs = {"guidance_scale": 3.5} if flux else {"guidance_scale": cfg, "negative_prompt": "blurry"}
     return pipe("a photo of a cat", num_inference_steps=3, height=SIZE, width=SIZE,
                 generator=torch.Generator().manual_seed(42), output_type="np", **kwargs).images
@@ -117,3 +122,15 @@ def test_flux_lora_on_sd3_refused_before_sampling(dit_setup):
         lora_node.execute(model, text_encoder, "tiny-flux-lora-dit-a.safetensors", 1.0, 1.0)
     message = str(info.value)
     assert "tiny-flux-lora-dit-a.safetensors" in message and "Stable Diffusion 3" in message and "Flux" in message
+
+
+def test_kohya_flux_file_matches_diffusers(dit_setup):
+    """A kohya / sd-scripts Flux file (fused qkv, alpha) against FluxPipeline.load_lora_weights of the same file."""
+    load, lora_node, *_ = _nodes()
+    bundles = load.execute("tiny-flux-lora", "float32").args
+    model, text_encoder = lora_node.execute(bundles[0], bundles[1], KOHYA, 0.7, 1.0).args
+    images = _generate(model, text_encoder, bundles[2], 1.0)
+    expected = _reference("tiny-flux-lora", bundles, dit_setup, 1.0, stack=[(KOHYA, 0.7, 1.0)])
+    diff = float(np.abs(images - expected).max())
+    assert diff <= TOL, f"max abs difference {diff}"
+    assert np.abs(images - _generate(*bundles, 1.0)).max() > 1e-3
