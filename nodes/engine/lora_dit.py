@@ -13,6 +13,9 @@ for a transformer is reading the file and telling which family it is for:
   which picks the right one), so the pack follows diffusers' key mapping
   release by release instead of keeping a copy of it. Those converters bake
   alpha / rank into the weights, so the result has scale 1;
+* kohya / ComfyUI T5 layers are dropped by that converter (a warning says so);
+  T5 layers in diffusers format (`text_encoder_2.*` for Flux, `text_encoder_3.*`
+  for SD3) are applied;
 * SD3: diffusers reads only its own format (0.42 has no kohya SD3 converter),
   so other SD3 spellings are refused by name.
 
@@ -23,9 +26,12 @@ UNet layers (`lora_unet_down_blocks...`, `unet.`) is for SD1.x / SDXL.
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 from . import lora_formats as fmt
+
+logger = logging.getLogger(__name__)
 
 FLUX_LABEL = "Flux.1"
 SD3_LABEL = "SD3"
@@ -81,6 +87,12 @@ def dit_state_dict(state_dict: dict, name: str, family, model_name: str) -> dict
         )
     from diffusers import FluxPipeline
 
+    t5 = [k for k in state_dict if k.startswith(("lora_te2_", "text_encoders.t5xxl."))]
+    if t5:
+        logger.warning(
+            "LoRA %r: its %d T5 key(s) are not applied: diffusers' Flux converter drops T5 layers of kohya / "
+            "ComfyUI files (save the LoRA in the diffusers format, text_encoder_2.*, to keep them)", name, len(t5),
+        )
     try:
         converted = FluxPipeline.lora_state_dict(dict(state_dict))
     except (ValueError, KeyError, RuntimeError, IndexError) as exc:

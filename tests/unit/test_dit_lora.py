@@ -175,3 +175,13 @@ def test_other_model_patches_still_refused_on_dit(folders):
 
     with pytest.raises(ValueError, match="Options"):
         families.of(model).check_latent(with_lora.with_patch(Options()), {"samples": samples}, samples, "model")
+
+
+def test_kohya_flux_t5_layers_dropped_with_a_warning(folders, caplog):
+    model, text_encoder, _ = _load(folders, "flux")
+    kohya = dit_loras.kohya_flux_from_peft(dit_loras.peft_lora(model.unet, None, seed=9, shared_qkv=True))
+    kohya["lora_te2_encoder_block_0_layer_0_SelfAttention_q.lora_down.weight"] = torch.zeros(4, 48)
+    kohya["lora_te2_encoder_block_0_layer_0_SelfAttention_q.lora_up.weight"] = torch.zeros(32, 4)
+    with caplog.at_level("WARNING"):
+        new_model, _ = lora_mod.apply_lora(model, text_encoder, lora_mod.lora_from_state_dict(kohya, "t5.safetensors"))
+    assert new_model.patches and "'t5.safetensors': its 2 T5 key(s) are not applied" in caplog.text
