@@ -34,9 +34,10 @@ class DSLoadLoRA(io.ComfyNode):
             category=category("loaders"),
             description=(
                 "Adds a LoRA from models/loras to the model and its text encoder, each with its own "
-                "strength. Chain several to stack them. Reads diffusers/peft, kohya and A1111 LoRAs and "
-                "LyCORIS LoCon; the loaded model itself is not changed, so removing the LoRA or changing "
-                "its strength gives exactly the images you would get otherwise."
+                "strength. Chain several to stack them. SD1.x/SDXL: diffusers/peft, kohya and A1111 LoRAs and "
+                "LyCORIS LoCon; Flux: diffusers/peft, kohya, ComfyUI, XLabs and BFL files (converted by "
+                "diffusers); SD3: diffusers/peft files. The loaded model itself is not changed, so removing "
+                "the LoRA or changing its strength gives exactly the images you would get otherwise."
             ),
             inputs=[
                 DSModel.Input("model", tooltip="The MODEL from Load Diffusers Model (or another LoRA node)."),
@@ -48,7 +49,7 @@ class DSLoadLoRA(io.ComfyNode):
                     "lora_name",
                     options=lora_names(),
                     tooltip="The LoRA file in models/loras, made for the same model family "
-                    "(an SD1.5 LoRA for an SD1.5 checkpoint, an SDXL LoRA for SDXL).",
+                    "(an SD1.5 LoRA for an SD1.5 checkpoint, an SDXL LoRA for SDXL, a Flux LoRA for Flux).",
                 ),
                 io.Float.Input(
                     "strength_model",
@@ -56,7 +57,7 @@ class DSLoadLoRA(io.ComfyNode):
                     min=-MAX_STRENGTH,
                     max=MAX_STRENGTH,
                     step=0.01,
-                    tooltip="How strongly the LoRA changes the UNet: 1 as trained, 0 off, "
+                    tooltip="How strongly the LoRA changes the UNet / transformer: 1 as trained, 0 off, "
                     "negative values push the other way (A1111's <lora:name:weight>).",
                 ),
                 io.Float.Input(
@@ -65,8 +66,8 @@ class DSLoadLoRA(io.ComfyNode):
                     min=-MAX_STRENGTH,
                     max=MAX_STRENGTH,
                     step=0.01,
-                    tooltip="How strongly the LoRA changes the text encoder(s): 1 as trained, 0 off. "
-                    "Only matters for LoRAs trained with a text encoder part.",
+                    tooltip="How strongly the LoRA changes the text encoder(s) (CLIP; T5 where the file has "
+                    "T5 layers): 1 as trained, 0 off. Only matters for LoRAs trained with a text encoder part.",
                 ),
             ],
             outputs=[

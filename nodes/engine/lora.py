@@ -1,6 +1,7 @@
 """LoRA as a value: merged into the weights for one run, then undone exactly.
 
-`load_lora` reads a file (any format `lora_formats` knows), `apply_lora`
+`load_lora` reads a file (any format `lora_formats` knows; SD3 / Flux files
+go through diffusers' converters first, see lora_dit.py), `apply_lora`
 matches its layers against a model's real modules (so a wrong LoRA fails in
 the LoRA node, not halfway through sampling) and returns new DS_MODEL /
 DS_TEXT_ENCODER values carrying a patch. The cached modules are not touched.
@@ -50,6 +51,10 @@ class LoadedLora:
 
     name: str
     parsed: fmt.ParsedLora
+    # The file's own tensors and metadata: SD3 / Flux read them again through
+    # diffusers' converters (lora_dit), which need to know the model's family.
+    state_dict: Optional[dict] = None
+    metadata: Optional[dict] = None
 
 
 def read_state_dict(path: str) -> tuple[dict, dict]:
@@ -88,11 +93,11 @@ def read_state_dict(path: str) -> tuple[dict, dict]:
 def load_lora(path: str, name: Optional[str] = None) -> LoadedLora:
     """Read and parse a LoRA file; `name` (default: the file name) is used in messages."""
     tensors, metadata = read_state_dict(path)
-    return LoadedLora(name or os.path.basename(path), fmt.parse_state_dict(tensors, metadata))
+    return lora_from_state_dict(tensors, name or os.path.basename(path), metadata)
 
 
 def lora_from_state_dict(state_dict: dict, name: str, metadata: Optional[dict] = None) -> LoadedLora:
-    return LoadedLora(name, fmt.parse_state_dict(state_dict, metadata))
+    return LoadedLora(name, fmt.parse_state_dict(state_dict, metadata), dict(state_dict), metadata)
 
 
 # ------------------------------------------------------------- matching
@@ -167,6 +172,8 @@ def match_layers(lora: LoadedLora, component: str, module: torch.nn.Module) -> t
                 return index[key]
             converted = fmt.sgm_to_diffusers(key, int(layers_per_block), up_attention)
             return index.get(converted) if converted else None
+    elif component == fmt.TRANSFORMER:  # SD3 / Flux: diffusers module names, after lora_dit's conversion
+        find = _weighted_modules(module).get
     else:
         index = _text_encoder_index(module)
 
@@ -278,6 +285,7 @@ class UNetLora(SamplingHook):
     """
 
     order = -100  # before other hooks: they see the patched UNet from the start
+    transformer_ready = True  # merges into any denoiser's weights: SD3 / Flux accept it (flow.check_latent)
 
     def __init__(self, name: str, targets: dict, strength: float):
         self.name, self.targets, self.strength = name, targets, float(strength)
@@ -298,6 +306,8 @@ class UNetLora(SamplingHook):
 
 class TextEncoderLora:
     """A LoRA on DS_TEXT_ENCODER: merged around one prompt encode (text_encoding.patches_applied)."""
+
+    transformer_ready = True  # SD3 / Flux encoders take it too (flow.check_text_bundle)
 
     def __init__(self, name: str, targets: tuple, strength: float):
         self.name, self.targets, self.strength = name, targets, float(strength)  # targets: one dict per encoder
@@ -336,7 +346,19 @@ def apply_lora(
     fit) or when none of its layers matches the model; layers or keys that do
     not match are counted in a warning. A strength of 0 adds no patch at all.
     """
-    families.of(model).refuse_adapter(families.LORA, f"lora {lora.name!r}")
+    family = families.of(model)
+    if family.denoiser_folder == fmt.TRANSFORMER:
+        return _apply_dit(model, text_encoder, lora, strength_model, strength_text_encoder)
+    family.refuse_adapter(families.LORA, f"lora {lora.name!r}")
+    from .lora_dit import dit_lora_family
+
+    made_for = dit_lora_family(lora.state_dict or {})
+    if lora.parsed.layers.get(fmt.TRANSFORMER) or made_for not in (None, "UNet"):
+        raise ValueError(
+            f"lora_name: {lora.name!r} has diffusion-transformer layers: it is {'a ' + made_for if made_for else 'an SD3 / Flux'} "
+            f"LoRA, the model {model.name!r} is {_model_hint(model.family, model.unet, model.variant)}. Pick a "
+            "LoRA trained for this model's family, or load a checkpoint of the LoRA's family."
+        )
     try:
         unet_targets, unet_unmatched = match_layers(lora, fmt.UNET, model.unet)
         te_targets, te_unmatched = [], []
@@ -364,8 +386,56 @@ def apply_lora(
             lora, model.name, model.family, model.unet, exc, model.variant
         ) from exc
 
+    return _patched(model, text_encoder, lora, unet_targets, te_targets, unet_unmatched + te_unmatched,
+                    strength_model, strength_text_encoder)
+
+
+def _apply_dit(model, text_encoder, lora: LoadedLora, strength_model: float, strength_text_encoder: float):
+    """apply_lora for SD3 / Flux: the file read through diffusers' converters, every transformer layer matched.
+
+    A transformer layer the model lacks means the LoRA is for another
+    transformer (a Flux LoRA on SD3 names Flux's single blocks): refused,
+    naming both, rather than applied in part.
+    """
+    from .lora_dit import dit_state_dict
+
+    family = families.of(model)
+    state = dit_state_dict(lora.state_dict or {}, lora.name, family, model.name)
+    lora = replace(lora, parsed=fmt.parse_state_dict(state, lora.metadata))
+    strays = [f"{c}:{k}" for c in (fmt.UNET,) for k in lora.parsed.layers.get(c, {})]
+    try:
+        targets, unmatched = match_layers(lora, fmt.TRANSFORMER, model.unet)
+        te_targets, te_unmatched = [], []
+        encoders = tuple(text_encoder.text_encoders) if text_encoder is not None else ()
+        slots = families.of(text_encoder).text_encoders if text_encoder is not None else family.text_encoders
+        for index, slot in enumerate(slots):
+            encoder = encoders[index] if index < len(encoders) else None
+            if encoder is None:  # SD3 without T5, or no text encoder given
+                te_targets.append({})
+                te_unmatched += list(lora.parsed.layers.get(slot.folder, {}))
+                continue
+            matched, missed = match_layers(lora, slot.folder, encoder)
+            te_targets.append(matched)
+            te_unmatched += missed
+    except LoraMismatch as exc:
+        raise ValueError(
+            f"lora_name: {lora.name!r} does not fit the model {model.name!r} ({family.label}): {exc}. "
+            f"Pick a LoRA trained for {family.label}, or load a checkpoint of the LoRA's family."
+        ) from exc
+    if unmatched or strays:
+        missing = (strays + unmatched)[:_SHOWN]
+        raise ValueError(
+            f"lora_name: {lora.name!r} has {len(strays) + len(unmatched)} layer(s) that the model {model.name!r} "
+            f"({family.label}) does not have, e.g. {', '.join(missing)}: the LoRA was made for another model. "
+            f"Pick a LoRA trained for {family.label}, or load a checkpoint of the LoRA's family."
+        )
+    return _patched(model, text_encoder, lora, targets, te_targets, te_unmatched,
+                    strength_model, strength_text_encoder)
+
+
+def _patched(model, text_encoder, lora, unet_targets, te_targets, unmatched, strength_model, strength_text_encoder):
+    """The new socket values once the layers are matched (or the error when none is)."""
     te_total = sum(len(t) for t in te_targets)
-    unmatched = unet_unmatched + te_unmatched
     ignored = len(lora.parsed.ignored) + len(unmatched)
     if not unet_targets and not te_total:
         raise ValueError(
@@ -382,7 +452,7 @@ def apply_lora(
             lora.name, ignored, model.name, ", ".join(examples),
         )
     logger.info(
-        "LoRA %r (%s): %d UNet layer(s), %d text-encoder layer(s), strengths %s / %s",
+        "LoRA %r (%s): %d denoiser layer(s), %d text-encoder layer(s), strengths %s / %s",
         lora.name, lora.parsed.format, len(unet_targets), te_total, strength_model, strength_text_encoder,
     )
 

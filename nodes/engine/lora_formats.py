@@ -20,7 +20,12 @@ every format can be reduced to). Matching those keys to a model's real modules
 happens in `lora.py`; the sgm → diffusers block renaming, which needs the
 UNet's configuration, is `sgm_to_diffusers` here.
 
-Why our own reader rather than diffusers' converters: diffusers converts
+SD3 / Flux files use the same canonical form with the `transformer` (and
+`text_encoder_3`, SD3's T5) components; their non-diffusers spellings are
+first converted by diffusers itself (lora_dit.py), whose output this reader
+then takes (including the old-style CLIP keys diffusers' Flux converter writes).
+
+Why our own reader rather than diffusers' converters for SD1.x / SDXL: diffusers converts
 kohya files into a mixture of old and new key styles that it then fails to
 load in part (text-encoder attention and MLP layers together lose the
 attention layers, see tests/unit/test_lora.py), and its converters are
@@ -38,7 +43,9 @@ import torch
 UNET = "unet"
 TEXT_ENCODER = "text_encoder"
 TEXT_ENCODER_2 = "text_encoder_2"
-COMPONENTS = (UNET, TEXT_ENCODER, TEXT_ENCODER_2)
+TEXT_ENCODER_3 = "text_encoder_3"  # SD3's T5
+TRANSFORMER = "transformer"  # SD3 / Flux denoiser (diffusers' folder name)
+COMPONENTS = (UNET, TEXT_ENCODER, TEXT_ENCODER_2, TEXT_ENCODER_3, TRANSFORMER)
 
 KOHYA = "kohya"
 DIFFUSERS = "diffusers"
@@ -119,7 +126,13 @@ _KOHYA_PREFIXES = (
     ("lora_te2_", TEXT_ENCODER_2),
     ("lora_te_", TEXT_ENCODER),
 )
-_DOTTED_PREFIXES = ((TEXT_ENCODER_2 + ".", TEXT_ENCODER_2), (TEXT_ENCODER + ".", TEXT_ENCODER), (UNET + ".", UNET))
+_DOTTED_PREFIXES = (
+    (TEXT_ENCODER_3 + ".", TEXT_ENCODER_3),
+    (TEXT_ENCODER_2 + ".", TEXT_ENCODER_2),
+    (TEXT_ENCODER + ".", TEXT_ENCODER),
+    (UNET + ".", UNET),
+    (TRANSFORMER + ".", TRANSFORMER),
+)
 
 
 def split_key(key: str) -> Optional[tuple[str, str]]:
@@ -305,6 +318,8 @@ __all__ = [
     "KOHYA",
     "TEXT_ENCODER",
     "TEXT_ENCODER_2",
+    "TEXT_ENCODER_3",
+    "TRANSFORMER",
     "UNET",
     "LoraLayer",
     "ParsedLora",

@@ -55,7 +55,15 @@ def test_non_flow_sampler_refused_by_name():
     assert "Euler" in str(caught.value.detail)
 
 
-def test_lora_tags_refused_for_flux():
-    with pytest.raises(errors.ApiError) as caught:
-        _plan("flux-dev", prompt="a cat <lora:ink:1>")
-    assert caught.value.status == 422 and "LoRA" in str(caught.value.detail)
+@pytest.mark.parametrize("model", ["flux-dev", "sd3"])
+def test_lora_tags_become_lora_nodes_for_dit(model):
+    """<lora:name:w> on SD3 / Flux: a DSLoadLoRA between the loader and the encoder, the tag out of the prompt."""
+    graph = _plan(model, prompt="a cat <lora:ink:0.7>").graphs[0]
+    (lora,) = _of(graph, "DSLoadLoRA")
+    assert lora["lora_name"] == "ink.safetensors"
+    assert lora["strength_model"] == 0.7 and lora["strength_text_encoder"] == 0.7
+    encodes = _of(graph, "DSTextEncode")
+    assert all("<lora" not in e["text"] for e in encodes)
+    assert any(graph[e["text_encoder"][0]]["class_type"] == "DSLoadLoRA" for e in encodes)
+    sampler = _of(graph, "DSSampler")[0]
+    assert graph[sampler["model"][0]]["class_type"] == "DSLoadLoRA"

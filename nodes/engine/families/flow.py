@@ -158,10 +158,12 @@ class FlowFamily(Family):
                     "%s prompts take no textual-inversion embeddings (they are CLIP vectors of SD1/SDXL): "
                     "%s read as plain words", self.short_label, ", ".join(named),
                 )
-        if bundle.patches:
+        foreign = [p for p in bundle.patches if not getattr(p, "transformer_ready", False)]
+        if foreign:
             raise ValueError(
-                f"text_encoder: {self.label} text encoders take no LoRA yet (the text encoder carries "
-                f"{len(bundle.patches)} patch(es)); connect the TEXT_ENCODER of Load Diffusers Model directly"
+                f"text_encoder: {self.label} text encoders take only LoRA patches (the text encoder carries "
+                f"{', '.join(type(p).__name__ for p in foreign)}); connect the TEXT_ENCODER of Load Diffusers "
+                "Model or of Load Diffusers LoRA"
             )
 
     def clip_skip_layer(self, clip_skip: int, encoder) -> int:
@@ -207,9 +209,10 @@ class FlowFamily(Family):
         refusal = None
         if "noise_mask" in latent or latent.get("ds_hooks"):
             refusal = "inpainting (a latent with a mask)"
-        elif model.patches:
-            kinds = ", ".join(sorted({type(patch).__name__ for patch in model.patches}))
-            refusal = f"a patched model ({kinds}: LoRA, IP-Adapter or attention options)"
+        elif any(not getattr(patch, "transformer_ready", False) for patch in model.patches):
+            # LoRA patches (transformer_ready) merge into the transformer's weights and apply as they are.
+            kinds = ", ".join(sorted({type(p).__name__ for p in model.patches if not getattr(p, "transformer_ready", False)}))
+            refusal = f"a patched model ({kinds}: IP-Adapter or attention options)"
         if refusal:
             raise ValueError(
                 f"{model_label} is {self.label}: {refusal} is not supported for it yet. "
@@ -272,7 +275,7 @@ class FlowFamily(Family):
         return torch.cat(rows).to(device=device, dtype=dtype)
 
     def adapter_refusal(self, kind: str) -> Optional[str]:
-        if kind in (CONTROLNET, IP_ADAPTER, REGIONAL, LORA, INPAINT):
+        if kind in (CONTROLNET, IP_ADAPTER, REGIONAL, INPAINT):  # LoRA applies (lora_dit)
             return f"{ADAPTER_WORDS.get(kind, kind)} is not supported for {self.label} models yet"
         return None
 

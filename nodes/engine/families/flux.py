@@ -96,7 +96,7 @@ class FluxFamily(FlowFamily):
     # ---- encode
     def encode_prompt(self, bundle, text, *, clip_skip=1, embeddings=None, max_sequence_length=None, **options):
         from ..components import Conditioning
-        from ..text_encoding import encoder_device
+        from ..text_encoding import encoder_device, patches_applied
 
         self.check_text_bundle(bundle, text, embeddings)
         length = self.check_max_sequence_length(max_sequence_length or self.default_max_sequence_length)
@@ -107,7 +107,7 @@ class FluxFamily(FlowFamily):
             )
         text = plain_prompt(text, self.short_label)
         (tok_l, tok_t5), (enc_l, enc_t5) = bundle.tokenizers, bundle.text_encoders
-        with torch.no_grad():
+        with torch.no_grad(), patches_applied(bundle):  # the text encoders' LoRA, for this encode
             ids = window_ids(tok_l, text, int(tok_l.model_max_length), "CLIP")
             pooled = enc_l(ids.to(encoder_device(enc_l)), output_hidden_states=False).pooler_output
             pooled = pooled.to(dtype=enc_l.dtype)

@@ -51,13 +51,13 @@ class SD3Family(FlowFamily):
     # ---- encode
     def encode_prompt(self, bundle, text, *, clip_skip=1, embeddings=None, max_sequence_length=None, **options):
         from ..components import Conditioning
-        from ..text_encoding import encoder_device
+        from ..text_encoding import encoder_device, patches_applied
 
         self.check_text_bundle(bundle, text, embeddings)
         length = self.check_max_sequence_length(max_sequence_length or self.default_max_sequence_length)
         text = plain_prompt(text, self.short_label)
         (tok_l, tok_g, tok_t5), (enc_l, enc_g, enc_t5) = bundle.tokenizers, bundle.text_encoders
-        with torch.no_grad():
+        with torch.no_grad(), patches_applied(bundle):  # the text encoders' LoRA, for this encode
             hidden, pooled = [], []
             for tokenizer, encoder in ((tok_l, enc_l), (tok_g, enc_g)):
                 layer = self.clip_skip_layer(clip_skip, encoder)
