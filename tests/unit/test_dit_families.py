@@ -240,14 +240,19 @@ def test_guidance_changes_flux_dev_result(folders):
     assert not torch.allclose(a, b)
 
 
-@pytest.mark.parametrize("kind", [families.CONTROLNET, families.IP_ADAPTER, families.LORA, families.REGIONAL,
-                                  families.INPAINT])
+@pytest.mark.parametrize("kind", [families.IP_ADAPTER, families.LORA, families.REGIONAL, families.INPAINT])
 def test_adapters_refused_with_the_reason(kind):
     for family in (families.get("sd3"), families.get("flux", "dev"), families.get("flux", "schnell")):
         assert family.adapter_refusal(kind)
         with pytest.raises(ValueError, match="not supported for"):
             family.refuse_adapter(kind, "thing")
     families.get("sdxl").refuse_adapter(kind, "thing")  # the UNet families take them
+
+
+def test_controlnet_is_taken_by_the_flow_families():
+    """Flux / SD3 ControlNets run through controlnet_dit.py (tests/unit/test_dit_controlnet.py)."""
+    for family in (families.get("sd3"), families.get("flux", "dev"), families.get("flux", "schnell")):
+        assert family.adapter_refusal(families.CONTROLNET) is None
 
 
 def test_flux_batch_of_two_matches_the_pipeline(folders):
