@@ -154,3 +154,18 @@ def tiny_sd3_controlnet(seed: int = 0, force_zeros_for_pooled_projection: bool =
         force_zeros_for_pooled_projection=force_zeros_for_pooled_projection,
     )
     return _randomize(model, seed)
+
+
+def narrow_posterior(vae):
+    """Put the VAE's log-variance at diffusers' clamp (std ~3e-7): a near-deterministic posterior.
+
+    StableDiffusion3ControlNetPipeline samples the hint's posterior with torch's
+    global RNG, which no seed reproduces; with this VAE its draw equals the mean
+    to well below the parity tolerance, so a test can compare everything else.
+    """
+    conv = vae.encoder.conv_out  # [mean | logvar]
+    half = conv.out_channels // 2
+    with torch.no_grad():
+        conv.weight[half:] = 0.0
+        conv.bias[half:] = -100.0
+    return vae

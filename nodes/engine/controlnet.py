@@ -328,8 +328,8 @@ def apply_controlnet(
             raise controlnet_dit.wrong_family(control_net, positive.family, "positive was encoded for")
         if guess_mode:
             raise ValueError(
-                f"guess_mode is on, but control_net {control_net.name!r} is an "
-                f"{controlnet_dit.label(control_net.family)} ControlNet, which has no guess mode: turn it off"
+                f"guess_mode is on, but control_net {control_net.name!r} is "
+                f"{controlnet_dit.a_label(control_net.family)} ControlNet, which has no guess mode: turn it off"
             )
         unit = controlnet_dit.DitControlNetUnit(
             control_net, image, vae, float(strength), float(start_percent), float(end_percent), mask, control_mode

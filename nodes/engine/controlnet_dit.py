@@ -58,10 +58,16 @@ def label(family: str) -> str:
     return LABELS.get(family, family)
 
 
+def a_label(family: str) -> str:
+    """'an SD3 / SD3.5', 'a Flux.1': the label with its article."""
+    text = label(family)
+    return ("a " if text.startswith("Flux") else "an ") + text
+
+
 def wrong_family(control_net, model_family: str, where: str) -> ValueError:
     """The refusal of a ControlNet made for another family, naming both and the fix."""
     return ValueError(
-        f"control_net {control_net.name!r} is an {label(control_net.family)} ControlNet, but {where} "
+        f"control_net {control_net.name!r} is {a_label(control_net.family)} ControlNet, but {where} "
         f"{label(model_family)}: load a ControlNet made for {label(model_family)} "
         f"(e.g. {EXAMPLES.get(model_family, 'one of its family')})"
     )
@@ -99,7 +105,7 @@ def check_unit(unit: DitControlNetUnit) -> None:
     cn = unit.control_net
     if unit.vae is None and not takes_pixels(cn.module):
         raise ValueError(
-            f"vae: none connected, but control_net {cn.name!r} is an {label(cn.family)} ControlNet, which "
+            f"vae: none connected, but control_net {cn.name!r} is {a_label(cn.family)} ControlNet, which "
             "takes the hint as VAE latents: connect the VAE output of Load Diffusers Model to Apply "
             "Diffusers ControlNet's vae input"
         )

@@ -36,11 +36,7 @@ def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("ditcn")
     tiny_dit.flux_pipeline(0, dev=True).save_pretrained(str(root / "flux-dev"), safe_serialization=True)
     sd3 = tiny_dit.sd3_pipeline(0)
-    conv = sd3.vae.encoder.conv_out  # [mean | logvar]: logvar at the clamp, a near-deterministic posterior
-    with torch.no_grad():
-        half = conv.out_channels // 2
-        conv.weight[half:] = 0.0
-        conv.bias[half:] = -100.0
+    tiny_dit.narrow_posterior(sd3.vae)
     sd3.save_pretrained(str(root / "sd3"), safe_serialization=True)
     tiny_dit.tiny_flux_controlnet(1).save_pretrained(str(root / "cn-flux"))
     tiny_dit.tiny_flux_controlnet(2, num_mode=4).save_pretrained(str(root / "cn-flux-union"))
