@@ -29,7 +29,7 @@ def dit_cn_models(models_dir):
     sd3 = tiny_dit.sd3_pipeline(0)
     tiny_dit.narrow_posterior(sd3.vae)
     ldm_export.save_diffusers_folder(sd3, folder / "tiny-sd3-cn")
-    cn = models_dir / "controlnet"
+    cn = models_dir / "controlnet_dit"  # its own folder: test_controlnet_nodes fills models/controlnet when absent
     tiny_dit.tiny_flux_controlnet(1).save_pretrained(str(cn / "tiny-flux-cn"))
     tiny_dit.tiny_flux_controlnet(2, num_mode=4).save_pretrained(str(cn / "tiny-flux-cn-union"))
     tiny_dit.tiny_sd3_controlnet(3).save_pretrained(str(cn / "tiny-sd3-cn"))
@@ -127,3 +127,22 @@ def test_flux_controlnet_without_vae_is_refused(dit_cn_models):
 def test_flux_controlnet_on_sd3_is_refused_before_sampling(dit_cn_models):
     with pytest.raises(ValueError, match=r"'tiny-flux-cn' is a Flux\.1 ControlNet, but positive was encoded for SD3"):
         _graph("tiny-sd3-cn", "tiny-flux-cn", "", seed=1, cfg=1.0, strength=1.0, end=1.0)
+
+
+def test_shipped_workflows_save_a_value_for_every_apply_controlnet_widget():
+    """The editor fills widgets in schema order: the new control_mode widget needs its -1 in each workflow."""
+    import json
+
+    from harness.workflow_api import example_workflow_files, expected_widget_count, widget_values
+
+    info = _nodes()[3].GET_NODE_INFO_V1()
+    found = 0
+    for path in example_workflow_files():
+        for node in json.loads(path.read_text(encoding="utf-8"))["nodes"]:
+            if node["type"] != "DSApplyControlNet":
+                continue
+            found += 1
+            assert len(node["widgets_values"]) == expected_widget_count(info), path.name
+            values = widget_values(node, info)
+            assert values["control_mode"] == -1 and isinstance(values["guess_mode"], bool), path.name
+    assert found >= 4
