@@ -41,6 +41,7 @@ def folders(tmp_path_factory):
     tiny_dit.tiny_flux_controlnet(1).save_pretrained(str(root / "cn-flux"))
     tiny_dit.tiny_flux_controlnet(2, num_mode=4).save_pretrained(str(root / "cn-flux-union"))
     tiny_dit.tiny_flux_controlnet(5).save_pretrained(str(root / "cn-flux-b"))
+    tiny_dit.tiny_flux_controlnet(6, xlabs=True).save_pretrained(str(root / "cn-flux-xlabs"))
     tiny_dit.tiny_sd3_controlnet(3).save_pretrained(str(root / "cn-sd3"))
     tiny_dit.tiny_sd3_controlnet(4, force_zeros_for_pooled_projection=False).save_pretrained(str(root / "cn-sd3-pooled"))
     return root
@@ -88,7 +89,7 @@ def _flux_latents(pipe, latents, model):
     return pipe._unpack_latents(latents, SIZE, SIZE, 8) / model.latent_scaling_factor + model.latent_shift_factor
 
 
-@pytest.mark.parametrize("name,mode", [("cn-flux", -1), ("cn-flux-union", 2)])
+@pytest.mark.parametrize("name,mode", [("cn-flux", -1), ("cn-flux-union", 2), ("cn-flux-xlabs", -1)])
 def test_flux_controlnet_matches_the_pipeline(folders, name, mode):
     from diffusers import FluxControlNetPipeline
 
@@ -181,3 +182,22 @@ def test_folder_detection(folders):
     assert controlnet_loading.is_controlnet_folder(str(folders / "cn-sd3"))
     assert not controlnet_loading.is_controlnet_folder(str(folders / "flux-dev"))
     assert _cn(folders, "cn-sd3").family == "sd3" and _cn(folders, "cn-flux").family == "flux"
+
+
+def test_mask_limits_the_controlnet(folders):
+    """An all-white mask is no limit (the same result); a half mask gives a result between none and full."""
+    model, text, vae = _load(folders, "flux-dev")
+    cn, hint = _cn(folders, "cn-flux"), _hint()
+
+    def run(mask):
+        pos = encode_prompt(text, "a cat")
+        if mask is not False:
+            pos, _ = apply_controlnet(pos, None, cn, hint, vae=vae, mask=mask)
+        return sample(model, pos, None, _empty(), seed=1, steps=2, cfg=1.0, sampler_name="Euler")["samples"]
+
+    full, plain = run(None), run(False)
+    assert torch.equal(run(torch.ones(SIZE, SIZE)), full)
+    half = torch.zeros(1, SIZE, SIZE)
+    half[:, :, : SIZE // 2] = 1.0
+    masked = run(half)
+    assert not torch.allclose(masked, full) and not torch.allclose(masked, plain)
