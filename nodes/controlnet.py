@@ -40,7 +40,8 @@ class DSLoadControlNet(io.ComfyNode):
                     "control_net_name",
                     options=controlnet_names(),
                     tooltip="The ControlNet, from models/controlnet. Use one made for the model's family "
-                    "(e.g. control_v11p_sd15_canny for SD1.5, controlnet-canny-sdxl-1.0 for SDXL).",
+                    "(e.g. control_v11p_sd15_canny for SD1.5, controlnet-canny-sdxl-1.0 for SDXL, a "
+                    "FluxControlNetModel / SD3ControlNetModel diffusers folder for Flux / SD3).",
                 ),
                 weights_dtype.dtype_input(),
             ],

@@ -113,8 +113,9 @@ def _layout(state: dict, name: str) -> str:
         what = "not a ControlNet"
     raise ModelLoadError(
         f"ControlNet {name!r} is {what}; Diffusers Studio loads SD1.x and SDXL ControlNets "
-        "(lllyasviel's control_v11* files, diffusers ControlNetModel weights). Put checkpoints in "
-        "models/checkpoints and select a ControlNet here."
+        "(lllyasviel's control_v11* files, diffusers ControlNetModel weights) as single files; Flux and "
+        "SD3 ControlNets load from their diffusers folder (config.json + weights) in models/controlnet. "
+        "Put checkpoints in models/checkpoints and select a ControlNet here."
     )
 
 
