@@ -7,7 +7,7 @@ from . import comfy_bridge, weights_dtype
 from .engine import hint_preprocessors
 from .engine.controlnet import apply_controlnet
 from .engine.controlnet_loading import WEIGHT_SUFFIXES, is_controlnet_folder, load_controlnet
-from .types import DSConditioning, DSControlNet, category
+from .types import DSVAE, DSConditioning, DSControlNet, category
 
 CONTROLNETS = comfy_bridge.ModelFolder(
     "controlnet", "control_net_name", WEIGHT_SUFFIXES, is_controlnet_folder, "ControlNet (single file or diffusers folder)"
@@ -30,16 +30,18 @@ class DSLoadControlNet(io.ComfyNode):
             display_name="Load Diffusers ControlNet",
             category=category("controlnet"),
             description=(
-                "Loads an SD1.x or SDXL ControlNet from models/controlnet: a single file (lllyasviel's "
-                "control_v11* releases or diffusers weights) or a diffusers ControlNet folder. Works "
-                "offline; the family (SD1.x or SDXL) is read from the weights."
+                "Loads a ControlNet from models/controlnet: an SD1.x / SDXL single file (lllyasviel's "
+                "control_v11* releases or diffusers weights), or a diffusers ControlNet folder (SD1.x, SDXL, "
+                "Flux.1 FluxControlNetModel, SD3/3.5 SD3ControlNetModel). Works offline; the family is read "
+                "from the weights or the folder's config."
             ),
             inputs=[
                 io.Combo.Input(
                     "control_net_name",
                     options=controlnet_names(),
                     tooltip="The ControlNet, from models/controlnet. Use one made for the model's family "
-                    "(e.g. control_v11p_sd15_canny for SD1.5, controlnet-canny-sdxl-1.0 for SDXL).",
+                    "(e.g. control_v11p_sd15_canny for SD1.5, controlnet-canny-sdxl-1.0 for SDXL, a "
+                    "FluxControlNetModel / SD3ControlNetModel diffusers folder for Flux / SD3).",
                 ),
                 weights_dtype.dtype_input(),
             ],
@@ -75,7 +77,8 @@ class DSApplyControlNet(io.ComfyNode):
                 "Guides the image's structure with a ControlNet and a hint image (edges, line art, depth, "
                 "pose). Returns the prompts with the ControlNet attached; chain several for "
                 "multi-ControlNet, each with its own image, strength and step window. Matches diffusers' "
-                "StableDiffusion(XL)ControlNetPipeline."
+                "StableDiffusion(XL)ControlNetPipeline, and for Flux / SD3 (connect the vae) "
+                "FluxControlNetPipeline and StableDiffusion3ControlNetPipeline."
             ),
             inputs=[
                 DSConditioning.Input("positive", tooltip="The positive prompt (Diffusers Text Encode)."),
@@ -125,6 +128,23 @@ class DSApplyControlNet(io.ComfyNode):
                     tooltip="Optional: limits the ControlNet to the white area of the mask (resized to "
                     "the image). An all-black mask turns it off.",
                 ),
+                DSVAE.Input(
+                    "vae",
+                    optional=True,
+                    tooltip="Flux / SD3 ControlNets only (required there): the model's VAE (Load Diffusers "
+                    "Model), which encodes the hint to latents as diffusers' Flux/SD3 ControlNet pipelines do. "
+                    "SD1.x / SDXL ControlNets take the hint as pixels and ignore it.",
+                ),
+                io.Int.Input(
+                    "control_mode",
+                    default=-1,
+                    min=-1,
+                    max=63,
+                    optional=True,
+                    tooltip="Flux Union ControlNets only: which kind of hint this is (InstantX Union: 0 canny, "
+                    "1 tile, 2 depth, 3 blur, 4 pose, 5 gray, 6 low quality; see the model card). "
+                    "-1 (none) for every other ControlNet.",
+                ),
             ],
             outputs=[
                 DSConditioning.Output(
@@ -148,6 +168,8 @@ class DSApplyControlNet(io.ComfyNode):
         end_percent: float = 1.0,
         guess_mode: bool = False,
         mask=None,
+        vae=None,
+        control_mode: int = -1,
     ) -> io.NodeOutput:
         pos, neg = apply_controlnet(
             positive,
@@ -160,6 +182,8 @@ class DSApplyControlNet(io.ComfyNode):
             mask=mask,
             guess_mode=guess_mode,
             load_modules=comfy_bridge.load_to_compute_device,
+            vae=vae,
+            control_mode=int(control_mode),
         )
         return io.NodeOutput(pos, neg)
 

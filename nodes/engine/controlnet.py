@@ -307,6 +307,8 @@ def apply_controlnet(
     mask: Optional[torch.Tensor] = None,
     guess_mode: bool = False,
     load_modules: Optional[Callable[[list], None]] = None,
+    vae=None,
+    control_mode: int = -1,
 ) -> tuple[Conditioning, Optional[Conditioning]]:
     """New (positive, negative) carrying one ControlNet unit; the inputs are untouched.
 
@@ -318,9 +320,30 @@ def apply_controlnet(
         raise ValueError(
             f"control_net must be a DS_CONTROLNET from Load ControlNet, got {type(control_net).__name__}"
         )
+    from . import controlnet_dit
+
+    if control_net.family in controlnet_dit.DIT_FAMILIES or positive.family in controlnet_dit.DIT_FAMILIES:
+        # SD3 / Flux transformer ControlNets take VAE latents and give per-block residuals.
+        if control_net.family != positive.family:
+            raise controlnet_dit.wrong_family(control_net, positive.family, "positive was encoded for")
+        if guess_mode:
+            raise ValueError(
+                f"guess_mode is on, but control_net {control_net.name!r} is "
+                f"{controlnet_dit.a_label(control_net.family)} ControlNet, which has no guess mode: turn it off"
+            )
+        unit = controlnet_dit.DitControlNetUnit(
+            control_net, image, vae, float(strength), float(start_percent), float(end_percent), mask, control_mode
+        )
+        return controlnet_dit.apply(positive, negative, unit, load_modules)
     families.of(positive).refuse_adapter(families.CONTROLNET, f"control_net {control_net.name!r}")
     if families.of(positive).adapter_refusal(families.CONTROLNET):
         raise ValueError(_refiner_message(control_net, "positive was encoded with the text encoder of"))
+    if control_mode != -1:
+        raise ValueError(
+            f"control_mode is {control_mode}, but control_net {control_net.name!r} is an "
+            f"{FAMILY_LABELS.get(control_net.family, control_net.family)} ControlNet, which has no modes "
+            "(only Flux Union ControlNets do): set control_mode to -1"
+        )
     unit = ControlNetUnit(
         control_net, image, float(strength), float(start_percent), float(end_percent), mask, bool(guess_mode)
     )

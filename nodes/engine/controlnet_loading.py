@@ -25,7 +25,6 @@ refuses any file that carries code.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -36,6 +35,8 @@ import torch
 from . import families
 from .components import SD1, SDXL
 from .controlnet import ControlNetBundle
+from .controlnet_dit_loading import FOLDER_CLASSES as DIT_FOLDER_CLASSES
+from .controlnet_dit_loading import folder_class, is_dit_controlnet_folder, load_dit_module
 from .families import ModelLoadError
 from .loading import CheckpointCache, _fingerprint, resolve_dtype
 from .single_file import SAFETENSORS_SUFFIXES, _assign, label
@@ -112,8 +113,9 @@ def _layout(state: dict, name: str) -> str:
         what = "not a ControlNet"
     raise ModelLoadError(
         f"ControlNet {name!r} is {what}; Diffusers Studio loads SD1.x and SDXL ControlNets "
-        "(lllyasviel's control_v11* files, diffusers ControlNetModel weights). Put checkpoints in "
-        "models/checkpoints and select a ControlNet here."
+        "(lllyasviel's control_v11* files, diffusers ControlNetModel weights) as single files; Flux and "
+        "SD3 ControlNets load from their diffusers folder (config.json + weights) in models/controlnet. "
+        "Put checkpoints in models/checkpoints and select a ControlNet here."
     )
 
 
@@ -254,15 +256,8 @@ def _is_shuffle(path: str) -> bool:
 
 
 def is_controlnet_folder(path: str) -> bool:
-    """A diffusers ControlNet folder: config.json naming ControlNetModel."""
-    config = os.path.join(path, "config.json")
-    if not os.path.isfile(config):
-        return False
-    try:
-        with open(config, encoding="utf-8") as fh:
-            return json.load(fh).get("_class_name") == "ControlNetModel"
-    except (OSError, ValueError, AttributeError):
-        return False
+    """A diffusers ControlNet folder: config.json naming ControlNetModel (or a Flux / SD3 one)."""
+    return folder_class(path) in ("ControlNetModel", *DIT_FOLDER_CLASSES)
 
 
 def load_controlnet(
@@ -297,15 +292,18 @@ def load_controlnet(
         if not is_controlnet_folder(path):
             raise ModelLoadError(
                 f"Folder {name!r} is not a diffusers ControlNet folder (its config.json does not name "
-                "ControlNetModel). Select a ControlNetModel folder or a single ControlNet file."
+                "ControlNetModel, FluxControlNetModel or SD3ControlNetModel). Select a ControlNetModel folder or a single ControlNet file."
             )
-        try:
-            module = ControlNetModel.from_pretrained(path, local_files_only=True, torch_dtype=torch_dtype)
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            raise ModelLoadError(
-                f"ControlNet folder {name!r} could not be loaded ({exc}). Its files are missing or damaged."
-            ) from exc
-        family = _family_of_config(module.config)
+        if is_dit_controlnet_folder(path):
+            family, module = load_dit_module(path, name, torch_dtype)
+        else:
+            try:
+                module = ControlNetModel.from_pretrained(path, local_files_only=True, torch_dtype=torch_dtype)
+            except (OSError, ValueError, RuntimeError, KeyError) as exc:
+                raise ModelLoadError(
+                    f"ControlNet folder {name!r} could not be loaded ({exc}). Its files are missing or damaged."
+                ) from exc
+            family = _family_of_config(module.config)
     else:
         state = _read_state_dict(path)
         if _layout(state, name) == "ldm":

@@ -73,6 +73,25 @@ class StepContext:
     # One entry per row of x_in: NEGATIVE or POSITIVE (which half of CFG the
     # row belongs to). A hook that adds rows appends their roles here.
     row_roles: list = field(default_factory=list)
+    # Transformer (DiT) ControlNet residuals by the denoiser's keyword
+    # (controlnet_block_samples, block_controlnet_hidden_states, ...): lists
+    # of tensors that chained units sum element by element (MultiControlNet).
+    block_residuals: dict = field(default_factory=dict)
+
+    def add_block_residuals(self, key: str, samples: Optional[list]) -> None:
+        """Sum one DiT ControlNet's per-block residuals into this call."""
+        if samples is None:
+            return
+        have = self.block_residuals.get(key)
+        if have is None:
+            self.block_residuals[key] = list(samples)
+            return
+        if len(have) != len(samples):
+            raise ValueError(
+                f"chained ControlNets give {len(have)} and {len(samples)} {key}: they were made for "
+                "different transformer depths; chain ControlNets of the same architecture"
+            )
+        self.block_residuals[key] = [a + b for a, b in zip(have, samples)]
 
     def add_residuals(self, down: list, mid: torch.Tensor) -> None:
         """Sum ControlNet-style residuals into this call (several units add up)."""
@@ -97,6 +116,10 @@ class SamplingHook:
     """Base class: override what you need; every method defaults to nothing."""
 
     order: int = 0  # lower runs first; batch-widening hooks use a negative order
+
+    def draw(self, model, batch: int, pixel_size: tuple, generators: list) -> None:
+        """Before the starting noise: draw what the pipeline draws with the seed first
+        (a DiT ControlNet's VAE-encoded hint). Called on every run, before `begin`."""
 
     def begin(self, run: RunContext, role: str) -> None:
         pass

@@ -294,6 +294,10 @@ def sample(
     generators = generators_for(seeds)
     variation_generators = generators_for(variation_seeds) if variation_seeds else None
     mask = latent.get("noise_mask")
+    bound = hooks_mod.collect(model, positive, negative, latent)
+    pixel_size = (h * model.vae_scale_factor, w * model.vae_scale_factor)
+    for b in bound:  # e.g. FluxControlNetPipeline encodes its hint with the generator before the latents
+        b.hook.draw(model, batch, pixel_size, generators)
     if not plan.is_txt2img or mask is not None:
         # The pipelines sample the VAE posterior with the seed before the
         # noise whenever they use the image latents (posterior.py).
@@ -323,14 +327,12 @@ def sample(
         # unset); one seed per sample makes it reproducible, as in A1111.
         scheduler.noise_sampler_seed = list(seeds)
 
-    pixel_size = (h * model.vae_scale_factor, w * model.vae_scale_factor)
     inputs = family.denoiser_inputs(
         model, positive, negative, cfg, batch, pixel_size, device, model_label=_model_label(model),
     )
     extra = _step_kwargs(scheduler, generators)
     warmup = len(timesteps) - total * order
     reported = 0
-    bound = hooks_mod.collect(model, positive, negative, latent)
     run = hooks_mod.RunContext(
         model=model, batch=batch, do_cfg=inputs.do_cfg, device=device, dtype=dtype, latent_size=(h, w),
         pixel_size=pixel_size, timesteps=timesteps, total_steps=len(full), first_index=plan.first_index,

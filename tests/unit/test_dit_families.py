@@ -240,7 +240,7 @@ def test_guidance_changes_flux_dev_result(folders):
     assert not torch.allclose(a, b)
 
 
-@pytest.mark.parametrize("kind", [families.CONTROLNET, families.IP_ADAPTER, families.REGIONAL, families.INPAINT])
+@pytest.mark.parametrize("kind", [families.IP_ADAPTER, families.REGIONAL, families.INPAINT])
 def test_adapters_refused_with_the_reason(kind):
     for family in (families.get("sd3"), families.get("flux", "dev"), families.get("flux", "schnell")):
         assert family.adapter_refusal(kind)
@@ -253,6 +253,12 @@ def test_lora_applies_to_the_flow_families():
     """LoRA is the one adapter SD3 / Flux take (tests/unit/test_dit_lora.py, tests/nodes/test_dit_lora.py)."""
     for family in (families.get("sd3"), families.get("flux", "dev"), families.get("flux", "schnell")):
         assert family.adapter_refusal(families.LORA) is None
+
+
+def test_controlnet_is_taken_by_the_flow_families():
+    """Flux / SD3 ControlNets run through controlnet_dit.py (tests/unit/test_dit_controlnet.py)."""
+    for family in (families.get("sd3"), families.get("flux", "dev"), families.get("flux", "schnell")):
+        assert family.adapter_refusal(families.CONTROLNET) is None
 
 
 def test_flux_batch_of_two_matches_the_pipeline(folders):

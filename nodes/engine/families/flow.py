@@ -235,11 +235,14 @@ class FlowFamily(Family):
             )
 
     def check_conditioning(self, model: ModelBundle, cond: Conditioning, which: str, model_label: str) -> None:
-        if cond.extras:
+        # A transformer ControlNet (controlnet_dit.py) says which families it serves.
+        extras = [e for e in cond.extras if self.family not in getattr(e, "serves_families", ())]
+        if extras:
             raise ValueError(
-                f"{which} conditioning carries {len(cond.extras)} extra(s) (ControlNet, regional prompts or "
-                f"prompt editing): {model_label} is {self.label}, which takes none of these yet. "
-                "Connect the Diffusers Text Encode output directly"
+                f"{which} conditioning carries {len(extras)} extra(s) (an SD1.x/SDXL ControlNet, regional "
+                f"prompts or prompt editing): {model_label} is {self.label}, which takes none of these yet. "
+                "Connect the Diffusers Text Encode output directly, or apply a ControlNet made for "
+                f"{self.short_label}"
             )
         config = self.denoiser_config(model)
         width = int(config.joint_attention_dim)
@@ -275,7 +278,7 @@ class FlowFamily(Family):
         return torch.cat(rows).to(device=device, dtype=dtype)
 
     def adapter_refusal(self, kind: str) -> Optional[str]:
-        if kind in (CONTROLNET, IP_ADAPTER, REGIONAL, INPAINT):  # LoRA applies (lora_dit)
+        if kind in (IP_ADAPTER, REGIONAL, INPAINT):  # LoRA: lora_dit.py; ControlNet: controlnet_dit.py
             return f"{ADAPTER_WORDS.get(kind, kind)} is not supported for {self.label} models yet"
         return None
 

@@ -159,6 +159,7 @@ class FluxFamily(FlowFamily):
             txt_ids=step.added_cond_kwargs["txt_ids"],
             img_ids=latent_image_ids(h // 2, w // 2, x.device, x.dtype),
             return_dict=False,
+            **step.block_residuals,  # ControlNet residuals (controlnet_dit.py), none without one
         )[0]
         return unpack(out, h, w)
 

@@ -95,6 +95,7 @@ class SD3Family(FlowFamily):
             encoder_hidden_states=step.encoder_hidden_states,
             pooled_projections=step.added_cond_kwargs["pooled_projections"],
             return_dict=False,
+            **step.block_residuals,  # ControlNet residuals (controlnet_dit.py), none without one
         )[0]
 
     # ---- schedulers
