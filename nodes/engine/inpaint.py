@@ -63,15 +63,21 @@ def _check_image(image: torch.Tensor, what: str = "image") -> torch.Tensor:
 
 
 def model_kind(model: ModelBundle, vae: VAEBundle) -> str:
-    """"ordinary" (UNet in = latent channels) or "inpainting" (latent + mask + masked image)."""
-    unet_in, lat = model.latent_channels, vae.latent_channels
+    """"ordinary" (denoiser in = latent channels) or "inpainting" (latent + mask + masked image).
+
+    Channels are counted per latent pixel (Flux's packed tokens unpacked).
+    """
+    family = families.of(model)
+    input_channels = getattr(family, "input_channels", None)
+    unet_in = input_channels(model) if input_channels else model.latent_channels
+    lat = vae.latent_channels
     if unet_in == lat:
         return "ordinary"
-    if unet_in == 2 * lat + 1:
+    if unet_in == 2 * lat + 1 and not input_channels:
         return "inpainting"
     raise ValueError(
         f"model {model.name!r} takes {unet_in} input channels, which fits neither an ordinary "
-        f"({lat}) nor an inpainting ({2 * lat + 1}) model for vae {vae.name!r}: connect the VAE "
+        f"({lat}) nor an inpainting model for vae {vae.name!r}: connect the VAE "
         "of the same checkpoint"
     )
 
@@ -207,7 +213,10 @@ def prepare(
 ) -> Prepared:
     """The inpainting LATENT of `image` for `model`, repainting where `mask` is 1.
 
-    Refused for families without inpainting support yet (SD3, Flux).
+    SD3 and Flux.1 get the same LATENT as ordinary SD models: their
+    pipelines (StableDiffusion3InpaintPipeline, FluxInpaintPipeline) blend
+    the outside back after every step with `scale_noise`, which is the flow
+    scheduler's `add_noise`, and draw the posteriors in the same order.
 
     fill: what the masked area starts from (A1111's inpainting_fill):
     "original" the picture, "blurred" colours blurred in from around the mask,
