@@ -87,15 +87,25 @@ def tiny_sd3_components(seed: int = 0, with_t5: bool = True) -> dict:
     }
 
 
-def tiny_flux_components(seed: int = 0, dev: bool = True) -> dict:
-    """FluxPipeline components: CLIP-L pooled (32) + T5 (48); dev with a guidance embedding."""
+# FLUX.1 Fill's transformer input per packed token, as FluxFillPipeline builds it:
+# 16 latent channels x 2x2 (64) + the masked image's (64) + the 8x8 pixel mask of
+# each of the 2x2 latent pixels (4 * 64 = 256); it predicts the 64 latent ones.
+FILL_IN_CHANNELS = 2 * 16 * 4 + 4 * 8 * 8
+
+
+def tiny_flux_components(seed: int = 0, dev: bool = True, fill: bool = False) -> dict:
+    """FluxPipeline components: CLIP-L pooled (32) + T5 (48); dev with a guidance embedding.
+
+    fill: FLUX.1 Fill's wider transformer input (FILL_IN_CHANNELS in, 64 out).
+    """
     from diffusers import FluxTransformer2DModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=48, pooled_projection_dim=32, guidance_embeds=dev,
+        patch_size=1, in_channels=FILL_IN_CHANNELS if fill else 64, out_channels=64 if fill else None,
+        num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=48, pooled_projection_dim=32, guidance_embeds=dev or fill,
         axes_dims_rope=[4, 4, 8],
     )
     torch.manual_seed(seed)
@@ -121,3 +131,9 @@ def flux_pipeline(seed: int = 0, dev: bool = True):
     from diffusers import FluxPipeline
 
     return FluxPipeline(**tiny_flux_components(seed, dev), image_encoder=None, feature_extractor=None)
+
+
+def flux_fill_pipeline(seed: int = 0):
+    from diffusers import FluxFillPipeline
+
+    return FluxFillPipeline(**tiny_flux_components(seed, fill=True))

@@ -42,6 +42,7 @@ from . import families
 from . import masks as M
 from . import posterior as P
 from .components import ModelBundle, VAEBundle
+from .flux_fill import FluxFillInputs, mask_patches
 from .hooks import RunContext, SamplingHook, StepContext
 from .noise import generators_for, initial_noise
 
@@ -75,6 +76,8 @@ def model_kind(model: ModelBundle, vae: VAEBundle) -> str:
         return "ordinary"
     if unet_in == 2 * lat + 1 and not input_channels:
         return "inpainting"
+    if unet_in == 2 * lat + vae.downscale**2 and input_channels:
+        return "fill"  # FLUX.1 Fill: latents, masked image latents, 8x8 pixel mask patches
     raise ValueError(
         f"model {model.name!r} takes {unet_in} input channels, which fits neither an ordinary "
         f"({lat}) nor an inpainting model for vae {vae.name!r}: connect the VAE "
@@ -194,7 +197,7 @@ def _repeat_rows(x: torch.Tensor, batch: int) -> torch.Tensor:
 class Prepared:
     latent: dict  # samples, noise_mask, ds_hooks
     mask: torch.Tensor  # [B,H,W]: the grown and feathered mask, for compositing
-    kind: str  # "ordinary" or "inpainting"
+    kind: str  # "ordinary", "inpainting" (9-channel UNet) or "fill" (FLUX.1 Fill)
 
 
 @torch.no_grad()
@@ -269,6 +272,9 @@ def prepare(
     if kind == "inpainting":
         masked, masked_posterior = P.encode(vae, _masked_image(rgb, pixel_mask), latent_sampling, per_image=True)
         hooks.append(InpaintModelInputs(M.binarised_latent_mask(pixel_mask, f), masked))
+    elif kind == "fill":
+        masked, masked_posterior = P.encode(vae, _masked_image(rgb, pixel_mask), latent_sampling, per_image=True)
+        hooks.append(FluxFillInputs(mask_patches(pixel_mask, f), masked))
     elif latent_sampling == "sample":
         # The 4-channel pipeline encodes the masked image too and throws it
         # away; only its draw from the generator matters (a zero posterior).
@@ -278,7 +284,7 @@ def prepare(
         masked_posterior = None
     if masked_posterior is not None:
         latent[P.MASKED_KEY] = masked_posterior
-    if kind == "ordinary" or blend_unmasked or empty:
+    if kind == "ordinary" or blend_unmasked or empty:  # FluxFillPipeline, like the 9-channel one, does not blend
         latent["noise_mask"] = latent_mask
     latent["ds_hooks"] = hooks
     return Prepared(latent, pixel_mask, kind)

@@ -34,6 +34,7 @@ def dit_models(models_dir):
     for name, make in (
         ("tiny-sd3", lambda: tiny_dit.sd3_pipeline(0)),
         ("tiny-flux-dev", lambda: tiny_dit.flux_pipeline(0, dev=True)),
+        ("tiny-flux-fill", lambda: tiny_dit.flux_fill_pipeline(0)),
     ):
         if not (folder / name).exists():
             ldm_export.save_diffusers_folder(make(), folder / name)
@@ -91,7 +92,7 @@ def _pipeline(pipe_cls, bundles):
     names = [("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"), ("text_encoder_3", "tokenizer_3")]
     for (enc_name, tok_name), enc, tok in zip(names, text_encoder.text_encoders, text_encoder.tokenizers):
         parts[enc_name], parts[tok_name] = enc, tok
-    if model.family == "flux":
+    if model.family == "flux" and model.variant != "fill":
         parts.update(image_encoder=None, feature_extractor=None)
     pipe = pipe_cls(**parts)
     pipe.set_progress_bar_config(disable=True)
@@ -179,3 +180,73 @@ def test_crop_and_paste_back_work_unchanged(dit_models, name):
     far[8:56, 16:64] = False  # the crop's box and a margin: elsewhere nothing was touched
     assert torch.equal(back[0][far & keep], image[0][far & keep])
     assert not torch.equal(back, image)
+
+
+@pytest.mark.parametrize("strength,guidance", [(1.0, None), (0.75, 12.0)])
+def test_flux_fill_matches_flux_fill_pipeline(dit_models, strength, guidance):
+    """blend_unmasked off: FluxFillPipeline leaves the outside to the model. Without DSFluxGuidance the
+    guidance is the pipeline's default, 30."""
+    from diffusers import FluxFillPipeline
+
+    _, decoded, _, _, bundles = _graph("tiny-flux-fill", seed=4, steps=4, cfg=1.0, denoise=strength,
+                                       guidance=guidance, blend_unmasked=False)
+    assert (bundles[0].family, bundles[0].variant) == ("flux", "fill")
+    photo, mask_photo, _, _ = _inputs()
+    kwargs = {} if guidance is None else {"guidance_scale": guidance}
+    expected = _pipeline(FluxFillPipeline, bundles)(
+        prompt="a red door", image=photo, mask_image=mask_photo, height=SIZE, width=SIZE, strength=strength,
+        num_inference_steps=4, generator=torch.Generator().manual_seed(4), output_type="np", **kwargs,
+    ).images
+    _close(decoded.numpy(), expected)
+
+
+def test_flux_fill_is_detected_from_the_transformer_config(dit_models):
+    from diffusers_studio.nodes.engine import families
+
+    model, text_encoder, _ = _load("tiny-flux-fill")
+    family = families.of(model)
+    assert family.variant == "fill" and family.default_guidance == 30.0
+    assert family.expected_channels(model) == 16 and family.input_channels(model) * 4 == tiny_dit.FILL_IN_CHANNELS
+    assert text_encoder.variant == "fill"
+
+
+def test_flux_fill_takes_dev_prompts_and_blends_by_default(dit_models):
+    """The Fill model with the dev folder's text encoder; blend_unmasked (default) holds the outside
+    latents to the image's (latent_sampling "mode": exactly the encoded mean), off leaves them to the model."""
+    from diffusers_studio.nodes.inpaint import DSInpaint
+    from diffusers_studio.nodes.sample import DSSampler
+
+    model, _, vae = _load("tiny-flux-fill")
+    _, dev_text, _ = _load("tiny-flux-dev")
+    _, _, image, mask = _inputs()
+    outside = {}
+    for blend in (True, False):
+        latent, _ = DSInpaint.execute(image, mask, vae, model, blur=0.0, blend_unmasked=blend,
+                                      latent_sampling="mode").args
+        out = DSSampler.execute(model, _encode(dev_text, "a door"), _encode(dev_text, ""), latent, 2, 3, 1.0,
+                                "Euler", "normal", 1.0).args[0]["samples"]
+        keep = (pil_inputs.as_mask(pil_inputs.mask_picture())[:, None, ::8, ::8] == 0).expand_as(out)
+        outside[blend] = float((out - latent["samples"]).abs()[keep].max())
+    assert outside[True] < 1e-5
+    assert outside[False] > 1e-2
+
+
+def test_fill_model_without_inpaint_latent_is_a_clear_error(dit_models):
+    from diffusers_studio.nodes.sample import DSSampler
+
+    model, text_encoder, _ = _load("tiny-flux-fill")
+    latent = {"samples": torch.zeros(1, 16, 8, 8)}
+    with pytest.raises(ValueError, match="FLUX.1 Fill.*Diffusers Inpaint"):
+        DSSampler.execute(model, _encode(text_encoder, "a door"), None, latent, 2, 3, 1.0, "Euler", "normal", 1.0)
+
+
+def test_fill_latent_on_a_dev_model_is_a_clear_error(dit_models):
+    from diffusers_studio.nodes.inpaint import DSInpaint
+    from diffusers_studio.nodes.sample import DSSampler
+
+    fill_model, _, vae = _load("tiny-flux-fill")
+    model, text_encoder, _ = _load("tiny-flux-dev")
+    _, _, image, mask = _inputs()
+    latent, _ = DSInpaint.execute(image, mask, vae, fill_model).args
+    with pytest.raises(ValueError, match="made by Diffusers Inpaint for FLUX.1 Fill"):
+        DSSampler.execute(model, _encode(text_encoder, "a door"), None, latent, 2, 3, 1.0, "Euler", "normal", 1.0)
