@@ -14,6 +14,11 @@ One LATENT serves both kinds of model; the kind is read from the UNet:
   4-channel latents, as diffusers' ControlNet inpaint pipeline gives them.
   The noise_mask is added too unless `blend_unmasked` is off (diffusers
   leaves the outside to the model; ComfyUI, A1111 and InvokeAI blend).
+- SD3 and Flux.1 ordinary models take the ordinary LATENT: their inpaint
+  pipelines blend the same way, with the flow scheduler's scale_noise.
+- FLUX.1 Fill (flux variant "fill") gets `FluxFillInputs` (flux_fill.py):
+  the masked image's latents and the 8x8 pixel mask patches of every latent
+  pixel, as FluxFillPipeline; `blend_unmasked` as for 9-channel models.
 
 Denoising strength is DSSampler's `denoise`. At 1, diffusers' inpaint
 pipelines start from pure noise (`is_strength_max`), not from the image noised
