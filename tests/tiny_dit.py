@@ -9,6 +9,8 @@ checkpoints; the tiny T5 keeps T5's 32128-token vocabulary for that reason.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from tiny_models import _text_config, clip_tokenizer, comfyui_root, tiny_vae
@@ -137,3 +139,23 @@ def flux_fill_pipeline(seed: int = 0):
     from diffusers import FluxFillPipeline
 
     return FluxFillPipeline(**tiny_flux_components(seed, fill=True))
+
+
+def pipeline_of(pipe_cls, bundles):
+    """A diffusers flow pipeline over the pack's loaded (model, text encoder, vae) bundles: the same modules."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    model, text_encoder, vae = bundles
+    parts = {
+        "transformer": model.unet,
+        "vae": vae.vae,
+        "scheduler": FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config),
+    }
+    names = [("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"), ("text_encoder_3", "tokenizer_3")]
+    for (enc_name, tok_name), enc, tok in zip(names, text_encoder.text_encoders, text_encoder.tokenizers):
+        parts[enc_name], parts[tok_name] = enc, tok
+    if "image_encoder" in inspect.signature(pipe_cls.__init__).parameters:  # FluxPipeline's IP-Adapter slots
+        parts.update(image_encoder=None, feature_extractor=None)
+    pipe = pipe_cls(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

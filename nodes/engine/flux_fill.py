@@ -6,7 +6,7 @@ latent pixel, then packed (4 * 64 = 256). Packing works channel by channel,
 so the same input is the unpacked [latents (16), masked latents (16),
 mask patches (64)] concatenated on the channel axis and packed by the
 family's `predict`: this hook appends the two extras to the transformer
-input of every row, as InpaintModelInputs does for 9-channel UNets.
+input of every row, as its base InpaintModelInputs does for 9-channel UNets.
 
 The pipeline's mask is binarised at 0.5 (VaeImageProcessor do_binarize),
 its masked image is the image with the mask area set to grey (0 in [-1, 1]),
@@ -15,11 +15,11 @@ to draw the image's posterior before the noise then too (posterior.py).
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
-from .hooks import RunContext, SamplingHook, StepContext
+from . import families
+from .hooks import RunContext
+from .inpaint import InpaintModelInputs
 
 
 def mask_patches(pixel_mask: torch.Tensor, factor: int) -> torch.Tensor:
@@ -30,23 +30,18 @@ def mask_patches(pixel_mask: torch.Tensor, factor: int) -> torch.Tensor:
     return x.reshape(b, factor * factor, h // factor, w // factor).contiguous()
 
 
-class FluxFillInputs(SamplingHook):
+class FluxFillInputs(InpaintModelInputs):
     """Appends [masked image latents, mask patches] to every transformer row (FLUX.1 Fill)."""
 
-    order = 1000  # last, as InpaintModelInputs
-    repaints = True  # at denoise 1 start from pure noise (scale_noise at sigma 1 is the noise)
+    unet_extra_channels = 0  # not a UNet's: the flow latent check reads fill_channels
     draws_image = True  # the pipeline samples the image's posterior at every strength
     flow_inpaint = True  # accepted by the flow families' latent check
 
     def __init__(self, mask: torch.Tensor, masked_latents: torch.Tensor):
-        self.mask = mask  # [n, f*f, h, w] 0/1
-        self.masked_latents = masked_latents  # [n, C, h, w] raw VAE latents (the posterior's mean)
+        super().__init__(mask, masked_latents)  # mask [n, f*f, h, w] 0/1, masked latents raw (the mean)
         self.fill_channels = int(mask.shape[1]) + int(masked_latents.shape[1])  # read by the latent check
-        self._run: Optional[tuple] = None
 
     def begin(self, run: RunContext, role: str) -> None:
-        from . import families
-
         if tuple(self.mask.shape[-2:]) != tuple(run.latent_size):
             raise ValueError(
                 f"the inpaint mask is {tuple(self.mask.shape[-2:])} latent pixels but the latent is "
@@ -66,14 +61,3 @@ class FluxFillInputs(SamplingHook):
         repeat = run.batch // n
         mask = self.mask.repeat(repeat, 1, 1, 1).to(run.device, run.dtype)
         self._run = (masked.repeat(repeat, 1, 1, 1), mask)
-
-    def before_unet(self, step: StepContext, run: RunContext, role: str) -> None:
-        masked, mask = self._run
-        rows = int(step.x_in.shape[0])
-        if rows % run.batch:
-            raise RuntimeError(f"transformer batch of {rows} rows is not a multiple of the image batch {run.batch}")
-        idx = torch.arange(rows, device=mask.device) % run.batch
-        step.x_in = torch.cat([step.x_in, masked[idx].to(step.x_in.dtype), mask[idx].to(step.x_in.dtype)], dim=1)
-
-    def end(self) -> None:
-        self._run = None

@@ -47,7 +47,6 @@ from . import families
 from . import masks as M
 from . import posterior as P
 from .components import ModelBundle, VAEBundle
-from .flux_fill import FluxFillInputs, mask_patches
 from .hooks import RunContext, SamplingHook, StepContext
 from .noise import generators_for, initial_noise
 
@@ -179,12 +178,12 @@ class InpaintModelInputs(SamplingHook):
         self._run = (mask, masked)
 
     def before_unet(self, step: StepContext, run: RunContext, role: str) -> None:
-        mask, masked = self._run
+        extras = self._run  # the per-image tensors to append, in the model's channel order
         rows = int(step.x_in.shape[0])
         if rows % run.batch:
             raise RuntimeError(f"UNet batch of {rows} rows is not a multiple of the image batch {run.batch}")
-        idx = torch.arange(rows, device=mask.device) % run.batch
-        step.x_in = torch.cat([step.x_in, mask[idx].to(step.x_in.dtype), masked[idx].to(step.x_in.dtype)], dim=1)
+        idx = torch.arange(rows, device=extras[0].device) % run.batch
+        step.x_in = torch.cat([step.x_in, *(extra[idx].to(step.x_in.dtype) for extra in extras)], dim=1)
 
     def end(self) -> None:
         self._run = None
@@ -278,6 +277,8 @@ def prepare(
         masked, masked_posterior = P.encode(vae, _masked_image(rgb, pixel_mask), latent_sampling, per_image=True)
         hooks.append(InpaintModelInputs(M.binarised_latent_mask(pixel_mask, f), masked))
     elif kind == "fill":
+        from .flux_fill import FluxFillInputs, mask_patches  # it subclasses InpaintModelInputs
+
         masked, masked_posterior = P.encode(vae, _masked_image(rgb, pixel_mask), latent_sampling, per_image=True)
         hooks.append(FluxFillInputs(mask_patches(pixel_mask, f), masked))
     elif latent_sampling == "sample":

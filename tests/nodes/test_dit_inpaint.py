@@ -81,22 +81,7 @@ def _graph(name, *, seed, steps, cfg, denoise, negative="", guidance=None, **inp
 
 
 def _pipeline(pipe_cls, bundles):
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    model, text_encoder, vae = bundles
-    parts = {
-        "transformer": model.unet,
-        "vae": vae.vae,
-        "scheduler": FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config),
-    }
-    names = [("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"), ("text_encoder_3", "tokenizer_3")]
-    for (enc_name, tok_name), enc, tok in zip(names, text_encoder.text_encoders, text_encoder.tokenizers):
-        parts[enc_name], parts[tok_name] = enc, tok
-    if model.family == "flux" and model.variant != "fill":
-        parts.update(image_encoder=None, feature_extractor=None)
-    pipe = pipe_cls(**parts)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return tiny_dit.pipeline_of(pipe_cls, bundles)
 
 
 def _close(got: np.ndarray, expected: np.ndarray) -> None:
