@@ -235,3 +235,30 @@ def test_fill_latent_on_a_dev_model_is_a_clear_error(dit_models):
     latent, _ = DSInpaint.execute(image, mask, vae, fill_model).args
     with pytest.raises(ValueError, match="made by Diffusers Inpaint for FLUX.1 Fill"):
         DSSampler.execute(model, _encode(text_encoder, "a door"), None, latent, 2, 3, 1.0, "Euler", "normal", 1.0)
+
+
+@pytest.mark.parametrize("name", ["tiny-flux-dev", "tiny-flux-fill"])
+def test_batch_of_two_pictures_matches_the_pipeline(dit_models, name):
+    """Two pictures, one mask: picture i uses seed + i for its posteriors and noise, as the pipelines
+    do with one generator per image."""
+    from diffusers import FluxFillPipeline, FluxInpaintPipeline
+
+    from diffusers_studio.nodes.inpaint import DSInpaint
+    from diffusers_studio.nodes.sample import DSSampler
+    from diffusers_studio.nodes.vae import DSVAEDecode
+
+    fill = name == "tiny-flux-fill"
+    model, text_encoder, vae = bundles = _load(name)
+    photos, mask_photo = [pil_inputs.picture(5), pil_inputs.picture(6)], pil_inputs.mask_picture()
+    latent, _ = DSInpaint.execute(pil_inputs.as_image(*photos), pil_inputs.as_mask(mask_photo), vae, model, grow=0,
+                                  blur=0.0, blend_unmasked=not fill).args
+    out = DSSampler.execute(model, _encode(text_encoder, "a red door"), _encode(text_encoder, ""), latent, 7, 3,
+                            1.0, "Euler", "normal", 0.8).args[0]
+    decoded = DSVAEDecode.execute(vae, out).args[0]
+    pipe = _pipeline(FluxFillPipeline if fill else FluxInpaintPipeline, bundles)
+    expected = pipe(
+        prompt=["a red door"] * 2, image=photos, mask_image=mask_photo, height=SIZE, width=SIZE, strength=0.8,
+        num_inference_steps=3, guidance_scale=30.0 if fill else 3.5,
+        generator=[torch.Generator().manual_seed(7), torch.Generator().manual_seed(8)], output_type="np",
+    ).images
+    _close(decoded.numpy(), expected)
