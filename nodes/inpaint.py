@@ -30,9 +30,9 @@ class DSInpaint(io.ComfyNode):
             category=category("inpaint"),
             description=(
                 "Prepares an image and a mask for Diffusers Sampler, which then repaints inside the mask "
-                "(its denoise is the inpainting strength). Works with ordinary checkpoints (the outside is "
-                "kept at every step) and with inpainting checkpoints (9-channel UNets get the mask and the "
-                "masked image), detected from the model."
+                "(its denoise is the inpainting strength). Works with ordinary checkpoints of every family, "
+                "SD3 and Flux.1 included (the outside is kept at every step), and with inpainting checkpoints "
+                "(9-channel SD UNets and FLUX.1 Fill get the mask and the masked image), detected from the model."
             ),
             inputs=[
                 io.Image.Input("image", tooltip="The picture to inpaint; width and height must be multiples of 8."),
@@ -80,8 +80,9 @@ class DSInpaint(io.ComfyNode):
                 io.Boolean.Input(
                     "blend_unmasked",
                     default=True,
-                    tooltip="Inpainting checkpoints only: also hold the area outside the mask to the original "
-                    "at every step (ComfyUI's and A1111's way). Off gives diffusers' inpaint pipeline exactly. "
+                    tooltip="Inpainting checkpoints (and FLUX.1 Fill) only: also hold the area outside the mask to "
+                    "the original at every step (ComfyUI's and A1111's way). Off gives diffusers' inpaint "
+                    "pipeline (FluxFillPipeline) exactly. "
                     "Ordinary checkpoints always blend.",
                 ),
                 latent_sampling_input(),

@@ -9,6 +9,8 @@ checkpoints; the tiny T5 keeps T5's 32128-token vocabulary for that reason.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from tiny_models import _text_config, clip_tokenizer, comfyui_root, tiny_vae
@@ -87,15 +89,25 @@ def tiny_sd3_components(seed: int = 0, with_t5: bool = True) -> dict:
     }
 
 
-def tiny_flux_components(seed: int = 0, dev: bool = True) -> dict:
-    """FluxPipeline components: CLIP-L pooled (32) + T5 (48); dev with a guidance embedding."""
+# FLUX.1 Fill's transformer input per packed token, as FluxFillPipeline builds it:
+# 16 latent channels x 2x2 (64) + the masked image's (64) + the 8x8 pixel mask of
+# each of the 2x2 latent pixels (4 * 64 = 256); it predicts the 64 latent ones.
+FILL_IN_CHANNELS = 2 * 16 * 4 + 4 * 8 * 8
+
+
+def tiny_flux_components(seed: int = 0, dev: bool = True, fill: bool = False) -> dict:
+    """FluxPipeline components: CLIP-L pooled (32) + T5 (48); dev with a guidance embedding.
+
+    fill: FLUX.1 Fill's wider transformer input (FILL_IN_CHANNELS in, 64 out).
+    """
     from diffusers import FluxTransformer2DModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=48, pooled_projection_dim=32, guidance_embeds=dev,
+        patch_size=1, in_channels=FILL_IN_CHANNELS if fill else 64, out_channels=64 if fill else None,
+        num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=48, pooled_projection_dim=32, guidance_embeds=dev or fill,
         axes_dims_rope=[4, 4, 8],
     )
     torch.manual_seed(seed)
@@ -173,3 +185,29 @@ def narrow_posterior(vae):
         conv.weight[half:] = 0.0
         conv.bias[half:] = -100.0
     return vae
+
+
+def flux_fill_pipeline(seed: int = 0):
+    from diffusers import FluxFillPipeline
+
+    return FluxFillPipeline(**tiny_flux_components(seed, fill=True))
+
+
+def pipeline_of(pipe_cls, bundles):
+    """A diffusers flow pipeline over the pack's loaded (model, text encoder, vae) bundles: the same modules."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    model, text_encoder, vae = bundles
+    parts = {
+        "transformer": model.unet,
+        "vae": vae.vae,
+        "scheduler": FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config),
+    }
+    names = [("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"), ("text_encoder_3", "tokenizer_3")]
+    for (enc_name, tok_name), enc, tok in zip(names, text_encoder.text_encoders, text_encoder.tokenizers):
+        parts[enc_name], parts[tok_name] = enc, tok
+    if "image_encoder" in inspect.signature(pipe_cls.__init__).parameters:  # FluxPipeline's IP-Adapter slots
+        parts.update(image_encoder=None, feature_extractor=None)
+    pipe = pipe_cls(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

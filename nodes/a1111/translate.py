@@ -362,7 +362,7 @@ def _refuse_for_family(family, req, sampler: str, loras: list) -> None:
     """A request asking the model's family for what it cannot do: 422 naming it, before anything runs.
 
     The family says which samplers apply and which adapters it refuses
-    (SD3 and Flux: flow-matching samplers only, no ControlNet or inpainting yet; LoRA tags apply).
+    (SD3 and Flux: flow-matching samplers only; LoRA tags, ControlNet and inpainting apply).
     """
     if family is None:
         return

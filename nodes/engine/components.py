@@ -29,7 +29,10 @@ REFINER = "refiner"
 # T5 tokens), schnell is timestep-distilled (no guidance, 256 T5 tokens).
 DEV = "dev"
 SCHNELL = "schnell"
-VARIANTS = (BASE, REFINER, DEV, SCHNELL)
+# FLUX.1 Fill: dev's transformer taking the masked image and an 8x8 pixel mask
+# per latent pixel next to the latents (in_channels 384 = 64 + 64 + 256 packed).
+FILL = "fill"
+VARIANTS = (BASE, REFINER, DEV, SCHNELL, FILL)
 
 
 def model_kind_label(family: str, variant: str = BASE) -> str:

@@ -14,6 +14,11 @@ One LATENT serves both kinds of model; the kind is read from the UNet:
   4-channel latents, as diffusers' ControlNet inpaint pipeline gives them.
   The noise_mask is added too unless `blend_unmasked` is off (diffusers
   leaves the outside to the model; ComfyUI, A1111 and InvokeAI blend).
+- SD3 and Flux.1 ordinary models take the ordinary LATENT: their inpaint
+  pipelines blend the same way, with the flow scheduler's scale_noise.
+- FLUX.1 Fill (flux variant "fill") gets `FluxFillInputs` (flux_fill.py):
+  the masked image's latents and the 8x8 pixel mask patches of every latent
+  pixel, as FluxFillPipeline; `blend_unmasked` as for 9-channel models.
 
 Denoising strength is DSSampler's `denoise`. At 1, diffusers' inpaint
 pipelines start from pure noise (`is_strength_max`), not from the image noised
@@ -63,15 +68,23 @@ def _check_image(image: torch.Tensor, what: str = "image") -> torch.Tensor:
 
 
 def model_kind(model: ModelBundle, vae: VAEBundle) -> str:
-    """"ordinary" (UNet in = latent channels) or "inpainting" (latent + mask + masked image)."""
-    unet_in, lat = model.latent_channels, vae.latent_channels
+    """"ordinary" (denoiser in = latent channels) or "inpainting" (latent + mask + masked image).
+
+    Channels are counted per latent pixel (Flux's packed tokens unpacked).
+    """
+    family = families.of(model)
+    input_channels = getattr(family, "input_channels", None)
+    unet_in = input_channels(model) if input_channels else model.latent_channels
+    lat = vae.latent_channels
     if unet_in == lat:
         return "ordinary"
-    if unet_in == 2 * lat + 1:
+    if unet_in == 2 * lat + 1 and not input_channels:
         return "inpainting"
+    if unet_in == 2 * lat + vae.downscale**2 and input_channels:
+        return "fill"  # FLUX.1 Fill: latents, masked image latents, 8x8 pixel mask patches
     raise ValueError(
         f"model {model.name!r} takes {unet_in} input channels, which fits neither an ordinary "
-        f"({lat}) nor an inpainting ({2 * lat + 1}) model for vae {vae.name!r}: connect the VAE "
+        f"({lat}) nor an inpainting model for vae {vae.name!r}: connect the VAE "
         "of the same checkpoint"
     )
 
@@ -165,12 +178,12 @@ class InpaintModelInputs(SamplingHook):
         self._run = (mask, masked)
 
     def before_unet(self, step: StepContext, run: RunContext, role: str) -> None:
-        mask, masked = self._run
+        extras = self._run  # the per-image tensors to append, in the model's channel order
         rows = int(step.x_in.shape[0])
         if rows % run.batch:
             raise RuntimeError(f"UNet batch of {rows} rows is not a multiple of the image batch {run.batch}")
-        idx = torch.arange(rows, device=mask.device) % run.batch
-        step.x_in = torch.cat([step.x_in, mask[idx].to(step.x_in.dtype), masked[idx].to(step.x_in.dtype)], dim=1)
+        idx = torch.arange(rows, device=extras[0].device) % run.batch
+        step.x_in = torch.cat([step.x_in, *(extra[idx].to(step.x_in.dtype) for extra in extras)], dim=1)
 
     def end(self) -> None:
         self._run = None
@@ -188,7 +201,7 @@ def _repeat_rows(x: torch.Tensor, batch: int) -> torch.Tensor:
 class Prepared:
     latent: dict  # samples, noise_mask, ds_hooks
     mask: torch.Tensor  # [B,H,W]: the grown and feathered mask, for compositing
-    kind: str  # "ordinary" or "inpainting"
+    kind: str  # "ordinary", "inpainting" (9-channel UNet) or "fill" (FLUX.1 Fill)
 
 
 @torch.no_grad()
@@ -207,7 +220,10 @@ def prepare(
 ) -> Prepared:
     """The inpainting LATENT of `image` for `model`, repainting where `mask` is 1.
 
-    Refused for families without inpainting support yet (SD3, Flux).
+    SD3 and Flux.1 get the same LATENT as ordinary SD models: their
+    pipelines (StableDiffusion3InpaintPipeline, FluxInpaintPipeline) blend
+    the outside back after every step with `scale_noise`, which is the flow
+    scheduler's `add_noise`, and draw the posteriors in the same order.
 
     fill: what the masked area starts from (A1111's inpainting_fill):
     "original" the picture, "blurred" colours blurred in from around the mask,
@@ -260,6 +276,11 @@ def prepare(
     if kind == "inpainting":
         masked, masked_posterior = P.encode(vae, _masked_image(rgb, pixel_mask), latent_sampling, per_image=True)
         hooks.append(InpaintModelInputs(M.binarised_latent_mask(pixel_mask, f), masked))
+    elif kind == "fill":
+        from .flux_fill import FluxFillInputs, mask_patches  # it subclasses InpaintModelInputs
+
+        masked, masked_posterior = P.encode(vae, _masked_image(rgb, pixel_mask), latent_sampling, per_image=True)
+        hooks.append(FluxFillInputs(mask_patches(pixel_mask, f), masked))
     elif latent_sampling == "sample":
         # The 4-channel pipeline encodes the masked image too and throws it
         # away; only its draw from the generator matters (a zero posterior).
@@ -269,7 +290,7 @@ def prepare(
         masked_posterior = None
     if masked_posterior is not None:
         latent[P.MASKED_KEY] = masked_posterior
-    if kind == "ordinary" or blend_unmasked or empty:
+    if kind == "ordinary" or blend_unmasked or empty:  # FluxFillPipeline, like the 9-channel one, does not blend
         latent["noise_mask"] = latent_mask
     latent["ds_hooks"] = hooks
     return Prepared(latent, pixel_mask, kind)

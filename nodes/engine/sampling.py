@@ -62,7 +62,7 @@ def _check_conditioning(model: ModelBundle, cond: Conditioning, which: str) -> N
             f"is {model.family}: encode the prompt with the text encoder of the same checkpoint"
         )
     cond_variant, model_variant = cond.variant, model.variant
-    if cond_variant != model_variant:
+    if cond_variant != model_variant and cond_variant not in families.of(model).shared_text_variants:
         raise ValueError(
             f"{which} conditioning was encoded with the {model_kind_label(cond.family, cond_variant)} text "
             f"encoder, but {_model_label(model)} is the {model_kind_label(model.family, model_variant)}: "
@@ -298,9 +298,11 @@ def sample(
     pixel_size = (h * model.vae_scale_factor, w * model.vae_scale_factor)
     for b in bound:  # e.g. FluxControlNetPipeline encodes its hint with the generator before the latents
         b.hook.draw(model, batch, pixel_size, generators)
-    if not plan.is_txt2img or mask is not None:
+    hooks_draw_image = any(getattr(h, "draws_image", False) for h in latent.get("ds_hooks", ()) or ())
+    if not plan.is_txt2img or mask is not None or hooks_draw_image:
         # The pipelines sample the VAE posterior with the seed before the
-        # noise whenever they use the image latents (posterior.py).
+        # noise whenever they use the image latents (posterior.py); FluxFill
+        # encodes the image even at strength 1.
         drawn = posterior.image_draw(latent, generators)
         if drawn is not None:
             samples = drawn

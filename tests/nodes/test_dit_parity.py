@@ -63,22 +63,7 @@ def _graph(name, prompt, negative, *, seed, steps, cfg, latent, denoise=1.0, gui
 
 
 def _pipeline(pipe_cls, bundles):
-    model, text_encoder, vae = bundles
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    parts = {
-        "transformer": model.unet,
-        "vae": vae.vae,
-        "scheduler": FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config),
-    }
-    names = [("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"), ("text_encoder_3", "tokenizer_3")]
-    for (enc_name, tok_name), enc, tok in zip(names, text_encoder.text_encoders, text_encoder.tokenizers):
-        parts[enc_name], parts[tok_name] = enc, tok
-    if model.family == "flux":
-        parts.update(image_encoder=None, feature_extractor=None)
-    pipe = pipe_cls(**parts)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return tiny_dit.pipeline_of(pipe_cls, bundles)
 
 
 def _picture():

@@ -67,3 +67,27 @@ def test_lora_tags_become_lora_nodes_for_dit(model):
     assert any(graph[e["text_encoder"][0]]["class_type"] == "DSLoadLoRA" for e in encodes)
     sampler = _of(graph, "DSSampler")[0]
     assert graph[sampler["model"][0]]["class_type"] == "DSLoadLoRA"
+
+
+def test_flux_and_sd3_img2img_with_a_mask_become_an_inpaint_graph():
+    import base64
+    import io
+
+    from PIL import Image
+
+    def b64(image):
+        out = io.BytesIO()
+        image.save(out, format="PNG")
+        return base64.b64encode(out.getvalue()).decode()
+
+    for model in ("flux-dev", "sd3"):
+        body = {"prompt": "a cat", "steps": 4, "width": 64, "height": 64, "seed": 1, "cfg_scale": 1.0,
+                "override_settings": {"sd_model_checkpoint": model}, "init_images": [b64(Image.new("RGB", (64, 64)))],
+                "mask": b64(Image.new("L", (64, 64), 255)), "inpaint_full_res": False}
+        catalog = translate.Catalog(models=list(KINDS), node_types=["DSInpaint", "DSInpaintComposite"],
+                                    store_image=lambda png: "x.png",
+                                    model_family=lambda name: families.get(*KINDS[name]))
+        plan = translate.build_plan(models.Img2ImgRequest.model_validate(body), "img2img", {}, catalog)
+        graph = plan.graphs[0]
+        assert _of(graph, "DSInpaint") and _of(graph, "DSInpaintComposite")
+        assert bool(_of(graph, "DSFluxGuidance")) == (model == "flux-dev")

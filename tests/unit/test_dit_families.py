@@ -209,8 +209,11 @@ def test_latent_shape_checks(folders):
         sample(model, pos, neg, {"samples": torch.zeros(1, 4, 8, 8)}, seed=0, steps=2, cfg=1.0, sampler_name="Euler")
     with pytest.raises(ValueError, match="multiples of 2"):
         sample(model, pos, neg, {"samples": torch.zeros(1, 16, 7, 8)}, seed=0, steps=2, cfg=1.0, sampler_name="Euler")
-    with pytest.raises(ValueError, match="inpainting"):
-        sample(model, pos, neg, {"samples": torch.zeros(1, 16, 8, 8), "noise_mask": torch.ones(1, 8, 8)}, seed=0,
+    from diffusers_studio.nodes.engine.inpaint import InpaintModelInputs
+
+    sd1_hook = InpaintModelInputs(torch.ones(1, 1, 8, 8), torch.zeros(1, 4, 8, 8))
+    with pytest.raises(ValueError, match="InpaintModelInputs.*SD1.x / SDXL"):
+        sample(model, pos, neg, {"samples": torch.zeros(1, 16, 8, 8), "ds_hooks": [sd1_hook]}, seed=0,
                steps=2, cfg=1.0, sampler_name="Euler")
 
 
@@ -240,7 +243,7 @@ def test_guidance_changes_flux_dev_result(folders):
     assert not torch.allclose(a, b)
 
 
-@pytest.mark.parametrize("kind", [families.IP_ADAPTER, families.REGIONAL, families.INPAINT])
+@pytest.mark.parametrize("kind", [families.IP_ADAPTER, families.REGIONAL])
 def test_adapters_refused_with_the_reason(kind):
     for family in (families.get("sd3"), families.get("flux", "dev"), families.get("flux", "schnell")):
         assert family.adapter_refusal(kind)
@@ -259,6 +262,11 @@ def test_controlnet_is_taken_by_the_flow_families():
     """Flux / SD3 ControlNets run through controlnet_dit.py (tests/unit/test_dit_controlnet.py)."""
     for family in (families.get("sd3"), families.get("flux", "dev"), families.get("flux", "schnell")):
         assert family.adapter_refusal(families.CONTROLNET) is None
+
+
+def test_inpainting_is_not_refused():
+    for family in (families.get("sd3"), families.get("flux", "dev"), families.get("flux", "schnell")):
+        assert family.adapter_refusal(families.INPAINT) is None
 
 
 def test_flux_batch_of_two_matches_the_pipeline(folders):

@@ -181,6 +181,9 @@ class Family:
         """One denoiser evaluation of a hooks.StepContext: the raw prediction, CFG batch and all."""
         raise NotImplementedError
 
+    # Variants of the same family whose text encoders are this one's (FLUX.1 Fill takes dev's prompts).
+    shared_text_variants: tuple = ()
+
     def adapter_refusal(self, kind: str) -> Optional[str]:
         """None when adapters of `kind` (CONTROLNET, IP_ADAPTER, ...) apply, else why not."""
         return None

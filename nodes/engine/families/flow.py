@@ -29,13 +29,12 @@ import torch
 
 from ..components import Conditioning, ModelBundle
 from ..prompt_weights import parse_prompt_chunks
-from .base import CONTROLNET, INPAINT, IP_ADAPTER, LORA, REGIONAL, Family
+from .base import CONTROLNET, IP_ADAPTER, LORA, REGIONAL, Family
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_WORDS = {
     CONTROLNET: "ControlNet", IP_ADAPTER: "IP-Adapter", REGIONAL: "a regional prompt", LORA: "LoRA",
-    INPAINT: "inpainting",
 }
 EULER = "Euler"
 FLOW_SAMPLERS = (EULER,)
@@ -203,12 +202,19 @@ class FlowFamily(Family):
         return int(getattr(self.denoiser_config(model), "patch_size", 1) or 1)
 
     def expected_channels(self, model: ModelBundle) -> int:
+        """Channels of the LATENT this model samples (unpacked, without inpainting extras)."""
         return int(self.denoiser_config(model).in_channels)
+
+    def input_channels(self, model: ModelBundle) -> int:
+        """Channels the denoiser takes per latent pixel, inpainting extras included (unpacked)."""
+        return self.expected_channels(model)
 
     def check_latent(self, model: ModelBundle, latent: dict, samples: torch.Tensor, model_label: str) -> None:
         refusal = None
-        if "noise_mask" in latent or latent.get("ds_hooks"):
-            refusal = "inpainting (a latent with a mask)"
+        foreign = [h for h in latent.get("ds_hooks") or () if not getattr(h, "flow_inpaint", False)]
+        if foreign:
+            kinds = ", ".join(sorted({type(h).__name__ for h in foreign}))
+            refusal = f"a latent carrying {kinds} (made for an SD1.x / SDXL model)"
         elif any(not getattr(patch, "transformer_ready", False) for patch in model.patches):
             # LoRA patches (transformer_ready) merge into the transformer's weights and apply as they are.
             kinds = ", ".join(sorted({type(p).__name__ for p in model.patches if not getattr(p, "transformer_ready", False)}))
@@ -278,7 +284,7 @@ class FlowFamily(Family):
         return torch.cat(rows).to(device=device, dtype=dtype)
 
     def adapter_refusal(self, kind: str) -> Optional[str]:
-        if kind in (IP_ADAPTER, REGIONAL, INPAINT):  # LoRA: lora_dit.py; ControlNet: controlnet_dit.py
+        if kind in (IP_ADAPTER, REGIONAL):  # LoRA: lora_dit.py; ControlNet: controlnet_dit.py; inpaint: DSInpaint
             return f"{ADAPTER_WORDS.get(kind, kind)} is not supported for {self.label} models yet"
         return None
 
@@ -286,7 +292,8 @@ class FlowFamily(Family):
         reason = self.adapter_refusal(kind)
         if reason:
             raise ValueError(
-                f"{what}: {reason} (the pack runs {self.short_label} text-to-image and image-to-image only). "
+                f"{what}: {reason} (the pack runs {self.short_label} text-to-image, image-to-image and "
+                "inpainting only). "
                 "Remove the node from the graph, or use an SD1.x / SDXL model for it"
             )
 

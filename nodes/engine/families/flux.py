@@ -30,7 +30,7 @@ import os
 import numpy as np
 import torch
 
-from ..components import DEV, FLUX, SCHNELL, ModelBundle
+from ..components import DEV, FILL, FLUX, SCHNELL, ModelBundle
 from .base import DenoiserInputs, EncoderSlot, LatentFormat
 from .flow import FlowFamily, calculate_shift, plain_prompt, window_ids
 
@@ -40,6 +40,7 @@ CLIP_L = EncoderSlot("text_encoder", "tokenizer", "CLIPTextModel")
 T5 = EncoderSlot("text_encoder_2", "tokenizer_2", "T5EncoderModel", tokenizer_class="T5TokenizerFast",
                  window=512, embedding_key="t5")
 DEFAULT_GUIDANCE = 3.5
+FILL_GUIDANCE = 30.0  # FluxFillPipeline's default guidance_scale
 
 
 def pack(latents: torch.Tensor) -> torch.Tensor:
@@ -67,14 +68,15 @@ def latent_image_ids(h2: int, w2: int, device, dtype) -> torch.Tensor:
 class FluxFamily(FlowFamily):
     family = FLUX
     short_label = "Flux"
-    pipeline_classes = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
+    pipeline_classes = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxFillPipeline")
     denoiser_class = "FluxTransformer2DModel"
     text_encoders = (CLIP_L, T5)
     latent_format = LatentFormat(
         channels=16, scaling_factor=0.3611, shift_factor=0.1159, packing="2x2", preview="Flux", native_size=1024
     )
 
-    def __init__(self, variant: str, guidance: bool, max_sequence_length: int, steps: int):
+    def __init__(self, variant: str, guidance: bool, max_sequence_length: int, steps: int,
+                 default_guidance: float = DEFAULT_GUIDANCE, shared_text_variants: tuple = ()):
         self.variant = variant
         self.key = f"flux_{variant}"
         self.label = f"Flux.1 {variant}"
@@ -82,16 +84,25 @@ class FluxFamily(FlowFamily):
         self.guidance_embedding = guidance
         self.default_max_sequence_length = max_sequence_length
         self.default_steps = steps
+        self.default_guidance = default_guidance
+        self.shared_text_variants = shared_text_variants
 
     # ---- load
     def folder_variant(self, path: str) -> str:
-        """dev has a guidance embedding (transformer config guidance_embeds), schnell none."""
+        """dev has a guidance embedding (transformer config guidance_embeds), schnell none.
+
+        Fill (FLUX.1-Fill-dev) is told by its input width: in_channels =
+        2 * out_channels (latents + masked image) + 4 * 64 (8x8 pixel mask
+        patches of the 2x2 packed latent pixels), 384 for the real model.
+        """
         try:
             with open(os.path.join(path, "transformer", "config.json"), encoding="utf-8") as fh:
-                guidance = bool(json.load(fh).get("guidance_embeds", False))
+                config = json.load(fh)
         except (OSError, ValueError):
             return DEV  # the loader reports the missing transformer itself
-        return DEV if guidance else SCHNELL
+        if is_fill_config(config):
+            return FILL
+        return DEV if bool(config.get("guidance_embeds", False)) else SCHNELL
 
     # ---- encode
     def encode_prompt(self, bundle, text, *, clip_skip=1, embeddings=None, max_sequence_length=None, **options):
@@ -119,7 +130,26 @@ class FluxFamily(FlowFamily):
 
     # ---- predict
     def expected_channels(self, model: ModelBundle) -> int:
+        """The LATENT's channels: the transformer's output, unpacked (Fill takes more in)."""
+        config = model.denoiser.config
+        return int(getattr(config, "out_channels", None) or config.in_channels) // 4
+
+    def input_channels(self, model: ModelBundle) -> int:
         return int(model.denoiser.config.in_channels) // 4
+
+    def check_latent(self, model: ModelBundle, latent: dict, samples: torch.Tensor, model_label: str) -> None:
+        super().check_latent(model, latent, samples, model_label)
+        extra = sum(int(getattr(h, "fill_channels", 0)) for h in latent.get("ds_hooks") or ())
+        wanted = self.input_channels(model) - self.expected_channels(model)
+        if extra != wanted:
+            raise ValueError(
+                f"{model_label} is FLUX.1 Fill ({self.input_channels(model) * 4} packed input channels): it needs "
+                "a mask and the masked image: make its latent with Diffusers Inpaint (DSInpaint) from the image "
+                "and the mask, or use FLUX.1 dev / schnell for text-to-image and image-to-image"
+                if wanted else
+                f"the latent was made by Diffusers Inpaint for FLUX.1 Fill, but {model_label} is not a Fill "
+                "model: run Diffusers Inpaint with the model you sample with"
+            )
 
     def latent_multiple(self, model: ModelBundle) -> int:
         return 2
@@ -131,7 +161,7 @@ class FluxFamily(FlowFamily):
         pooled = self.cfg_batch(positive, negative, do_cfg, batch, "pooled", device, dtype)
         guidance = None
         if bool(getattr(model.denoiser.config, "guidance_embeds", False)):
-            pos = positive.guidance if positive.guidance is not None else DEFAULT_GUIDANCE
+            pos = positive.guidance if positive.guidance is not None else self.default_guidance
             values = [pos] * batch
             if do_cfg:
                 neg = negative.guidance if negative.guidance is not None else pos
@@ -174,5 +204,14 @@ class FluxFamily(FlowFamily):
         return calculate_shift(seq_len, dict(model.scheduler_config), self.default_max_shift)
 
 
-FLUX_DEV_FAMILY = FluxFamily(DEV, guidance=True, max_sequence_length=512, steps=28)
+def is_fill_config(config: dict) -> bool:
+    """A FLUX.1 Fill transformer config: in = 2 * out + 256 (packed latents, masked image, 8x8 mask)."""
+    in_channels = int(config.get("in_channels", 64))
+    out_channels = int(config.get("out_channels") or in_channels)
+    return in_channels == 2 * out_channels + 4 * 64
+
+
+FLUX_DEV_FAMILY = FluxFamily(DEV, guidance=True, max_sequence_length=512, steps=28, shared_text_variants=(FILL,))
+FLUX_FILL_FAMILY = FluxFamily(FILL, guidance=True, max_sequence_length=512, steps=50,
+                              default_guidance=FILL_GUIDANCE, shared_text_variants=(DEV,))
 FLUX_SCHNELL_FAMILY = FluxFamily(SCHNELL, guidance=False, max_sequence_length=256, steps=4)
