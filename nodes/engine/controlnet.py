@@ -150,6 +150,15 @@ def prepare_hint(image: torch.Tensor, pixel_size: tuple[int, int]) -> torch.Tens
     return F.interpolate(hint, size=tuple(int(v) for v in pixel_size))
 
 
+def step_keep(state, unit, step: hooks.StepContext, run: hooks.RunContext) -> float:
+    """The unit's weight at this step: 0 when it skips the run or the step lies outside its window
+    (diffusers' controlnet_keep over the run's evaluations), else 1."""
+    if state is None or state["skip"]:
+        return 0.0
+    i, n = step.index, len(run.timesteps)
+    return 1.0 - float(i / n < unit.start or (i + 1) / n > unit.end)
+
+
 def _rows_for_batch(t: torch.Tensor, batch: int, what: str) -> torch.Tensor:
     """Pick one entry per sample: a batch-1 tensor serves every sample."""
     if t.shape[0] not in (1, batch):
@@ -215,9 +224,6 @@ class ControlNetHook(hooks.SamplingHook):
 
     # ------------------------------------------------------------ the step
 
-    def _keep(self, index: int, count: int) -> float:
-        return 1.0 - float(index / count < self.unit.start or (index + 1) / count > self.unit.end)
-
     def _rows(self, roles: list, role: str, guess: bool) -> list[int]:
         if role == hooks.POSITIVE or guess:
             wanted = {hooks.POSITIVE}
@@ -239,9 +245,7 @@ class ControlNetHook(hooks.SamplingHook):
 
     def before_unet(self, step: hooks.StepContext, run: hooks.RunContext, role: str) -> None:
         state = self._run
-        if state is None or state["skip"]:
-            return
-        keep = self._keep(step.index, len(run.timesteps))
+        keep = step_keep(state, self.unit, step, run)
         if keep == 0.0:
             return
         module = self.unit.control_net.module

@@ -45,6 +45,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from . import hooks, vae_codec
 from .components import FLUX, SD3, Conditioning
+from .families.unet import per_sample
 
 logger = logging.getLogger(__name__)
 
@@ -166,14 +167,6 @@ def hint_pixels(image: torch.Tensor, pixel_size: tuple[int, int]) -> torch.Tenso
     return hint
 
 
-def _per_sample(t: torch.Tensor, batch: int, what: str) -> torch.Tensor:
-    if t.shape[0] == batch:
-        return t
-    if t.shape[0] == 1:
-        return t.repeat(batch, *([1] * (t.ndim - 1)))
-    raise ValueError(f"{what} has batch {t.shape[0]} but the latent batch is {batch}: use one {what} or one per latent")
-
-
 class DitControlNetHook(hooks.SamplingHook):
     """One transformer ControlNet unit in the sampling loop (see the module docstring)."""
 
@@ -199,7 +192,7 @@ class DitControlNetHook(hooks.SamplingHook):
         check_compatible(cn, model)
         if self.load_modules is not None:
             self.load_modules(self.modules())
-        pixels = _per_sample(hint_pixels(unit.image, pixel_size), batch, "hint image")
+        pixels = per_sample(hint_pixels(unit.image, pixel_size), batch, "hint image")
         if takes_pixels(cn.module):  # XLabs: normalised pixels, embedded by the ControlNet
             self._drawn = pixels.movedim(-1, 1) * 2.0 - 1.0
             return
@@ -243,7 +236,7 @@ class DitControlNetHook(hooks.SamplingHook):
         mask = self.unit.mask
         if mask is not None:
             mask = mask.detach().to(torch.float32)
-            mask = _per_sample(mask[None] if mask.ndim == 2 else mask, run.batch, "mask")
+            mask = per_sample(mask[None] if mask.ndim == 2 else mask, run.batch, "mask")
             if float(mask.max()) <= 0.0:
                 logger.warning("ControlNet %r: its mask is empty (all zero), so it does nothing", cn.name)
                 state["skip"] = True
@@ -262,14 +255,11 @@ class DitControlNetHook(hooks.SamplingHook):
 
     # ------------------------------------------------------------ the step
 
-    def _keep(self, index: int, count: int) -> float:
-        return 1.0 - float(index / count < self.unit.start or (index + 1) / count > self.unit.end)
-
     def before_unet(self, step: hooks.StepContext, run: hooks.RunContext, role: str) -> None:
+        from .controlnet import step_keep
+
         state = self._run
-        if state is None or state["skip"]:
-            return
-        keep = self._keep(step.index, len(run.timesteps))
+        keep = step_keep(state, self.unit, step, run)
         if keep == 0.0:
             return
         cn = self.unit.control_net

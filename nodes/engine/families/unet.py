@@ -52,7 +52,7 @@ def per_sample(t: torch.Tensor, batch: int, what: str) -> torch.Tensor:
         return t
     if t.shape[0] == 1:
         return t.repeat(batch, *([1] * (t.ndim - 1)))
-    raise ValueError(f"{what} has batch {t.shape[0]} but the latent batch is {batch}")
+    raise ValueError(f"{what} has batch {t.shape[0]} but the latent batch is {batch}: use one {what} or one per latent")
 
 
 def guidance_embedding(w: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
