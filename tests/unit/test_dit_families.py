@@ -253,7 +253,7 @@ def test_adapters_refused_with_the_reason(kind):
 
 
 def test_lora_applies_to_the_flow_families():
-    """LoRA is the one adapter SD3 / Flux take (tests/unit/test_dit_lora.py, tests/nodes/test_dit_lora.py)."""
+    """LoRA is the one adapter SD3 / Flux take (tests/unit/test_dit_lora.py, tests/nodes/test_dit_lora_graph.py)."""
     for family in (families.get("sd3"), families.get("flux", "dev"), families.get("flux", "schnell")):
         assert family.adapter_refusal(families.LORA) is None
 

@@ -1,7 +1,7 @@
 """LoRA on SD3 / Flux in the engine: file formats, family refusals, exact restore.
 
 The tiny transformers come from tests/tiny_dit.py, the LoRA files from
-tests/dit_loras.py; parity with diffusers' pipelines is tests/nodes/test_dit_lora.py.
+tests/dit_loras.py; parity with diffusers' pipelines is tests/nodes/test_dit_lora_graph.py.
 """
 from __future__ import annotations
 
