@@ -19,7 +19,7 @@ class DSSeamlessTiling(io.ComfyNode):
         return io.Schema(
             node_id="DSSeamlessTiling",
             display_name="Diffusers Seamless Tiling",
-            category=category("model"),
+            category=category("loaders"),
             description=(
                 "Makes the model and its VAE produce pictures that repeat without a visible seam "
                 "(textures, patterns, wallpapers): their convolutions wrap around the edges "
