@@ -8,6 +8,7 @@ another worker), never as the job's.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Optional
 
 import requests
@@ -70,10 +71,24 @@ class LocalComfy:
     def delete_queued(self, prompt_ids: list[str]) -> None:
         self.request("POST", "/queue", json={"delete": prompt_ids})
 
-    def clear(self) -> None:
-        """Drop what waits on the queue and stop what runs: prompts left by a killed worker."""
+    def clear(self, settle_s: float = 120.0) -> None:
+        """Drop what waits on the queue and stop what runs: prompts left by a killed worker.
+
+        An interrupt takes effect at the prompt's next cancel check (a whole
+        model call on a slow machine), so wait until the queue is empty: a job
+        taken before then would queue behind the dying prompt.
+        """
         self.request("POST", "/queue", json={"clear": True})
         self.interrupt()
+        deadline = time.monotonic() + settle_s
+        while True:
+            queue = self.request("GET", "/queue").json()
+            if not queue.get("queue_running") and not queue.get("queue_pending"):
+                return
+            if time.monotonic() > deadline:
+                log.warning("ComfyUI at %s still busy %.0f s after clear: %s", self.url, settle_s, queue)
+                return
+            time.sleep(0.2)
 
     def open_ws(self, client_id: str, timeout: float = 10.0) -> websocket.WebSocket:
         try:
