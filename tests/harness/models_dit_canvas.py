@@ -22,8 +22,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from .models_dit import LATENT
 from .tests_modules import tests_module
 
@@ -36,12 +34,9 @@ SD35_CONTROLNET_CANNY = "SD3.5M-Controlnet-Canny"
 UNION_MODES = 10  # InstantX Union: canny, tile, depth, blur, pose, gray, low quality (+ reserved)
 
 
-def _randomized(module, seed: int, scale: float = 0.05):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
-    return module.eval()
+def _randomized(module, seed: int):
+    """Every weight random (tests/tiny_dit.py's rule for its ControlNets)."""
+    return tests_module("tiny_dit")._randomize(module, seed)
 
 
 def flux_controlnet(transformer, seed: int):
@@ -59,7 +54,7 @@ def flux_controlnet(transformer, seed: int):
 
 
 def sd3_controlnet(transformer, seed: int):
-    """An SD3ControlNetModel shaped after the tiny SD3.5 medium transformer (pooled, as Tensor.Art's)."""
+    """An SD3ControlNetModel shaped after the tiny SD3.5 medium transformer, with its pooled-prompt path on."""
     from diffusers import SD3ControlNetModel
 
     cfg = transformer.config
