@@ -80,6 +80,12 @@ def prepare_private_base(base: Path, comfyui: Path) -> None:
             base / "models" / "diffusers",
         )
         make_demo_models(base / "models")
+    elif harness_models().demo_outdated(base / "models"):
+        # Written by an older checkout: newer workflows name demo files it lacks. The demo folder is
+        # the pack's own (no user file lives there), so it is written again.
+        log.warning("The demo models in %s predate this checkout's workflows: writing them again",
+                    harness_models().demo_dir(base / "models"))
+        make_demo_models(base / "models", force=True)
     # The img2img workflow loads example.png, which ComfyUI ships in its own input folder.
     example = base / "input" / "example.png"
     if not example.exists() and (comfyui / "input" / "example.png").is_file():

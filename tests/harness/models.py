@@ -16,9 +16,11 @@ module puts on `sys.path` so that scripts outside pytest can use it too.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 from pathlib import Path
+from typing import Optional
 
 from .tests_modules import tests_module
 
@@ -53,6 +55,34 @@ def ldm_export_available() -> bool:
 def demo_dir(models_dir: Path) -> Path:
     """Where the demo models of ComfyUI models folder `models_dir` go."""
     return Path(models_dir) / DEMO_FOLDER
+
+
+# What decides the demo files: the writers here and the tests' model builders.
+# Their hash is stamped into the demo folder, so `make run` can tell a folder
+# written before a workflow's models were added (or changed) and write it again.
+STAMP = ".written-by"
+_SOURCES = ("tiny_models.py", "ldm_export.py", "dit_tiny.py", "dit_export.py", "tiny_dit.py")
+
+
+def demo_stamp(here: Optional[Path] = None) -> str:
+    """A hash of the code that writes the demo models (harness/models*.py and the builders they use);
+    `here`: the harness folder (this one by default)."""
+    here = Path(here) if here is not None else Path(__file__).resolve().parent
+    files = sorted(here.glob("models*.py")) + [here.parent / name for name in _SOURCES]
+    digest = hashlib.sha256()
+    for path in files:
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def demo_outdated(models_dir: Path) -> bool:
+    """Whether `models_dir` holds a demo folder written by other (older) demo-model code."""
+    folder = demo_dir(models_dir)
+    if not folder.is_dir():
+        return False
+    stamp = folder / STAMP
+    return not stamp.is_file() or stamp.read_text(encoding="utf-8").strip() != demo_stamp()
 
 
 def write_tiny_models(models_dir: Path, seed: int = 0) -> list[Path]:
@@ -92,6 +122,7 @@ def write_tiny_models(models_dir: Path, seed: int = 0) -> list[Path]:
     written += write_concept_models(models_dir, seed)
     for path in written:
         log.info("wrote tiny model %s", path)
+    (models_dir / STAMP).write_text(demo_stamp() + "\n", encoding="utf-8")
     return written
 
 

@@ -151,7 +151,9 @@ def _names_by_rule(workflow: dict, object_info: dict) -> dict:
     nodes = sorted((node for node in workflow["nodes"]
                     if node["type"] not in NOTE_TYPES | {"Reroute"} and node.get("mode", 0) != 2),
                    key=lambda node: node["id"])
-    shown = {node["id"]: node.get("title") or object_info[node["type"]]["display_name"] for node in nodes}
+    # A node without a display name (ComfyUI's EmptySD3LatentImage) shows its type, in the editor too.
+    shown = {node["id"]: node.get("title") or object_info[node["type"]]["display_name"] or node["type"]
+             for node in nodes}
     names, seen = {}, {}
     for node_id, name in shown.items():
         seen[name] = seen.get(name, 0) + 1

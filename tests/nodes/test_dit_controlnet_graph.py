@@ -130,19 +130,28 @@ def test_flux_controlnet_on_sd3_is_refused_before_sampling(dit_cn_models):
 
 
 def test_shipped_workflows_save_a_value_for_every_apply_controlnet_widget():
-    """The editor fills widgets in schema order: the new control_mode widget needs its -1 in each workflow."""
+    """The editor fills widgets in schema order: the new control_mode widget needs a value in each workflow,
+    -1 unless the ControlNet it applies is a Flux Union one (flux_controlnet: 0, canny)."""
     import json
 
     from harness.workflow_api import example_workflow_files, expected_widget_count, widget_values
 
     info = _nodes()[3].GET_NODE_INFO_V1()
-    found = 0
+    found, unions = 0, 0
     for path in example_workflow_files():
-        for node in json.loads(path.read_text(encoding="utf-8"))["nodes"]:
+        workflow = json.loads(path.read_text(encoding="utf-8"))
+        nodes = {node["id"]: node for node in workflow["nodes"]}
+        sources = {link[0]: link[1] for link in workflow["links"]}
+        for node in workflow["nodes"]:
             if node["type"] != "DSApplyControlNet":
                 continue
             found += 1
             assert len(node["widgets_values"]) == expected_widget_count(info), path.name
             values = widget_values(node, info)
-            assert values["control_mode"] == -1 and isinstance(values["guess_mode"], bool), path.name
-    assert found >= 4
+            socket = next(s for s in node["inputs"] if s["name"] == "control_net")
+            loader = nodes[sources[socket["link"]]]
+            union = "union" in str(loader["widgets_values"][0]).lower()
+            unions += union
+            assert isinstance(values["guess_mode"], bool), path.name
+            assert values["control_mode"] == (0 if union else -1), (path.name, values["control_mode"])
+    assert found >= 4 and unions >= 1
