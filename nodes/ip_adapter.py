@@ -205,7 +205,8 @@ class DSEncodeIPAdapterImage(io.ComfyNode):
         from .engine.image_encoder import encode_images
 
         embeds = encode_images(ip_adapter.encoder, image, ip_adapter.kind,
-                               prepare=comfy_bridge.load_to_compute_device)
+                               prepare=comfy_bridge.load_to_compute_device,
+                               negative_picture=ip_adapter.negative_picture)
         return io.NodeOutput(embeds)
 
 

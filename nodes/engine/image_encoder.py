@@ -77,13 +77,16 @@ class ImageEmbeds:
     N reference images; `negative` is what classifier-free guidance's
     unconditional half sees, computed as diffusers' `encode_image` does:
     zeros for IMAGE_EMBEDS, the encoding of an all-zero (normalised) picture
-    for HIDDEN_STATES. Both float32 on the CPU.
+    for HIDDEN_STATES; with `negative_picture` (FluxPipeline's default
+    negative_ip_adapter_image) the encoding of a black picture for both.
+    Both float32 on the CPU.
     """
 
     kind: str
     positive: torch.Tensor
     negative: torch.Tensor
     encoder_name: str
+    negative_picture: bool = False
 
     @property
     def count(self) -> int:
@@ -303,16 +306,19 @@ def encode_images(
     *,
     device: Optional[torch.device] = None,
     prepare: Optional[Callable[[list], None]] = None,
+    negative_picture: bool = False,
 ) -> ImageEmbeds:
     """Encode reference pictures for an adapter that reads `kind`; cached.
 
     `prepare(modules)` is called before the encoder runs (the node layer
     passes ComfyUI's loader there, so the encoder is placed and accounted
-    for by ComfyUI's model management).
+    for by ComfyUI's model management). `negative_picture`: the negative is
+    the encoding of a black picture (FluxPipeline's default negative image:
+    its pixels are black after any resize, so its size does not matter).
     """
     if kind not in (IMAGE_EMBEDS, HIDDEN_STATES):
         raise ValueError(f"kind must be {IMAGE_EMBEDS!r} or {HIDDEN_STATES!r}, got {kind!r}")
-    key = (_hash_images(images), encoder.key, kind)
+    key = (_hash_images(images), encoder.key, kind) + (("black negative",) if negative_picture else ())
     cached = embeds_cache.get(key)
     if cached is not None:
         logger.debug("IP-Adapter image embeds cache hit (%s)", encoder.name)
@@ -323,7 +329,16 @@ def encode_images(
     param = next(model.parameters())
     device = torch.device(device) if device is not None else param.device
     pixels = pixel_values(encoder, images).to(device=device, dtype=param.dtype)
-    if kind == IMAGE_EMBEDS:
+    if negative_picture:
+        black = pixel_values(encoder, torch.zeros(1, encoder.image_size, encoder.image_size, 3))
+        black = black.to(device=device, dtype=param.dtype)
+        if kind == IMAGE_EMBEDS:
+            positive, negative = model(pixels).image_embeds, model(black).image_embeds
+        else:
+            positive = model(pixels, output_hidden_states=True).hidden_states[-2]
+            negative = model(black, output_hidden_states=True).hidden_states[-2]
+        negative = negative.expand(positive.shape[0], *negative.shape[1:])
+    elif kind == IMAGE_EMBEDS:
         positive = model(pixels).image_embeds
         negative = torch.zeros_like(positive)
     else:
@@ -334,6 +349,7 @@ def encode_images(
         positive=positive.float().cpu(),
         negative=negative.float().cpu(),
         encoder_name=encoder.name,
+        negative_picture=negative_picture,
     )
     embeds_cache.put(key, embeds)
     return embeds

@@ -23,6 +23,10 @@ A mask limits the image prompt to a region with diffusers'
 grid). For SDXL, `weight_mode` picks InvokeAI's/diffusers' block targets:
 style = up_blocks.0.attentions.1, composition = the deepest down block's
 second attention (down_blocks.2.attentions.1 on SDXL).
+
+Flux.1 adapters (XLabs files) run through ip_adapter_flux.FluxIPAdapterHook;
+`apply_ip_adapter` picks the hook by the adapter's target after
+`check_family` has refused an adapter made for another kind of model.
 """
 from __future__ import annotations
 
@@ -36,8 +40,9 @@ import torch.nn.functional as F
 
 from . import families
 from . import hooks
-from .components import SDXL, ModelBundle
+from .components import FLUX, SDXL, ModelBundle
 from .image_encoder import IMAGE_EMBEDS, ImageEmbeds, encode_images
+from .ip_adapter_loading import FLUX as FLUX_TARGET
 from .ip_adapter_loading import IPAdapter
 
 logger = logging.getLogger(__name__)
@@ -360,10 +365,45 @@ def check_embeds(adapter: IPAdapter, embeds: ImageEmbeds) -> None:
             f"({embeds.kind}, {embeds.width} wide); '{adapter.name}' ({adapter.variant}) reads {what} "
             f"{adapter.image_embed_dim} wide: encode the image with this IP-Adapter"
         )
+    if getattr(embeds, "negative_picture", False) != adapter.negative_picture:
+        raise ValueError(
+            f"image_embeds were encoded for {'a Flux.1' if embeds.negative_picture else 'an SD1.x/SDXL'} "
+            f"IP-Adapter, but '{adapter.name}' is {_adapter_kind(adapter)}: their unconditional (negative) "
+            "encodings differ; encode the image with this IP-Adapter"
+        )
+
+
+def _adapter_kind(adapter: IPAdapter) -> str:
+    if adapter.target == FLUX_TARGET:
+        return "a Flux.1 IP-Adapter (XLabs layout, CLIP ViT-L/14)"
+    return "an SD1.x/SDXL IP-Adapter (h94 layout)"
+
+
+def check_family(adapter: IPAdapter, model: ModelBundle) -> None:
+    """Refuse an adapter made for another kind of model, naming both (before anything runs)."""
+    family = families.of(model)
+    flux_adapter = adapter.target == FLUX_TARGET
+    unet_model = not isinstance(family, families.FlowFamily)
+    if flux_adapter and model.family == FLUX or not flux_adapter and unet_model:
+        return
+    if model.family == FLUX:
+        fix = ("use a Flux.1 IP-Adapter in XLabs' layout (XLabs-AI/flux-ip-adapter ip_adapter.safetensors) "
+               "with the CLIP ViT-L/14 image encoder")
+    elif unet_model:
+        fix = ("use an IP-Adapter of the model's family (ip-adapter_sd15* for SD1.x, ip-adapter*_sdxl* for "
+               "SDXL), or sample with a Flux.1 model")
+    else:
+        fix = (f"{family.adapter_refusal(families.IP_ADAPTER) or 'it takes no IP-Adapter here'}; remove the "
+               "IP-Adapter nodes, or use an SD1.x / SDXL / Flux.1 model with an adapter made for it")
+    raise ValueError(
+        f"ip_adapter: '{adapter.name}' is {_adapter_kind(adapter)}, but the model '{model.name}' is "
+        f"{family.label}: {fix}"
+    )
 
 
 def check_model(adapter: IPAdapter, model: ModelBundle) -> list[str]:
     """The UNet's cross-attention names, after checking the adapter fits them."""
+    check_family(adapter, model)
     families.of(model).refuse_adapter(families.IP_ADAPTER, f"ip_adapter {adapter.name!r}")
     if families.of(model).adapter_refusal(families.IP_ADAPTER):
         raise ValueError(
@@ -411,6 +451,10 @@ def apply_ip_adapter(
     """A new DS_MODEL whose patches end with this adapter; `model` is untouched."""
     if not isinstance(model, ModelBundle):
         raise ValueError(f"model must be a DS_MODEL, got {type(model).__name__}")
+    if adapter.target == FLUX_TARGET:
+        return _apply_flux(model, adapter, images=images, embeds=embeds, weight=weight, start_percent=start_percent,
+                           end_percent=end_percent, mask=mask, weight_mode=weight_mode, prepare=prepare,
+                           device=device)
     check_model(adapter, model)
     if model.family != SDXL and weight_mode != STANDARD:
         layer_scales(model.unet, model.family, weight, weight_mode)  # raises with the message
@@ -422,4 +466,28 @@ def apply_ip_adapter(
         adapter, embeds, weight=weight, start_percent=start_percent, end_percent=end_percent,
         mask=mask, weight_mode=weight_mode, prepare=prepare,
     )
+    return model.with_patch(hook)
+
+
+def _apply_flux(model, adapter, *, images, embeds, weight, start_percent, end_percent, mask, weight_mode, prepare,
+                device) -> ModelBundle:
+    """apply_ip_adapter for a Flux.1 adapter: checks, encoding (black-picture negative), the Flux hook."""
+    from .ip_adapter_flux import FluxIPAdapterHook, check_flux_fit
+
+    check_family(adapter, model)
+    families.of(model).refuse_adapter(families.IP_ADAPTER, f"ip_adapter {adapter.name!r}")
+    check_flux_fit(adapter, model)
+    if weight_mode != STANDARD:
+        raise ValueError(
+            f"weight_mode: '{weight_mode}' targets SDXL's style/layout blocks; the Flux.1 IP-Adapter acts on "
+            "every double-stream block: use weight_mode 'standard'"
+        )
+    if (images is None) == (embeds is None):
+        raise ValueError("give either image (reference pictures) or image_embeds, not both or neither")
+    if embeds is None:
+        embeds = encode_images(adapter.encoder, images, adapter.kind, device=device, prepare=prepare,
+                               negative_picture=True)
+    check_embeds(adapter, embeds)
+    hook = FluxIPAdapterHook(adapter, embeds, weight=weight, start_percent=start_percent, end_percent=end_percent,
+                             mask=mask, prepare=prepare)
     return model.with_patch(hook)
