@@ -447,21 +447,29 @@ def apply_ip_adapter(
     weight_mode: str = STANDARD,
     prepare: Optional[Prepare] = None,
     device: Optional[torch.device] = None,
+    negative_images: Optional[torch.Tensor] = None,
 ) -> ModelBundle:
-    """A new DS_MODEL whose patches end with this adapter; `model` is untouched."""
+    """A new DS_MODEL whose patches end with this adapter; `model` is untouched.
+
+    `negative_images`: what CFG's negative rows see instead of the default
+    (zeros / an all-zero picture for h94 adapters, a black picture for Flux).
+    """
     if not isinstance(model, ModelBundle):
         raise ValueError(f"model must be a DS_MODEL, got {type(model).__name__}")
     if adapter.target == FLUX_TARGET:
         return _apply_flux(model, adapter, images=images, embeds=embeds, weight=weight, start_percent=start_percent,
                            end_percent=end_percent, mask=mask, weight_mode=weight_mode, prepare=prepare,
-                           device=device)
+                           device=device, negative_images=negative_images)
     check_model(adapter, model)
     if model.family != SDXL and weight_mode != STANDARD:
         layer_scales(model.unet, model.family, weight, weight_mode)  # raises with the message
     if (images is None) == (embeds is None):
         raise ValueError("give either image (reference pictures) or image_embeds, not both or neither")
+    if negative_images is not None and embeds is not None:
+        raise ValueError("negative_image goes with image (reference pictures), not with image_embeds")
     if embeds is None:
-        embeds = encode_images(adapter.encoder, images, adapter.kind, device=device, prepare=prepare)
+        embeds = encode_images(adapter.encoder, images, adapter.kind, device=device, prepare=prepare,
+                               negative_images=negative_images)
     hook = IPAdapterHook(
         adapter, embeds, weight=weight, start_percent=start_percent, end_percent=end_percent,
         mask=mask, weight_mode=weight_mode, prepare=prepare,
@@ -470,7 +478,7 @@ def apply_ip_adapter(
 
 
 def _apply_flux(model, adapter, *, images, embeds, weight, start_percent, end_percent, mask, weight_mode, prepare,
-                device) -> ModelBundle:
+                device, negative_images) -> ModelBundle:
     """apply_ip_adapter for a Flux.1 adapter: checks, encoding (black-picture negative), the Flux hook."""
     from .ip_adapter_flux import FluxIPAdapterHook, check_flux_fit
 
@@ -484,9 +492,11 @@ def _apply_flux(model, adapter, *, images, embeds, weight, start_percent, end_pe
         )
     if (images is None) == (embeds is None):
         raise ValueError("give either image (reference pictures) or image_embeds, not both or neither")
+    if negative_images is not None and embeds is not None:
+        raise ValueError("negative_image goes with image (reference pictures), not with image_embeds")
     if embeds is None:
         embeds = encode_images(adapter.encoder, images, adapter.kind, device=device, prepare=prepare,
-                               negative_picture=True)
+                               negative_picture=True, negative_images=negative_images)
     check_embeds(adapter, embeds)
     hook = FluxIPAdapterHook(adapter, embeds, weight=weight, start_percent=start_percent, end_percent=end_percent,
                              mask=mask, prepare=prepare)
