@@ -264,6 +264,18 @@ def _layer_weights(state: dict, name: str) -> tuple[list, list]:
     return to_k, to_v, k_bias, v_bias
 
 
+def refuse_sd3(state: dict, name: str) -> None:
+    """InstantX's SD3.5 IP-Adapter (time-conditioned resampler, norm_ip layers, a SigLIP encoder) is not supported."""
+    if "image_proj.time_embedding.linear_1.weight" in state or any(
+        re.match(r"^ip_adapter\.\d+\.norm_ip\.", k) for k in state
+    ):
+        raise IPAdapterLoadError(
+            f"ipadapter_file: '{name}' is an SD3.5 IP-Adapter (InstantX layout: a timestep-conditioned "
+            "resampler read from a SigLIP image encoder), which the pack does not support yet: IP-Adapter "
+            "works with SD1.x, SDXL (h94 files) and Flux.1 (XLabs' file); sample SD3 / SD3.5 without it"
+        )
+
+
 def is_xlabs_flux(state: dict) -> bool:
     """A Flux.1 IP-Adapter in XLabs' layout (ip_adapter_proj_model.*, double_blocks.N.processor.*)."""
     return any(k.startswith(_XLABS_PROJ) for k in state) or any(_XLABS_LAYER.match(k) for k in state)
@@ -325,6 +337,7 @@ def load_ip_adapter(
     else:
         state = read_state_dict(path, name)
         target = UNET
+        refuse_sd3(state, name)
         if is_xlabs_flux(state):
             state, target = xlabs_to_h94(state, name), FLUX
         proj = {k[len("image_proj."):]: v for k, v in state.items() if k.startswith("image_proj.")}
