@@ -281,26 +281,10 @@ class IPAdapterHook(hooks.SamplingHook):
         model: ModelBundle = run.model
         unet = model.unet
         names = check_model(self.adapter, model)
-        if self.mask is not None and float(self.mask.abs().max()) == 0.0:
-            logger.warning(
-                "IP-Adapter %s: the mask is empty (all zero), so the adapter has no effect in this run; "
-                "paint the area the reference image should act on", self.adapter.name,
-            )
+        if self._mask_is_empty():
             return
         scales = layer_scales(unet, model.family, self.weight, self.weight_mode)
-        if self.prepare is not None:
-            self.prepare([self.adapter.weights])
-        weights = self.adapter.weights
-        projection, to_k, to_v = weights.projection, list(weights.to_k_ip), list(weights.to_v_ip)
-        w_param = next(weights.parameters())
-        if w_param.device != run.device or w_param.dtype != run.dtype:
-            # Copies for this run only (e.g. float32 adapter, float16 model):
-            # the shared module is never changed.
-            import copy
-
-            projection = copy.deepcopy(projection).to(device=run.device, dtype=run.dtype)
-            to_k = [t.to(device=run.device, dtype=run.dtype) for t in to_k]
-            to_v = [t.to(device=run.device, dtype=run.dtype) for t in to_v]
+        projection, to_k, to_v, _, _ = self._run_weights(run)
         pos, neg = self._project(projection, run)
         masks = prepare_mask(self.mask, self.embeds.count, run.pixel_size)
         self._state = _RunState(pos, neg, masks)
@@ -313,6 +297,36 @@ class IPAdapterHook(hooks.SamplingHook):
             wrapper = _wrapper_for(previous, self._state, to_k[index], to_v[index], scale)
             attn.set_processor(wrapper)
             self._installed.append((attn, previous))
+
+    def _mask_is_empty(self) -> bool:
+        """An all-zero mask: the adapter does nothing this run (said with a warning)."""
+        if self.mask is not None and float(self.mask.abs().max()) == 0.0:
+            logger.warning(
+                "IP-Adapter %s: the mask is empty (all zero), so the adapter has no effect in this run; "
+                "paint the area the reference image should act on", self.adapter.name,
+            )
+            return True
+        return False
+
+    def _run_weights(self, run: hooks.RunContext) -> tuple:
+        """(projection, to_k, to_v, k_biases, v_biases) on the run's device and dtype (biases: None per layer
+        for h94 files). Copies for this run only where they differ (e.g. a float32 adapter, a float16
+        model): the shared module is never changed."""
+        if self.prepare is not None:
+            self.prepare([self.adapter.weights])
+        weights = self.adapter.weights
+        n = weights.num_layers
+        projection = weights.projection
+        groups = [list(weights.to_k_ip), list(weights.to_v_ip),
+                  list(weights.to_k_ip_bias) or [None] * n, list(weights.to_v_ip_bias) or [None] * n]
+        w_param = next(weights.parameters())
+        if w_param.device != run.device or w_param.dtype != run.dtype:
+            import copy
+
+            projection = copy.deepcopy(projection).to(device=run.device, dtype=run.dtype)
+            groups = [[None if t is None else t.to(device=run.device, dtype=run.dtype) for t in group]
+                      for group in groups]
+        return (projection, *groups)
 
     @torch.no_grad()
     def _project(self, proj, run) -> tuple[torch.Tensor, torch.Tensor]:
@@ -497,7 +511,6 @@ def _apply_flux(model, adapter, *, images, embeds, weight, start_percent, end_pe
     if embeds is None:
         embeds = encode_images(adapter.encoder, images, adapter.kind, device=device, prepare=prepare,
                                negative_picture=True, negative_images=negative_images)
-    check_embeds(adapter, embeds)
     hook = FluxIPAdapterHook(adapter, embeds, weight=weight, start_percent=start_percent, end_percent=end_percent,
                              mask=mask, prepare=prepare)
     return model.with_patch(hook)

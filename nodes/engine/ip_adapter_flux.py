@@ -26,16 +26,14 @@ rule the UNet adapters use (ip_adapter.downsample_mask).
 """
 from __future__ import annotations
 
-import copy
 import logging
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from . import hooks
 from .components import ModelBundle
-from .image_encoder import ImageEmbeds
+from .ip_adapter import IPAdapterHook, _RunState, prepare_mask
 from .ip_adapter_loading import IPAdapter
 
 logger = logging.getLogger(__name__)
@@ -67,25 +65,6 @@ def check_flux_fit(adapter: IPAdapter, model: ModelBundle) -> list[str]:
             "for this checkpoint (XLabs-AI flux-ip-adapter for FLUX.1 dev / schnell)"
         )
     return names
-
-
-class _RunState:
-    def __init__(self, tokens_pos: torch.Tensor, tokens_neg: torch.Tensor, masks: Optional[torch.Tensor]):
-        self.tokens_pos = tokens_pos  # [N, T, C]
-        self.tokens_neg = tokens_neg
-        self.masks = masks  # None or [N, H, W] at the image size
-        self.rows: Optional[torch.Tensor] = None  # [rows, N, T, C] for this call; None = off
-        self._mask_cache: dict = {}
-
-    def mask_for(self, image: int, rows: int, queries: int, like: torch.Tensor) -> torch.Tensor:
-        from .ip_adapter import downsample_mask
-
-        key = (image, rows, queries)
-        cached = self._mask_cache.get(key)
-        if cached is None:
-            cached = downsample_mask(self.masks[image], rows, queries, 1).to(like.device, like.dtype)
-            self._mask_cache[key] = cached
-        return cached
 
 
 class FluxIPAttention:
@@ -120,7 +99,7 @@ class FluxIPAttention:
             added = None
             for i in range(tokens.shape[1]):
                 ip = self._attend(attn, query, tokens[:, i])
-                ip = self.scale * (ip * self.state.mask_for(i, batch, ip.shape[1], ip))
+                ip = self.scale * (ip * self.state.mask_for(i, batch, ip.shape[1], 1, ip))
                 added = ip if added is None else added + ip
         if len(out) == 3:  # another adapter's wrapper underneath: the outputs add up
             return out[0], out[1], out[2] + added
@@ -134,64 +113,26 @@ class FluxIPAttention:
         return ip.transpose(1, 2).reshape(batch, -1, heads * attn.head_dim).to(query.dtype)
 
 
-class FluxIPAdapterHook(hooks.SamplingHook):
-    """One applied Flux.1 IP-Adapter (a DS_MODEL patch); see the module docstring."""
+class FluxIPAdapterHook(IPAdapterHook):
+    """One applied Flux.1 IP-Adapter (a DS_MODEL patch); see the module docstring.
 
-    order = 0
+    The UNet adapter's hook with another `begin`: the same checks, step
+    window, per-row token choice (`before_unet`) and restore (`end`).
+    """
+
     transformer_ready = True  # FlowFamily.check_latent lets it through
-
-    def __init__(self, adapter: IPAdapter, embeds: ImageEmbeds, *, weight: float = 1.0,
-                 start_percent: float = 0.0, end_percent: float = 1.0, mask: Optional[torch.Tensor] = None,
-                 prepare=None):
-        if not 0.0 <= start_percent <= end_percent <= 1.0:
-            raise ValueError(
-                f"start_percent ({start_percent}) and end_percent ({end_percent}) must satisfy "
-                "0 <= start_percent <= end_percent <= 1"
-            )
-        if mask is not None and not isinstance(mask, torch.Tensor):
-            raise ValueError(f"mask must be a ComfyUI MASK tensor, got {type(mask).__name__}")
-        self.adapter = adapter
-        self.embeds = embeds
-        self.weight = float(weight)
-        self.start_percent = float(start_percent)
-        self.end_percent = float(end_percent)
-        self.mask = mask
-        self.prepare = prepare
-        self._installed: list = []
-        self._state: Optional[_RunState] = None
 
     def __repr__(self) -> str:
         return (f"FluxIPAdapterHook({self.adapter.name!r}, weight={self.weight}, "
                 f"window=({self.start_percent}, {self.end_percent}))")
 
     def begin(self, run: hooks.RunContext, role: str) -> None:
-        from .ip_adapter import prepare_mask
-
         model: ModelBundle = run.model
         names = check_flux_fit(self.adapter, model)
-        if self.mask is not None and float(self.mask.abs().max()) == 0.0:
-            logger.warning(
-                "IP-Adapter %s: the mask is empty (all zero), so the adapter has no effect in this run; "
-                "paint the area the reference image should act on", self.adapter.name,
-            )
+        if self._mask_is_empty() or self.weight == 0.0:
             return
-        if self.weight == 0.0:
-            return
-        if self.prepare is not None:
-            self.prepare([self.adapter.weights])
-        weights = self.adapter.weights
-        tensors = [weights.projection, list(weights.to_k_ip), list(weights.to_v_ip),
-                   list(weights.to_k_ip_bias) or [None] * len(names), list(weights.to_v_ip_bias) or [None] * len(names)]
-        first = next(weights.parameters())
-        if first.device != run.device or first.dtype != run.dtype:
-            # Copies for this run only: the shared adapter module is never changed.
-            tensors[0] = copy.deepcopy(tensors[0]).to(device=run.device, dtype=run.dtype)
-            tensors[1:] = [[None if t is None else t.to(device=run.device, dtype=run.dtype) for t in group]
-                           for group in tensors[1:]]
-        projection, to_k, to_v, k_bias, v_bias = tensors
-        with torch.no_grad():
-            pos = projection(self.embeds.positive.to(device=run.device, dtype=run.dtype))
-            neg = projection(self.embeds.negative.to(device=run.device, dtype=run.dtype))
+        projection, to_k, to_v, k_bias, v_bias = self._run_weights(run)
+        pos, neg = self._project(projection, run)
         masks = prepare_mask(self.mask, self.embeds.count, run.pixel_size)
         self._state = _RunState(pos, neg, masks)
         transformer = model.denoiser
@@ -201,30 +142,3 @@ class FluxIPAdapterHook(hooks.SamplingHook):
             attn.set_processor(FluxIPAttention(previous, self._state, to_k[index], to_v[index], k_bias[index],
                                                v_bias[index], self.weight))
             self._installed.append((attn, previous))
-
-    def _active(self, step: hooks.StepContext, run: hooks.RunContext) -> bool:
-        """The UNet adapters' window rule (diffusers' control_guidance_start/end)."""
-        total = max(int(run.total_steps), 1)
-        i = int(round(step.progress * total))
-        return not (i / total < self.start_percent or (i + 1) / total > self.end_percent)
-
-    def before_unet(self, step: hooks.StepContext, run: hooks.RunContext, role: str) -> None:
-        state = self._state
-        if state is None:
-            return
-        if not self._active(step, run):
-            state.rows = None
-            return
-        roles = list(step.row_roles)
-        if len(roles) != int(step.x_in.shape[0]):
-            raise ValueError(
-                f"IP-Adapter: the transformer batch has {int(step.x_in.shape[0])} rows but row_roles lists "
-                f"{len(roles)}: a hook widened the batch without describing its rows"
-            )
-        state.rows = torch.stack([state.tokens_neg if r == hooks.NEGATIVE else state.tokens_pos for r in roles])
-
-    def end(self) -> None:
-        for attn, previous in reversed(self._installed):
-            attn.set_processor(previous)
-        self._installed = []
-        self._state = None

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import pil_inputs
 import tiny_dit
 import tiny_models
 from diffusers_studio.nodes.engine.image_encoder import load_image_encoder
@@ -34,13 +34,12 @@ SIZE = 64
 STEPS = 3
 
 
-def _picture(seed=3, size=(40, 48)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
+def _picture(seed=3) -> Image.Image:
+    return pil_inputs.picture(seed, size=48)
 
 
 def _image_tensor(picture: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(picture).astype(np.float32) / 255.0)[None]
+    return pil_inputs.as_image(picture)
 
 
 @pytest.fixture(scope="module")
