@@ -470,30 +470,30 @@ def apply_ip_adapter(
     """
     if not isinstance(model, ModelBundle):
         raise ValueError(f"model must be a DS_MODEL, got {type(model).__name__}")
-    if adapter.target == FLUX_TARGET:
-        return _apply_flux(model, adapter, images=images, embeds=embeds, weight=weight, start_percent=start_percent,
-                           end_percent=end_percent, mask=mask, weight_mode=weight_mode, prepare=prepare,
-                           device=device, negative_images=negative_images)
-    check_model(adapter, model)
-    if model.family != SDXL and weight_mode != STANDARD:
-        layer_scales(model.unet, model.family, weight, weight_mode)  # raises with the message
+    flux = adapter.target == FLUX_TARGET
+    if flux:
+        hook_class = _check_flux(model, adapter, weight_mode)
+    else:
+        hook_class = IPAdapterHook
+        check_model(adapter, model)
+        if model.family != SDXL and weight_mode != STANDARD:
+            layer_scales(model.unet, model.family, weight, weight_mode)  # raises with the message
     if (images is None) == (embeds is None):
         raise ValueError("give either image (reference pictures) or image_embeds, not both or neither")
     if negative_images is not None and embeds is not None:
         raise ValueError("negative_image goes with image (reference pictures), not with image_embeds")
     if embeds is None:
         embeds = encode_images(adapter.encoder, images, adapter.kind, device=device, prepare=prepare,
-                               negative_images=negative_images)
-    hook = IPAdapterHook(
+                               negative_picture=adapter.negative_picture, negative_images=negative_images)
+    hook = hook_class(
         adapter, embeds, weight=weight, start_percent=start_percent, end_percent=end_percent,
         mask=mask, weight_mode=weight_mode, prepare=prepare,
     )
     return model.with_patch(hook)
 
 
-def _apply_flux(model, adapter, *, images, embeds, weight, start_percent, end_percent, mask, weight_mode, prepare,
-                device, negative_images) -> ModelBundle:
-    """apply_ip_adapter for a Flux.1 adapter: checks, encoding (black-picture negative), the Flux hook."""
+def _check_flux(model: ModelBundle, adapter: IPAdapter, weight_mode: str) -> type:
+    """A Flux.1 adapter's checks before anything runs; the hook class that applies it."""
     from .ip_adapter_flux import FluxIPAdapterHook, check_flux_fit
 
     check_family(adapter, model)
@@ -504,13 +504,4 @@ def _apply_flux(model, adapter, *, images, embeds, weight, start_percent, end_pe
             f"weight_mode: '{weight_mode}' targets SDXL's style/layout blocks; the Flux.1 IP-Adapter acts on "
             "every double-stream block: use weight_mode 'standard'"
         )
-    if (images is None) == (embeds is None):
-        raise ValueError("give either image (reference pictures) or image_embeds, not both or neither")
-    if negative_images is not None and embeds is not None:
-        raise ValueError("negative_image goes with image (reference pictures), not with image_embeds")
-    if embeds is None:
-        embeds = encode_images(adapter.encoder, images, adapter.kind, device=device, prepare=prepare,
-                               negative_picture=True, negative_images=negative_images)
-    hook = FluxIPAdapterHook(adapter, embeds, weight=weight, start_percent=start_percent, end_percent=end_percent,
-                             mask=mask, prepare=prepare)
-    return model.with_patch(hook)
+    return FluxIPAdapterHook
