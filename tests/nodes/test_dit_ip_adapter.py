@@ -126,3 +126,23 @@ def test_sd1_adapter_on_flux_is_refused_naming_both(flux_ip_models, models_dir):
     model = DSLoadModel.execute("tiny-flux-dev-ip", "float32").args[0]
     with pytest.raises(ValueError, match=r"'sd15-for-refusal.safetensors' is an SD1.x/SDXL IP-Adapter.*Flux.1 dev"):
         nodes_ip.DSApplyIPAdapter.execute(model, adapter, _picture(1), 1.0, 0.0, 1.0, "standard")
+
+
+def test_flux_encode_then_apply_embeds_equals_apply(flux_ip_models):
+    """Encode IP-Adapter Image keeps the Flux negative (the black picture), so true CFG gives the same run."""
+    from diffusers_studio.nodes.encode import DSTextEncode
+    from diffusers_studio.nodes.loaders import DSLoadModel
+    from diffusers_studio.nodes.sample import DSSampler
+
+    nodes_ip = flux_ip_models["nodes"]
+    model, text_encoder, _ = DSLoadModel.execute("tiny-flux-dev-ip", "float32").args
+    pos = DSTextEncode.execute(text_encoder, "a cat", 1, 0, False, 0).args[0]
+    neg = DSTextEncode.execute(text_encoder, "fog", 1, 0, False, 0).args[0]
+    adapter = nodes_ip.DSLoadIPAdapter.execute(tiny_ip.FLUX_IP, tiny_ip.VIT_L, "float32").args[0]
+    embeds = nodes_ip.DSEncodeIPAdapterImage.execute(adapter, _picture(1)).args[0]
+    via_embeds = nodes_ip.DSApplyIPAdapterEmbeds.execute(model, adapter, embeds, 0.8, 0.0, 1.0, "standard").args[0]
+    via_image = nodes_ip.DSApplyIPAdapter.execute(model, adapter, _picture(1), 0.8, 0.0, 1.0, "standard").args[0]
+    latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
+    a, b = (DSSampler.execute(m, pos, neg, latent, 2, 2, 2.0, "Euler", "normal", 1.0).args[0]["samples"]
+            for m in (via_embeds, via_image))
+    assert torch.equal(a, b)
