@@ -48,9 +48,10 @@ class DSLoadIPAdapter(io.ComfyNode):
             display_name="Load IP-Adapter",
             category=category("ip_adapter"),
             description=(
-                "Loads IP-Adapter weights (h94 releases: base, plus, plus-face, full-face; SD1.5 and SDXL) "
-                "from models/ipadapter together with the CLIP vision encoder they were trained with, from "
-                "models/clip_vision. The variant is read from the file. Offline."
+                "Loads IP-Adapter weights from models/ipadapter together with the CLIP vision encoder they were "
+                "trained with, from models/clip_vision: h94 releases (base, plus, plus-face, full-face) for "
+                "SD1.5 and SDXL, and XLabs' Flux.1 IP-Adapter (with CLIP ViT-L/14). The variant and the model "
+                "family are read from the file. Offline."
             ),
             inputs=[
                 io.Combo.Input(
@@ -58,13 +59,15 @@ class DSLoadIPAdapter(io.ComfyNode):
                     options=ipadapter_names(),
                     tooltip="The adapter file in models/ipadapter, e.g. ip-adapter_sd15.safetensors, "
                     "ip-adapter-plus_sd15.safetensors, ip-adapter-plus-face_sd15.safetensors, "
-                    "ip-adapter_sdxl.safetensors. .bin files load only if they hold nothing but tensors.",
+                    "ip-adapter_sdxl.safetensors, or XLabs' Flux.1 ip_adapter.safetensors (renamed e.g. "
+                    "flux-ip-adapter.safetensors). .bin files load only if they hold nothing but tensors.",
                 ),
                 io.Combo.Input(
                     "clip_vision",
                     options=clip_vision_names(),
                     tooltip="The image encoder in models/clip_vision: CLIP-ViT-H-14 for the SD1.5 and *_vit-h "
-                    "adapters, CLIP-ViT-bigG-14 for ip-adapter_sdxl. A single .safetensors or a transformers folder.",
+                    "adapters, CLIP-ViT-bigG-14 for ip-adapter_sdxl, CLIP ViT-L/14 (clip-vit-large-patch14) for the "
+                    "Flux.1 adapter. A single .safetensors or a transformers folder.",
                 ),
                 weights_dtype.dtype_input(),
             ],
@@ -113,12 +116,13 @@ def _window_inputs() -> list:
             "weight_mode", options=list(WEIGHT_MODES), default="standard",
             tooltip="SDXL only: standard acts on every layer; style only on the style block "
             "(up_blocks.0.attentions.1), composition only on the layout block (down_blocks.2.attentions.1), "
-            "as InvokeAI's and IPAdapter_plus's modes. SD1.x models take standard.",
+            "as InvokeAI's and IPAdapter_plus's modes. SD1.x and Flux.1 models take standard.",
         ),
         io.Mask.Input(
             "mask", optional=True,
-            tooltip="Where the image prompt acts (white = here). Resized to the image; an empty mask "
-            "turns the adapter off (with a warning). Leave unconnected for the whole image.",
+            tooltip="Where the image prompt acts (white = here): a regional reference image. Resized to the "
+            "image (on Flux.1, to its 2x2-packed token grid); an empty mask turns the adapter off (with a "
+            "warning). Leave unconnected for the whole image.",
         ),
     ]
 
@@ -147,7 +151,8 @@ class DSApplyIPAdapter(io.ComfyNode):
             description=(
                 "Adds an image prompt to the model: the sampler then follows the reference image's style or "
                 "subject as well as the text. Returns a new model (the input is unchanged); chain several to "
-                "stack adapters. Equals diffusers' load_ip_adapter + set_ip_adapter_scale."
+                "stack adapters. SD1.x, SDXL and Flux.1 (XLabs adapter; not SD3). Equals diffusers' "
+                "load_ip_adapter + set_ip_adapter_scale (FluxPipeline's on Flux.1)."
             ),
             inputs=[
                 DSModel.Input("model", tooltip="The MODEL from Load Diffusers Model (or another Apply node)."),
@@ -158,6 +163,13 @@ class DSApplyIPAdapter(io.ComfyNode):
                     "them. Encoding the same picture again is cached.",
                 ),
                 *_window_inputs(),
+                io.Image.Input(
+                    "negative_image", optional=True,
+                    tooltip="What the negative prompt's side of CFG sees instead of the default (no image for "
+                    "SD1.x/SDXL, a black picture on Flux.1, as diffusers): diffusers' negative_ip_adapter_image. "
+                    "Acts only when CFG runs the negative prompt (Flux.1: cfg above 1). One picture, or one per "
+                    "reference picture.",
+                ),
             ],
             outputs=[DSModel.Output(display_name="MODEL", tooltip="The model with the image prompt, for DSSampler.")],
         )
@@ -168,10 +180,12 @@ class DSApplyIPAdapter(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, ip_adapter, image, weight: float = 1.0, start_percent: float = 0.0,
-                end_percent: float = 1.0, weight_mode: str = "standard", mask=None) -> io.NodeOutput:
+                end_percent: float = 1.0, weight_mode: str = "standard", mask=None,
+                negative_image=None) -> io.NodeOutput:
         patched = apply_ip_adapter(
             model, ip_adapter, images=image, weight=weight, start_percent=start_percent, end_percent=end_percent,
             mask=mask, weight_mode=weight_mode, prepare=comfy_bridge.load_to_compute_device,
+            negative_images=negative_image,
         )
         return io.NodeOutput(patched)
 
@@ -205,7 +219,8 @@ class DSEncodeIPAdapterImage(io.ComfyNode):
         from .engine.image_encoder import encode_images
 
         embeds = encode_images(ip_adapter.encoder, image, ip_adapter.kind,
-                               prepare=comfy_bridge.load_to_compute_device)
+                               prepare=comfy_bridge.load_to_compute_device,
+                               negative_picture=ip_adapter.negative_picture)
         return io.NodeOutput(embeds)
 
 

@@ -77,13 +77,16 @@ class ImageEmbeds:
     N reference images; `negative` is what classifier-free guidance's
     unconditional half sees, computed as diffusers' `encode_image` does:
     zeros for IMAGE_EMBEDS, the encoding of an all-zero (normalised) picture
-    for HIDDEN_STATES. Both float32 on the CPU.
+    for HIDDEN_STATES; with `negative_picture` (FluxPipeline's default
+    negative_ip_adapter_image) the encoding of a black picture for both.
+    Both float32 on the CPU.
     """
 
     kind: str
     positive: torch.Tensor
     negative: torch.Tensor
     encoder_name: str
+    negative_picture: bool = False
 
     @property
     def count(self) -> int:
@@ -295,6 +298,12 @@ class EmbedsCache:
 embeds_cache = EmbedsCache()
 
 
+def _encode(model, pixels: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == IMAGE_EMBEDS:
+        return model(pixels).image_embeds
+    return model(pixels, output_hidden_states=True).hidden_states[-2]
+
+
 @torch.no_grad()
 def encode_images(
     encoder: ImageEncoder,
@@ -303,16 +312,25 @@ def encode_images(
     *,
     device: Optional[torch.device] = None,
     prepare: Optional[Callable[[list], None]] = None,
+    negative_picture: bool = False,
+    negative_images: Optional[torch.Tensor] = None,
 ) -> ImageEmbeds:
     """Encode reference pictures for an adapter that reads `kind`; cached.
 
     `prepare(modules)` is called before the encoder runs (the node layer
     passes ComfyUI's loader there, so the encoder is placed and accounted
-    for by ComfyUI's model management).
+    for by ComfyUI's model management). `negative_picture`: made for a
+    Flux.1 adapter, whose negative is the encoding of a black picture
+    (FluxPipeline's default negative image: black after any resize, so its
+    size does not matter). `negative_images` (one, or one per reference
+    image): what the negative rows see instead (FluxPipeline's
+    negative_ip_adapter_image, IPAdapter_plus's negative image).
     """
     if kind not in (IMAGE_EMBEDS, HIDDEN_STATES):
         raise ValueError(f"kind must be {IMAGE_EMBEDS!r} or {HIDDEN_STATES!r}, got {kind!r}")
-    key = (_hash_images(images), encoder.key, kind)
+    key = (_hash_images(images), encoder.key, kind) + (("black negative",) if negative_picture else ())
+    if negative_images is not None:
+        key += ("negative", _hash_images(negative_images))
     cached = embeds_cache.get(key)
     if cached is not None:
         logger.debug("IP-Adapter image embeds cache hit (%s)", encoder.name)
@@ -323,7 +341,18 @@ def encode_images(
     param = next(model.parameters())
     device = torch.device(device) if device is not None else param.device
     pixels = pixel_values(encoder, images).to(device=device, dtype=param.dtype)
-    if kind == IMAGE_EMBEDS:
+    if negative_images is not None or negative_picture:
+        if negative_images is None:
+            negative_images = torch.zeros(1, encoder.image_size, encoder.image_size, 3)
+        negative_pixels = pixel_values(encoder, negative_images).to(device=device, dtype=param.dtype)
+        if negative_pixels.shape[0] not in (1, pixels.shape[0]):
+            raise ValueError(
+                f"negative_image has {negative_pixels.shape[0]} pictures for {pixels.shape[0]} reference pictures: "
+                "give one negative picture, or one per reference picture"
+            )
+        positive, negative = _encode(model, pixels, kind), _encode(model, negative_pixels, kind)
+        negative = negative.expand(positive.shape[0], *negative.shape[1:])
+    elif kind == IMAGE_EMBEDS:
         positive = model(pixels).image_embeds
         negative = torch.zeros_like(positive)
     else:
@@ -332,8 +361,9 @@ def encode_images(
     embeds = ImageEmbeds(
         kind=kind,
         positive=positive.float().cpu(),
-        negative=negative.float().cpu(),
+        negative=negative.float().cpu().contiguous(),
         encoder_name=encoder.name,
+        negative_picture=negative_picture,
     )
     embeds_cache.put(key, embeds)
     return embeds

@@ -23,6 +23,10 @@ A mask limits the image prompt to a region with diffusers'
 grid). For SDXL, `weight_mode` picks InvokeAI's/diffusers' block targets:
 style = up_blocks.0.attentions.1, composition = the deepest down block's
 second attention (down_blocks.2.attentions.1 on SDXL).
+
+Flux.1 adapters (XLabs files) run through ip_adapter_flux.FluxIPAdapterHook;
+`apply_ip_adapter` picks the hook by the adapter's target after
+`check_family` has refused an adapter made for another kind of model.
 """
 from __future__ import annotations
 
@@ -36,8 +40,9 @@ import torch.nn.functional as F
 
 from . import families
 from . import hooks
-from .components import SDXL, ModelBundle
+from .components import FLUX, SDXL, ModelBundle
 from .image_encoder import IMAGE_EMBEDS, ImageEmbeds, encode_images
+from .ip_adapter_loading import FLUX as FLUX_TARGET
 from .ip_adapter_loading import IPAdapter
 
 logger = logging.getLogger(__name__)
@@ -276,26 +281,10 @@ class IPAdapterHook(hooks.SamplingHook):
         model: ModelBundle = run.model
         unet = model.unet
         names = check_model(self.adapter, model)
-        if self.mask is not None and float(self.mask.abs().max()) == 0.0:
-            logger.warning(
-                "IP-Adapter %s: the mask is empty (all zero), so the adapter has no effect in this run; "
-                "paint the area the reference image should act on", self.adapter.name,
-            )
+        if self._mask_is_empty():
             return
         scales = layer_scales(unet, model.family, self.weight, self.weight_mode)
-        if self.prepare is not None:
-            self.prepare([self.adapter.weights])
-        weights = self.adapter.weights
-        projection, to_k, to_v = weights.projection, list(weights.to_k_ip), list(weights.to_v_ip)
-        w_param = next(weights.parameters())
-        if w_param.device != run.device or w_param.dtype != run.dtype:
-            # Copies for this run only (e.g. float32 adapter, float16 model):
-            # the shared module is never changed.
-            import copy
-
-            projection = copy.deepcopy(projection).to(device=run.device, dtype=run.dtype)
-            to_k = [t.to(device=run.device, dtype=run.dtype) for t in to_k]
-            to_v = [t.to(device=run.device, dtype=run.dtype) for t in to_v]
+        projection, to_k, to_v, _, _ = self._run_weights(run)
         pos, neg = self._project(projection, run)
         masks = prepare_mask(self.mask, self.embeds.count, run.pixel_size)
         self._state = _RunState(pos, neg, masks)
@@ -308,6 +297,36 @@ class IPAdapterHook(hooks.SamplingHook):
             wrapper = _wrapper_for(previous, self._state, to_k[index], to_v[index], scale)
             attn.set_processor(wrapper)
             self._installed.append((attn, previous))
+
+    def _mask_is_empty(self) -> bool:
+        """An all-zero mask: the adapter does nothing this run (said with a warning)."""
+        if self.mask is not None and float(self.mask.abs().max()) == 0.0:
+            logger.warning(
+                "IP-Adapter %s: the mask is empty (all zero), so the adapter has no effect in this run; "
+                "paint the area the reference image should act on", self.adapter.name,
+            )
+            return True
+        return False
+
+    def _run_weights(self, run: hooks.RunContext) -> tuple:
+        """(projection, to_k, to_v, k_biases, v_biases) on the run's device and dtype (biases: None per layer
+        for h94 files). Copies for this run only where they differ (e.g. a float32 adapter, a float16
+        model): the shared module is never changed."""
+        if self.prepare is not None:
+            self.prepare([self.adapter.weights])
+        weights = self.adapter.weights
+        n = weights.num_layers
+        projection = weights.projection
+        groups = [list(weights.to_k_ip), list(weights.to_v_ip),
+                  list(weights.to_k_ip_bias) or [None] * n, list(weights.to_v_ip_bias) or [None] * n]
+        w_param = next(weights.parameters())
+        if w_param.device != run.device or w_param.dtype != run.dtype:
+            import copy
+
+            projection = copy.deepcopy(projection).to(device=run.device, dtype=run.dtype)
+            groups = [[None if t is None else t.to(device=run.device, dtype=run.dtype) for t in group]
+                      for group in groups]
+        return (projection, *groups)
 
     @torch.no_grad()
     def _project(self, proj, run) -> tuple[torch.Tensor, torch.Tensor]:
@@ -360,10 +379,45 @@ def check_embeds(adapter: IPAdapter, embeds: ImageEmbeds) -> None:
             f"({embeds.kind}, {embeds.width} wide); '{adapter.name}' ({adapter.variant}) reads {what} "
             f"{adapter.image_embed_dim} wide: encode the image with this IP-Adapter"
         )
+    if getattr(embeds, "negative_picture", False) != adapter.negative_picture:
+        raise ValueError(
+            f"image_embeds were encoded for {'a Flux.1' if embeds.negative_picture else 'an SD1.x/SDXL'} "
+            f"IP-Adapter, but '{adapter.name}' is {_adapter_kind(adapter)}: their unconditional (negative) "
+            "encodings differ; encode the image with this IP-Adapter"
+        )
+
+
+def _adapter_kind(adapter: IPAdapter) -> str:
+    if adapter.target == FLUX_TARGET:
+        return "a Flux.1 IP-Adapter (XLabs layout, CLIP ViT-L/14)"
+    return "an SD1.x/SDXL IP-Adapter (h94 layout)"
+
+
+def check_family(adapter: IPAdapter, model: ModelBundle) -> None:
+    """Refuse an adapter made for another kind of model, naming both (before anything runs)."""
+    family = families.of(model)
+    flux_adapter = adapter.target == FLUX_TARGET
+    unet_model = not isinstance(family, families.FlowFamily)
+    if flux_adapter and model.family == FLUX or not flux_adapter and unet_model:
+        return
+    if model.family == FLUX:
+        fix = ("use a Flux.1 IP-Adapter in XLabs' layout (XLabs-AI/flux-ip-adapter ip_adapter.safetensors) "
+               "with the CLIP ViT-L/14 image encoder")
+    elif unet_model:
+        fix = ("use an IP-Adapter of the model's family (ip-adapter_sd15* for SD1.x, ip-adapter*_sdxl* for "
+               "SDXL), or sample with a Flux.1 model")
+    else:
+        fix = (f"{family.adapter_refusal(families.IP_ADAPTER) or 'it takes no IP-Adapter here'}; remove the "
+               "IP-Adapter nodes, or use an SD1.x / SDXL / Flux.1 model with an adapter made for it")
+    raise ValueError(
+        f"ip_adapter: '{adapter.name}' is {_adapter_kind(adapter)}, but the model '{model.name}' is "
+        f"{family.label}: {fix}"
+    )
 
 
 def check_model(adapter: IPAdapter, model: ModelBundle) -> list[str]:
     """The UNet's cross-attention names, after checking the adapter fits them."""
+    check_family(adapter, model)
     families.of(model).refuse_adapter(families.IP_ADAPTER, f"ip_adapter {adapter.name!r}")
     if families.of(model).adapter_refusal(families.IP_ADAPTER):
         raise ValueError(
@@ -407,19 +461,47 @@ def apply_ip_adapter(
     weight_mode: str = STANDARD,
     prepare: Optional[Prepare] = None,
     device: Optional[torch.device] = None,
+    negative_images: Optional[torch.Tensor] = None,
 ) -> ModelBundle:
-    """A new DS_MODEL whose patches end with this adapter; `model` is untouched."""
+    """A new DS_MODEL whose patches end with this adapter; `model` is untouched.
+
+    `negative_images`: what CFG's negative rows see instead of the default
+    (zeros / an all-zero picture for h94 adapters, a black picture for Flux).
+    """
     if not isinstance(model, ModelBundle):
         raise ValueError(f"model must be a DS_MODEL, got {type(model).__name__}")
-    check_model(adapter, model)
-    if model.family != SDXL and weight_mode != STANDARD:
-        layer_scales(model.unet, model.family, weight, weight_mode)  # raises with the message
+    flux = adapter.target == FLUX_TARGET
+    if flux:
+        hook_class = _check_flux(model, adapter, weight_mode)
+    else:
+        hook_class = IPAdapterHook
+        check_model(adapter, model)
+        if model.family != SDXL and weight_mode != STANDARD:
+            layer_scales(model.unet, model.family, weight, weight_mode)  # raises with the message
     if (images is None) == (embeds is None):
         raise ValueError("give either image (reference pictures) or image_embeds, not both or neither")
+    if negative_images is not None and embeds is not None:
+        raise ValueError("negative_image goes with image (reference pictures), not with image_embeds")
     if embeds is None:
-        embeds = encode_images(adapter.encoder, images, adapter.kind, device=device, prepare=prepare)
-    hook = IPAdapterHook(
+        embeds = encode_images(adapter.encoder, images, adapter.kind, device=device, prepare=prepare,
+                               negative_picture=adapter.negative_picture, negative_images=negative_images)
+    hook = hook_class(
         adapter, embeds, weight=weight, start_percent=start_percent, end_percent=end_percent,
         mask=mask, weight_mode=weight_mode, prepare=prepare,
     )
     return model.with_patch(hook)
+
+
+def _check_flux(model: ModelBundle, adapter: IPAdapter, weight_mode: str) -> type:
+    """A Flux.1 adapter's checks before anything runs; the hook class that applies it."""
+    from .ip_adapter_flux import FluxIPAdapterHook, check_flux_fit
+
+    check_family(adapter, model)
+    families.of(model).refuse_adapter(families.IP_ADAPTER, f"ip_adapter {adapter.name!r}")
+    check_flux_fit(adapter, model)
+    if weight_mode != STANDARD:
+        raise ValueError(
+            f"weight_mode: '{weight_mode}' targets SDXL's style/layout blocks; the Flux.1 IP-Adapter acts on "
+            "every double-stream block: use weight_mode 'standard'"
+        )
+    return FluxIPAdapterHook

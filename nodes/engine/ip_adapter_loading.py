@@ -13,7 +13,16 @@ which variant a file is, so the user never picks it:
 - full-face (`image_proj.proj.0/2/3`): an MLP over all 257 hidden states.
 
 FaceID files need InsightFace embeddings rather than CLIP and are refused
-with a message. The projection modules are diffusers' own classes, so the
+with a message.
+
+Flux.1 adapters come in XLabs' layout (the `ip_adapter.safetensors` that
+diffusers' `FluxPipeline.load_ip_adapter` reads): `ip_adapter_proj_model.*`
+(a base projection: CLIP ViT-L/14's image embedding to 4 tokens of T5 width)
+and `double_blocks.N.processor.ip_adapter_double_stream_k_proj` / `_v_proj`
+(a key/value pair with biases per double-stream block). The keys are renamed
+to the h94 ones on reading, so one projection builder serves both; the
+adapter remembers its `target` (UNET or FLUX) and the hooks refuse a model
+of the other kind. The projection modules are diffusers' own classes, so the
 image tokens are exactly those of `pipeline.load_ip_adapter`.
 
 `.safetensors` is read directly; a `.bin` only through
@@ -44,6 +53,15 @@ PLUS_FACE = "plus-face"
 FULL_FACE = "full-face"
 VARIANTS = (BASE, PLUS, PLUS_FACE, FULL_FACE)
 
+# What an adapter file was made for: a UNet's cross-attention layers (h94:
+# SD1.x, SDXL) or the double-stream blocks of a Flux.1 transformer (XLabs).
+UNET = "unet"
+FLUX = "flux"
+
+# diffusers' FluxIPAdapterMixin: how XLabs' keys map onto the h94 ones.
+_XLABS_PROJ = "ip_adapter_proj_model."
+_XLABS_LAYER = re.compile(r"^double_blocks\.(\d+)\.processor\.ip_adapter_double_stream_([kv])_proj\.(weight|bias)$")
+
 
 class IPAdapterLoadError(ValueError):
     """A predictable problem with an IP-Adapter file (a user mistake)."""
@@ -56,11 +74,15 @@ class IPAdapterWeights(nn.Module):
     any model; it is never attached to a UNet.
     """
 
-    def __init__(self, projection: nn.Module, to_k: list[torch.Tensor], to_v: list[torch.Tensor]):
+    def __init__(self, projection: nn.Module, to_k: list[torch.Tensor], to_v: list[torch.Tensor],
+                 k_bias: Optional[list] = None, v_bias: Optional[list] = None):
         super().__init__()
         self.projection = projection
         self.to_k_ip = nn.ParameterList([nn.Parameter(t, requires_grad=False) for t in to_k])
         self.to_v_ip = nn.ParameterList([nn.Parameter(t, requires_grad=False) for t in to_v])
+        # XLabs' Flux layers have biases; the h94 UNet layers have none (empty lists).
+        self.to_k_ip_bias = nn.ParameterList([nn.Parameter(t, requires_grad=False) for t in k_bias or ()])
+        self.to_v_ip_bias = nn.ParameterList([nn.Parameter(t, requires_grad=False) for t in v_bias or ()])
 
     @property
     def num_layers(self) -> int:
@@ -77,7 +99,13 @@ class IPAdapter:
     weights: IPAdapterWeights
     encoder: ImageEncoder
     image_embed_dim: int  # the width the projection expects
-    cross_attention_dim: int  # the UNet text width this adapter was made for
+    cross_attention_dim: int  # the UNet text width this adapter was made for (Flux: T5's width)
+    target: str = UNET  # UNET (h94 files) or FLUX (XLabs files)
+
+    @property
+    def negative_picture(self) -> bool:
+        """Whether CFG's negative rows see an encoded black picture (FluxPipeline) rather than zeros."""
+        return self.target == FLUX
 
     @property
     def encoder_name(self) -> str:
@@ -220,14 +248,53 @@ def _layer_weights(state: dict, name: str) -> tuple[list, list]:
     ids = sorted(int(m.group(1)) for k in state if (m := pattern.match(k)))
     if not ids:
         raise IPAdapterLoadError(f"ipadapter_file: '{name}' has no ip_adapter.N.to_k_ip weights: it is not an IP-Adapter")
-    to_k, to_v = [], []
+    to_k, to_v, k_bias, v_bias = [], [], [], []
     for i in ids:
         v_key = f"ip_adapter.{i}.to_v_ip.weight"
         if v_key not in state:
             raise IPAdapterLoadError(f"ipadapter_file: '{name}' lacks {v_key}: the file is incomplete")
         to_k.append(state[f"ip_adapter.{i}.to_k_ip.weight"])
         to_v.append(state[v_key])
-    return to_k, to_v
+        for which, out in (("k", k_bias), ("v", v_bias)):
+            bias = state.get(f"ip_adapter.{i}.to_{which}_ip.bias")
+            if bias is not None:
+                out.append(bias)
+    if k_bias and (len(k_bias) != len(ids) or len(v_bias) != len(ids)):
+        raise IPAdapterLoadError(f"ipadapter_file: '{name}' has biases for some layers only: the file is incomplete")
+    return to_k, to_v, k_bias, v_bias
+
+
+def refuse_sd3(state: dict, name: str) -> None:
+    """InstantX's SD3.5 IP-Adapter (time-conditioned resampler, norm_ip layers, a SigLIP encoder) is not supported."""
+    if "image_proj.time_embedding.linear_1.weight" in state or any(
+        re.match(r"^ip_adapter\.\d+\.norm_ip\.", k) for k in state
+    ):
+        raise IPAdapterLoadError(
+            f"ipadapter_file: '{name}' is an SD3.5 IP-Adapter (InstantX layout: a timestep-conditioned "
+            "resampler read from a SigLIP image encoder), which the pack does not support yet: IP-Adapter "
+            "works with SD1.x, SDXL (h94 files) and Flux.1 (XLabs' file); sample SD3 / SD3.5 without it"
+        )
+
+
+def is_xlabs_flux(state: dict) -> bool:
+    """A Flux.1 IP-Adapter in XLabs' layout (ip_adapter_proj_model.*, double_blocks.N.processor.*)."""
+    return any(k.startswith(_XLABS_PROJ) for k in state) or any(_XLABS_LAYER.match(k) for k in state)
+
+
+def xlabs_to_h94(state: dict, name: str) -> dict:
+    """XLabs' Flux keys renamed to the h94 ones (image_proj.*, ip_adapter.N.to_k_ip/to_v_ip.*)."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith(_XLABS_PROJ):
+            out["image_proj." + key[len(_XLABS_PROJ):]] = value
+        elif (m := _XLABS_LAYER.match(key)):
+            out[f"ip_adapter.{m.group(1)}.to_{m.group(2)}_ip.{m.group(3)}"] = value
+    if not any(k.startswith("image_proj.") for k in out):
+        raise IPAdapterLoadError(
+            f"ipadapter_file: '{name}' has Flux double_blocks IP-Adapter layers but no ip_adapter_proj_model "
+            "weights: the file is incomplete"
+        )
+    return out
 
 
 # ------------------------------------------------------------------ loading
@@ -241,7 +308,8 @@ def check_encoder(adapter_name: str, kind: str, image_embed_dim: int, encoder: I
         f"clip_vision: the image encoder '{encoder.name}' does not match the IP-Adapter '{adapter_name}': "
         f"the adapter reads a {image_embed_dim}-wide {what}, the encoder gives {got}. "
         "ip-adapter_sdxl.safetensors needs CLIP-ViT-bigG-14-laion2B-39B-b160k; the SD1.5 adapters and the "
-        "SDXL *_vit-h adapters need CLIP-ViT-H-14-laion2B-s32B-b79K. Pick the encoder the adapter was trained with."
+        "SDXL *_vit-h adapters need CLIP-ViT-H-14-laion2B-s32B-b79K; the Flux.1 adapters (XLabs) need "
+        "CLIP ViT-L/14 (openai/clip-vit-large-patch14). Pick the encoder the adapter was trained with."
     )
 
 
@@ -265,31 +333,35 @@ def load_ip_adapter(
         ref = _cache.get(key)
         cached = ref() if ref is not None else None
     if cached is not None:
-        weights, variant, kind, embed, cross = cached.module, *cached.info
+        weights, variant, kind, embed, cross, target = cached.module, *cached.info
     else:
         state = read_state_dict(path, name)
+        target = UNET
+        refuse_sd3(state, name)
+        if is_xlabs_flux(state):
+            state, target = xlabs_to_h94(state, name), FLUX
         proj = {k[len("image_proj."):]: v for k, v in state.items() if k.startswith("image_proj.")}
         if not proj:
             raise IPAdapterLoadError(
                 f"ipadapter_file: '{name}' has no image_proj weights: it is not an IP-Adapter in the h94 layout"
             )
         projection, variant, kind, embed, cross = _build_projection(proj, name)
-        to_k, to_v = _layer_weights(state, name)
+        to_k, to_v, k_bias, v_bias = _layer_weights(state, name)
         for k in to_k:
             if int(k.shape[1]) != cross:
                 raise IPAdapterLoadError(
                     f"ipadapter_file: '{name}' has to_k_ip weights {tuple(k.shape)} that do not match its "
                     f"{cross}-wide image tokens: the file is damaged"
                 )
-        weights = IPAdapterWeights(projection, to_k, to_v).to(dtype).eval().requires_grad_(False)
-        entry = _Entry(weights, (variant, kind, embed, cross))
+        weights = IPAdapterWeights(projection, to_k, to_v, k_bias, v_bias).to(dtype).eval().requires_grad_(False)
+        entry = _Entry(weights, (variant, kind, embed, cross, target))
         with _cache_lock:
             _cache[key] = weakref.ref(entry)
         weights.__dict__["_ds_cache_entry"] = entry  # the entry lives as long as the weights
     check_encoder(name, kind, embed, encoder)
-    logger.info("IP-Adapter %s: %s, %d layers, %s-wide tokens, encoder %s", name, variant,
+    logger.info("IP-Adapter %s: %s %s, %d layers, %s-wide tokens, encoder %s", name, target, variant,
                 weights.num_layers, cross, encoder.name)
-    return IPAdapter(name, variant, kind, weights, encoder, embed, cross)
+    return IPAdapter(name, variant, kind, weights, encoder, embed, cross, target)
 
 
 class _Entry:

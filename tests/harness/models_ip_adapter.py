@@ -25,11 +25,14 @@ SD15_PLUS_FACE = "ip-adapter-plus-face_sd15.safetensors"
 SDXL_BASE = "ip-adapter_sdxl.safetensors"
 VIT_H = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
 VIT_BIGG = "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors"
+VIT_L = "clip-vit-large-patch14.safetensors"  # what XLabs' Flux IP-Adapter reads
+FLUX_IP = "flux-ip-adapter.safetensors"  # XLabs' ip_adapter.safetensors, under a telling name
 
 # Tiny stand-ins: different widths so that a mismatched pair is detected.
 ENCODER_SHAPES = {
     VIT_H: dict(hidden_size=64, projection_dim=48, num_attention_heads=1),
     VIT_BIGG: dict(hidden_size=128, projection_dim=40, num_attention_heads=2),
+    VIT_L: dict(hidden_size=32, projection_dim=24, num_attention_heads=1),
 }
 
 
@@ -129,6 +132,26 @@ def adapter_state_dict(unet, variant: str, embed: int, seed: int = 0) -> dict:
         n = 2 * index + 1
         state[f"ip_adapter.{n}.to_k_ip.weight"] = torch.randn(inner, width) * 0.3
         state[f"ip_adapter.{n}.to_v_ip.weight"] = torch.randn(inner, width) * 0.3
+    return state
+
+
+def flux_adapter_state_dict(transformer, embed: int, seed: int = 0) -> dict:
+    """A tiny Flux.1 IP-Adapter for `transformer` in XLabs' layout, as FluxPipeline.load_ip_adapter reads it."""
+    from diffusers.models.embeddings import ImageProjection
+
+    torch.manual_seed(seed)
+    width = int(transformer.config.joint_attention_dim)
+    inner = int(transformer.inner_dim)
+    module = ImageProjection(image_embed_dim=embed, cross_attention_dim=width, num_image_text_embeds=4)
+    state = {}
+    for k, v in module.state_dict().items():
+        k = ("proj." + k[len("image_embeds."):]) if k.startswith("image_embeds.") else k
+        state[f"ip_adapter_proj_model.{k}"] = v.contiguous()
+    for i in range(len(transformer.transformer_blocks)):
+        for which in ("k", "v"):
+            prefix = f"double_blocks.{i}.processor.ip_adapter_double_stream_{which}_proj"
+            state[f"{prefix}.weight"] = torch.randn(inner, width) * 0.3
+            state[f"{prefix}.bias"] = torch.randn(inner) * 0.1
     return state
 
 

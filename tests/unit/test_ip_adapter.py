@@ -339,3 +339,24 @@ def test_adapter_in_another_dtype_is_cast_for_the_run_only(files, sd1):
     other = apply_ip_adapter(sd1["model"], wide, images=picture, weight=0.8)
     assert (_ours(sd1, same) - _ours(sd1, other)).abs().max() <= 1e-5
     assert next(wide.weights.parameters()).dtype == torch.float64
+
+
+def test_negative_image_matches_diffusers_negative_embeds(files, sd1):
+    """negative_images: CFG's negative rows see that picture's embedding, as the negative half of
+    diffusers' `ip_adapter_image_embeds` (the SD pipelines' documented [negative, positive] layout)."""
+    from transformers import CLIPImageProcessor
+
+    picture, negative = _picture(12), _picture(13)
+    encoder = tiny_ip.tiny_image_encoder(tiny_ip.VIT_H, 0)
+    processor = CLIPImageProcessor(size=encoder.config.image_size, crop_size=encoder.config.image_size)
+    with torch.no_grad():
+        pos, neg = (encoder(processor(p, return_tensors="pt").pixel_values).image_embeds for p in (picture, negative))
+    ref = _reference(sd1, "sd1-base.safetensors", 0.8, None, prompt_embeds=sd1["pe"],
+                     negative_prompt_embeds=sd1["ne"], ip_adapter_image_embeds=[torch.cat([neg, pos])[:, None]])
+    adapter = _adapter(files, "sd1-base.safetensors")
+    model = apply_ip_adapter(sd1["model"], adapter, images=_image_tensor(picture), weight=0.8,
+                             negative_images=_image_tensor(negative))
+    ours = _ours(sd1, model)
+    assert _diff(ours, ref, model) <= TOL
+    default = _ours(sd1, apply_ip_adapter(sd1["model"], adapter, images=_image_tensor(picture), weight=0.8))
+    assert (ours - default).abs().max() > 1e-3, "the negative image had no effect"

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..components import DEV, FILL, FLUX, SCHNELL, ModelBundle
-from .base import DenoiserInputs, EncoderSlot, LatentFormat
+from .base import IP_ADAPTER, DenoiserInputs, EncoderSlot, LatentFormat
 from .flow import FlowFamily, calculate_shift, plain_prompt, window_ids
 
 logger = logging.getLogger(__name__)
@@ -153,6 +153,12 @@ class FluxFamily(FlowFamily):
 
     def latent_multiple(self, model: ModelBundle) -> int:
         return 2
+
+    def adapter_refusal(self, kind: str):
+        """Flux takes XLabs-layout IP-Adapters (ip_adapter_flux.py); the rest as the flow families."""
+        if kind == IP_ADAPTER:
+            return None
+        return super().adapter_refusal(kind)
 
     def denoiser_inputs(self, model, positive, negative, cfg, batch, pixel_size, device, **options) -> DenoiserInputs:
         do_cfg = cfg > 1.0 and negative is not None
