@@ -243,7 +243,7 @@ def test_guidance_changes_flux_dev_result(folders):
     assert not torch.allclose(a, b)
 
 
-@pytest.mark.parametrize("kind", [families.IP_ADAPTER, families.REGIONAL])
+@pytest.mark.parametrize("kind", [families.IP_ADAPTER])
 def test_adapters_refused_with_the_reason(kind):
     for family in (families.get("sd3"), families.get("flux", "dev"), families.get("flux", "schnell")):
         assert family.adapter_refusal(kind)
@@ -262,6 +262,12 @@ def test_controlnet_is_taken_by_the_flow_families():
     """Flux / SD3 ControlNets run through controlnet_dit.py (tests/unit/test_dit_controlnet.py)."""
     for family in (families.get("sd3"), families.get("flux", "dev"), families.get("flux", "schnell")):
         assert family.adapter_refusal(families.CONTROLNET) is None
+
+
+def test_regional_prompts_are_taken_by_the_flow_families():
+    """Regional prompts compose velocities by mask (regional.py; tests/unit/test_dit_regional.py)."""
+    for family in (families.get("sd3"), families.get("flux", "dev"), families.get("flux", "schnell")):
+        assert family.adapter_refusal(families.REGIONAL) is None
 
 
 def test_inpainting_is_not_refused():
