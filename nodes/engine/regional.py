@@ -44,6 +44,20 @@ processors of its own.
 Limits: a region prompt longer than the base pads the base rows with empty
 chunks too (A1111's rule for positive/negative), which changes the base
 prediction slightly.
+
+SD3 and Flux (the flow families): the same hook, composing velocities instead
+of noise. The family says what a row carries (`pooled_key`: SD3/Flux
+`pooled_projections` get each region's pooled prompt; `shared_cond_keys`:
+Flux's `txt_ids` are shared, not widened); Flux dev's guidance rows copy the
+base rows'. Flux's `predict` unpacks its 2x2 tokens before the fold, so the
+masks act on the unpacked latent grid and packing needs nothing here. T5
+prompts cannot be padded with empty chunks, so every region must have the
+base's sequence length (`max_sequence_length`), refused otherwise; a mask of
+another aspect ratio than the image is refused there too (not stretched).
+As with the UNets, the fold is exact per step (outside the masks the base
+velocity, bit for bit), but from the second step on the base rows' image
+tokens attend to a latent whose inside has changed, so the outside drifts
+somewhat from a base-only run (docs/families.md measures it).
 """
 from __future__ import annotations
 
@@ -313,6 +327,13 @@ class RegionalHook(hooks.SamplingHook):
         model, batch, device = run.model, run.batch, run.device
         family = families.of(model)
         self._pooled_key, self._shared_keys = family.pooled_key, tuple(family.shared_cond_keys)
+        for i, region in enumerate(self.regions, 1):
+            if region.conditioning.guidance is not None:  # Flux dev: the rows copy the base rows' guidance
+                logger.warning(
+                    "region %s's prompt carries guidance %s, which is not used: every region takes the "
+                    "base prompt's guidance; set it with Diffusers Flux Guidance on the base prompt",
+                    i, region.conditioning.guidance,
+                )
         for i, region in enumerate(self.regions, 1):
             for cond, what in ((region.conditioning, "conditioning"), (region.negative, "negative")):
                 if cond is not None and cond.family != model.family:

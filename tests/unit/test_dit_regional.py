@@ -17,6 +17,8 @@ of tests/tiny_dit.py:
 """
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -162,3 +164,16 @@ def test_a_prompt_of_another_family_or_length_is_refused(folders):
         add_region(base, _left_half(), car, negative=encode_prompt(sd3_text, "blurry"))
     with pytest.raises(ValueError, match="positive conditioning was encoded for flux.*encode the prompt"):
         _run(sd3_model, add_region(base, _left_half(), car), encode_prompt(sd3_text, ""), 4.0, steps=1)
+
+
+def test_a_region_guidance_is_not_used_and_says_so(folders, caplog):
+    """Flux dev: the region rows copy the base rows' guidance; a region's own DSFluxGuidance is warned about."""
+    from diffusers_studio.nodes.engine.flux_guidance import with_guidance
+
+    model, text, _ = _load(folders, "flux-dev")
+    base, car = encode_prompt(text, "a quiet landscape"), encode_prompt(text, "a red car")
+    plain = _run(model, add_region(base, _left_half(), car), None, 1.0, steps=1)
+    with caplog.at_level(logging.WARNING):
+        got = _run(model, add_region(base, _left_half(), with_guidance(car, 9.0)), None, 1.0, steps=1)
+    assert "region 1's prompt carries guidance 9.0, which is not used" in caplog.text
+    assert torch.equal(got, plain)
