@@ -57,7 +57,8 @@ another aspect ratio than the image is refused there too (not stretched).
 As with the UNets, the fold is exact per step (outside the masks the base
 velocity, bit for bit), but from the second step on the base rows' image
 tokens attend to a latent whose inside has changed, so the outside drifts
-somewhat from a base-only run (docs/families.md measures it).
+somewhat from a base-only run (docs/families.md measures it, and against
+masked joint attention: tests/benchmarks/test_dit_regional_outside.py).
 """
 from __future__ import annotations
 
