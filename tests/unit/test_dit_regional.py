@@ -177,3 +177,22 @@ def test_a_region_guidance_is_not_used_and_says_so(folders, caplog):
         got = _run(model, add_region(base, _left_half(), with_guidance(car, 9.0)), None, 1.0, steps=1)
     assert "region 1's prompt carries guidance 9.0, which is not used" in caplog.text
     assert torch.equal(got, plain)
+
+
+def test_one_mask_per_image_in_a_batch(folders):
+    """Flux schnell, two images: image 0's mask is empty (its base run), image 1's covers it all (its region run)."""
+    model, text, _ = _load(folders, "flux-schnell")
+    base, car = encode_prompt(text, "a quiet landscape"), encode_prompt(text, "a red car")
+    masks = torch.zeros(2, 64, 64)
+    masks[1] = 1.0
+
+    def run(positive):
+        latent = {"samples": torch.zeros(2, 16, LATENT, LATENT)}
+        return sample(model, positive, None, latent, seed=3, steps=2, cfg=1.0, sampler_name="Euler")["samples"]
+
+    got, plain, alone = run(add_region(base, masks, car)), run(base), run(car)
+    assert (got[0] - plain[0]).abs().max() <= TOL
+    assert (got[1] - alone[1]).abs().max() <= TOL
+    with pytest.raises(ValueError, match="region 1's mask has a batch of 2 masks but the latent batch is 3"):
+        sample(model, add_region(base, masks, car), None, {"samples": torch.zeros(3, 16, LATENT, LATENT)},
+               seed=3, steps=1, cfg=1.0, sampler_name="Euler")
