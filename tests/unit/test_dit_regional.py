@@ -48,6 +48,7 @@ def folders(tmp_path_factory):
     tiny_dit.flux_pipeline(0, dev=False).save_pretrained(str(root / "flux-schnell"), safe_serialization=True)
     tiny_dit.tiny_flux_controlnet(1).save_pretrained(str(root / "cn-flux"))
     tiny_dit.tiny_sd3_controlnet(3).save_pretrained(str(root / "cn-sd3"))
+    tiny_dit.flux_fill_pipeline(0).save_pretrained(str(root / "flux-fill"), safe_serialization=True)
     return root
 
 
@@ -196,3 +197,25 @@ def test_one_mask_per_image_in_a_batch(folders):
     with pytest.raises(ValueError, match="region 1's mask has a batch of 2 masks but the latent batch is 3"):
         sample(model, add_region(base, masks, car), None, {"samples": torch.zeros(3, 16, LATENT, LATENT)},
                seed=3, steps=1, cfg=1.0, sampler_name="Euler")
+
+
+@pytest.mark.parametrize("name", ["flux-fill", "sd3"])
+def test_regions_inside_an_inpaint_run(folders, name):
+    """DSInpaint's LATENT (FLUX.1 Fill's extra channels, SD3's noise_mask blend) with a full-image region."""
+    from diffusers_studio.nodes.engine import inpaint
+
+    model, text, vae = _load(folders, name)
+    torch.manual_seed(6)
+    image = torch.rand(1, 64, 64, 3)
+    hole = torch.zeros(1, 64, 64)
+    hole[:, 16:48, 16:48] = 1.0
+    latent = inpaint.prepare(vae, model, image, hole, seed=2).latent
+    base, car, neg = encode_prompt(text, "a quiet landscape"), encode_prompt(text, "a red car"), encode_prompt(text, "")
+    cfg = 4.0 if name == "sd3" else 1.0
+
+    def run(positive):
+        return sample(model, positive, neg, latent, seed=3, steps=2, cfg=cfg, sampler_name="Euler")["samples"]
+
+    got = run(add_region(base, torch.ones(1, 64, 64), car))
+    assert (got - run(car)).abs().max() <= TOL
+    assert (got - run(base)).abs().max() > 100 * TOL
