@@ -302,7 +302,8 @@ class DSRegionCanvas(io.ComfyNode):
             inputs=[
                 io.Int.Input("width", default=512, min=8, max=MAX_SIZE, step=8,
                              tooltip="Width of the masks in pixels; use the picture's width. The canvas "
-                             "takes this aspect ratio."),
+                             "takes this aspect ratio (SD3/Flux regional prompts refuse masks of another "
+                             "aspect ratio than the picture; SD1.x/SDXL stretch them)."),
                 io.Int.Input("height", default=512, min=8, max=MAX_SIZE, step=8,
                              tooltip="Height of the masks in pixels; use the picture's height."),
                 io.Int.Input("feather", default=0, min=0, max=MAX_SIZE, step=1,

@@ -26,7 +26,9 @@ class DSRegionalPrompt(io.ComfyNode):
                 "guides the image, outside it the base prompt does (InvokeAI's regional guidance, "
                 "A1111's Latent Couple). Chain several of these nodes to add regions. Each region "
                 "adds one image's worth of work per step to DSSampler (two with a regional negative). "
-                "Works for SD1.x and SDXL, together with ControlNet and IP-Adapter."
+                "Works for SD1.x and SDXL (with ControlNet and IP-Adapter) and for SD3 and Flux.1 dev / "
+                "schnell (with LoRA and their ControlNets): the same blending of each region's prediction "
+                "by its mask."
             ),
             inputs=[
                 DSConditioning.Input(
@@ -37,13 +39,15 @@ class DSRegionalPrompt(io.ComfyNode):
                 io.Mask.Input(
                     "mask",
                     tooltip="Where the region is: 1 = the region's prompt, 0 = untouched, values between "
-                    "blend. A mask of another size than the image is resized (stretched if the aspect "
-                    "differs); one mask for the whole batch or one per image. An all-zero mask does nothing.",
+                    "blend. A mask of another size than the image is resized; SD1.x/SDXL stretch one of "
+                    "another aspect ratio, SD3/Flux refuse it (make it at the image's size). One mask for "
+                    "the whole batch or one per image. An all-zero mask does nothing.",
                 ),
                 DSConditioning.Input(
                     "region_conditioning",
-                    tooltip="The region's prompt (Diffusers Text Encode with the same model's text encoder). "
-                    "It may describe only the region's content.",
+                    tooltip="The region's prompt (Diffusers Text Encode with the same model's text encoder; "
+                    "SD3/Flux: the same max_sequence_length as the base). It may describe only the region's "
+                    "content. Flux dev: the base prompt's guidance applies to every region.",
                 ),
                 io.Float.Input(
                     "strength",
@@ -61,7 +65,7 @@ class DSRegionalPrompt(io.ComfyNode):
                     optional=True,
                     tooltip="Optional: a negative prompt for this region only, used inside the mask in "
                     "place of the sampler's negative (same strength and mask). Acts when this node's "
-                    "output is the sampler's positive and cfg is not 1.",
+                    "output is the sampler's positive and cfg is above 1 (SD3; Flux with true CFG).",
                 ),
             ],
             outputs=[

@@ -44,6 +44,21 @@ processors of its own.
 Limits: a region prompt longer than the base pads the base rows with empty
 chunks too (A1111's rule for positive/negative), which changes the base
 prediction slightly.
+
+SD3 and Flux (the flow families): the same hook, composing velocities instead
+of noise. The family says what a row carries (`pooled_key`: SD3/Flux
+`pooled_projections` get each region's pooled prompt; `shared_cond_keys`:
+Flux's `txt_ids` are shared, not widened); Flux dev's guidance rows copy the
+base rows'. Flux's `predict` unpacks its 2x2 tokens before the fold, so the
+masks act on the unpacked latent grid and packing needs nothing here. T5
+prompts cannot be padded with empty chunks, so every region must have the
+base's sequence length (`max_sequence_length`), refused otherwise; a mask of
+another aspect ratio than the image is refused there too (not stretched).
+As with the UNets, the fold is exact per step (outside the masks the base
+velocity, bit for bit), but from the second step on the base rows' image
+tokens attend to a latent whose inside has changed, so the outside drifts
+somewhat from a base-only run (docs/families.md measures it, and against
+masked joint attention: tests/benchmarks/test_dit_regional_outside.py).
 """
 from __future__ import annotations
 
@@ -56,7 +71,7 @@ import torch.nn.functional as F
 
 from . import families
 from . import hooks
-from .components import Conditioning
+from .components import FLUX, SD3, Conditioning
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +107,30 @@ def _check_region_conditioning(base: Conditioning, cond: Conditioning, which: st
             f"{which} has {int(cond.embeds.shape[-1])}-wide embeddings, the base conditioning "
             f"{int(base.embeds.shape[-1])}: encode every region's prompt with the same text encoder"
         )
-    if families.of(base).pooled and cond.pooled is None:
-        raise ValueError(f"{which} has no pooled embedding, which SDXL needs: encode it with an SDXL text encoder")
+    family = families.of(base)
+    if family.pooled and cond.pooled is None:
+        raise ValueError(
+            f"{which} has no pooled embedding, which {family.short_label} needs: encode it with the same "
+            "checkpoint's text encoder"
+        )
+    if family.pooled and int(cond.pooled.shape[-1]) != int(base.pooled.shape[-1]):
+        raise ValueError(
+            f"{which} has a {int(cond.pooled.shape[-1])}-wide pooled embedding, the base conditioning "
+            f"{int(base.pooled.shape[-1])}: encode every region's prompt with the same text encoder"
+        )
+    if not family.chunked and int(cond.embeds.shape[1]) != int(base.embeds.shape[1]):
+        # T5 sequences are padded to max_sequence_length by the encoder; they cannot be padded afterwards.
+        raise ValueError(
+            f"{which} is {int(cond.embeds.shape[1])} tokens long, the base conditioning "
+            f"{int(base.embeds.shape[1])}: encode every region's prompt with the same max_sequence_length "
+            f"({family.short_label} prompts are padded to it)"
+        )
+    if cond.variant != base.variant and cond.variant not in family.shared_text_variants:
+        raise ValueError(
+            f"{which} was encoded with the {cond.family} {cond.variant} text encoder, the base conditioning "
+            f"with the {base.family} {base.variant} one: encode every region's prompt with the text encoder "
+            "of the model you sample with"
+        )
     if any(hasattr(e, "sampling_hook") for e in cond.extras):
         raise ValueError(
             f"{which} uses prompt editing ([from:to:when] or [a|b]), which works in the base prompt only: "
@@ -208,8 +245,16 @@ class _RunState:
     rows_before: int = 0
 
 
-def _mask_at(mask: torch.Tensor, size: tuple, batch: int, which: str, pixel_size: tuple) -> torch.Tensor:
-    """The mask at latent size [batch, 1, h, w], area-averaged (any source size)."""
+def _mask_at(
+    mask: torch.Tensor, size: tuple, batch: int, which: str, pixel_size: tuple, stretch: bool = True,
+    family_label: str = "",
+) -> torch.Tensor:
+    """The mask at latent size [batch, 1, h, w], area-averaged (any source size).
+
+    stretch=False (the transformer families) refuses a mask of another aspect
+    ratio than the image instead of stretching it: those are new workflows,
+    where a stretched mask is a mistake rather than an old habit.
+    """
     if mask.shape[0] not in (1, batch):
         raise ValueError(
             f"{which} has a batch of {mask.shape[0]} masks but the latent batch is {batch}: "
@@ -218,6 +263,12 @@ def _mask_at(mask: torch.Tensor, size: tuple, batch: int, which: str, pixel_size
     if tuple(mask.shape[-2:]) not in (tuple(size), tuple(pixel_size)):
         ratio_mask = mask.shape[-1] / mask.shape[-2]
         ratio_image = pixel_size[1] / pixel_size[0]
+        if not stretch and abs(ratio_mask - ratio_image) > 0.01 * ratio_image:
+            raise ValueError(
+                f"{which} is {mask.shape[-1]}x{mask.shape[-2]} pixels, the image {pixel_size[1]}x{pixel_size[0]}: "
+                f"{family_label} regional masks must have the image's aspect ratio (they are not stretched). "
+                "Make the mask at the image's width and height (Diffusers Rectangle Mask or Region Canvas)"
+            )
         logger.info(
             "%s is %sx%s, the image %sx%s: resizing it%s", which, mask.shape[-1], mask.shape[-2],
             pixel_size[1], pixel_size[0], " (the aspect ratio differs: it is stretched)"
@@ -242,7 +293,7 @@ def _pad_tokens(embeds: torch.Tensor, chunk: torch.Tensor, length: int) -> torch
     if missing <= 0:
         return embeds
     size = int(chunk.shape[1])
-    if missing % size:
+    if size == 0 or missing % size:
         raise ValueError(
             f"a regional prompt is {int(embeds.shape[1])} tokens long and cannot be padded to {length} "
             f"with {size}-token chunks: encode every prompt with the same text encoder"
@@ -259,11 +310,15 @@ class RegionalHook(hooks.SamplingHook):
     """
 
     order = ORDER
+    # FlowFamily.check_conditioning lets it through for these: the composition is family-blind, and
+    # the flow families' predict unpacks Flux's 2x2 tokens, so the masks act on the unpacked latent grid.
+    serves_families = (SD3, FLUX)
 
     def __init__(self, base_empty_chunk: torch.Tensor, regions: tuple):
         self.base_empty_chunk = base_empty_chunk
         self.regions = tuple(regions)
         self._state: Optional[_RunState] = None
+        self._pooled_key, self._shared_keys = "text_embeds", ()
 
     def __repr__(self) -> str:
         return f"RegionalHook({len(self.regions)} regions)"
@@ -271,6 +326,15 @@ class RegionalHook(hooks.SamplingHook):
     # ---- begin: everything that does not change between steps
     def begin(self, run: hooks.RunContext, role: str) -> None:
         model, batch, device = run.model, run.batch, run.device
+        family = families.of(model)
+        self._pooled_key, self._shared_keys = family.pooled_key, tuple(family.shared_cond_keys)
+        for i, region in enumerate(self.regions, 1):
+            if region.conditioning.guidance is not None:  # Flux dev: the rows copy the base rows' guidance
+                logger.warning(
+                    "region %s's prompt carries guidance %s, which is not used: every region takes the "
+                    "base prompt's guidance; set it with Diffusers Flux Guidance on the base prompt",
+                    i, region.conditioning.guidance,
+                )
         for i, region in enumerate(self.regions, 1):
             for cond, what in ((region.conditioning, "conditioning"), (region.negative, "negative")):
                 if cond is not None and cond.family != model.family:
@@ -290,7 +354,8 @@ class RegionalHook(hooks.SamplingHook):
             prompt_roles = [hooks.POSITIVE]
         slots = []
         for i, region in enumerate(self.regions, 1):
-            weight = _mask_at(region.mask, run.latent_size, batch, f"region {i}'s mask", run.pixel_size)
+            weight = _mask_at(region.mask, run.latent_size, batch, f"region {i}'s mask", run.pixel_size,
+                              family.stretch_region_masks, family.label)
             if float(weight.max()) < EMPTY_MASK:
                 logger.warning(
                     "region %s has an empty mask (all zero at %sx%s latent pixels): it has no effect; "
@@ -348,10 +413,11 @@ class RegionalHook(hooks.SamplingHook):
         regions = [_pad_tokens(s.embeds, s.empty_chunk, length).to(ehs.dtype) for s in state.slots]
         step.encoder_hidden_states = torch.cat([ehs] + regions)
         if step.added_cond_kwargs:
-            added = {k: widen(v) for k, v in step.added_cond_kwargs.items()}
-            if "text_embeds" in added and all(s.pooled is not None for s in state.slots):
-                text = step.added_cond_kwargs["text_embeds"]
-                added["text_embeds"] = torch.cat([text] + [s.pooled.to(text.dtype) for s in state.slots])
+            shared, key = self._shared_keys, self._pooled_key  # set by begin from the family
+            added = {k: v if k in shared else widen(v) for k, v in step.added_cond_kwargs.items()}
+            if key in added and all(s.pooled is not None for s in state.slots):
+                pooled = step.added_cond_kwargs[key]
+                added[key] = torch.cat([pooled] + [s.pooled.to(pooled.dtype) for s in state.slots])
             step.added_cond_kwargs = added
         if step.down_residuals is not None:
             step.down_residuals = [widen(t) for t in step.down_residuals]

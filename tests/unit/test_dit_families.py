@@ -245,7 +245,6 @@ def test_guidance_changes_flux_dev_result(folders):
 
 @pytest.mark.parametrize("kind,refusing", [
     (families.IP_ADAPTER, ("sd3",)),  # Flux takes XLabs IP-Adapters (tests/unit/test_ip_adapter_flux.py)
-    (families.REGIONAL, ("sd3", "flux")),
 ])
 def test_adapters_refused_with_the_reason(kind, refusing):
     for family in (families.get("sd3"), families.get("flux", "dev"), families.get("flux", "schnell")):
@@ -259,7 +258,7 @@ def test_adapters_refused_with_the_reason(kind, refusing):
 
 
 def test_lora_applies_to_the_flow_families():
-    """LoRA is the one adapter SD3 / Flux take (tests/unit/test_dit_lora.py, tests/nodes/test_dit_lora_graph.py)."""
+    """SD3 / Flux take LoRA (tests/unit/test_dit_lora.py, tests/nodes/test_dit_lora_graph.py)."""
     for family in (families.get("sd3"), families.get("flux", "dev"), families.get("flux", "schnell")):
         assert family.adapter_refusal(families.LORA) is None
 
@@ -268,6 +267,12 @@ def test_controlnet_is_taken_by_the_flow_families():
     """Flux / SD3 ControlNets run through controlnet_dit.py (tests/unit/test_dit_controlnet.py)."""
     for family in (families.get("sd3"), families.get("flux", "dev"), families.get("flux", "schnell")):
         assert family.adapter_refusal(families.CONTROLNET) is None
+
+
+def test_regional_prompts_are_taken_by_the_flow_families():
+    """Regional prompts compose velocities by mask (regional.py; tests/unit/test_dit_regional.py)."""
+    for family in (families.get("sd3"), families.get("flux", "dev"), families.get("flux", "schnell")):
+        assert family.adapter_refusal(families.REGIONAL) is None
 
 
 def test_inpainting_is_not_refused():

@@ -150,6 +150,11 @@ class Family:
     guidance_embedding: bool = False  # takes a distilled guidance value on the prompt (Flux dev, DSFluxGuidance)
     prompt_syntax: str = ""  # one sentence for tooltips and docs
 
+    # ---- regional prompts (engine/regional.py widens the denoiser batch with region rows)
+    pooled_key: str = "text_embeds"  # the added_cond_kwargs entry holding each row's pooled prompt (SDXL)
+    shared_cond_keys: tuple = ()  # added_cond_kwargs entries shared by all rows, not widened (Flux txt_ids)
+    stretch_region_masks: bool = True  # a mask of another aspect ratio is stretched; False: refused
+
     def encode_prompt(self, bundle, text: str, *, clip_skip: int = 1, embeddings=None, **options):
         """The family's own prompt encoder, or None: the CLIP-window encoder (text_encoding) applies.
 

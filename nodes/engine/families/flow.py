@@ -134,6 +134,8 @@ class FlowFamily(Family):
     default_cfg = 1.0
     empty_latent_node = "EmptySD3LatentImage"  # ComfyUI's 16-channel empty latent
     default_max_shift = 1.15  # calculate_shift's default in the family's pipeline
+    pooled_key = "pooled_projections"  # regional prompts give each region row its own pooled prompt
+    stretch_region_masks = False  # a regional mask of another aspect ratio is refused (regional.py)
     prompt_syntax = (
         "Plain text: T5 reads natural language; (word:1.2) emphasis and BREAK are removed with a warning, "
         "CLIP sees the first 75 tokens and T5 up to max_sequence_length tokens (the rest is cut with a warning)."
@@ -241,12 +243,12 @@ class FlowFamily(Family):
             )
 
     def check_conditioning(self, model: ModelBundle, cond: Conditioning, which: str, model_label: str) -> None:
-        # A transformer ControlNet (controlnet_dit.py) says which families it serves.
+        # DiT ControlNets (controlnet_dit.py) and regional prompts (regional.py) say which families they serve.
         extras = [e for e in cond.extras if self.family not in getattr(e, "serves_families", ())]
         if extras:
             raise ValueError(
-                f"{which} conditioning carries {len(extras)} extra(s) (an SD1.x/SDXL ControlNet, regional "
-                f"prompts or prompt editing): {model_label} is {self.label}, which takes none of these yet. "
+                f"{which} conditioning carries {len(extras)} extra(s) (an SD1.x/SDXL ControlNet or prompt "
+                f"editing): {model_label} is {self.label}, which takes none of these yet. "
                 "Connect the Diffusers Text Encode output directly, or apply a ControlNet made for "
                 f"{self.short_label}"
             )
@@ -284,7 +286,7 @@ class FlowFamily(Family):
         return torch.cat(rows).to(device=device, dtype=dtype)
 
     def adapter_refusal(self, kind: str) -> Optional[str]:
-        if kind in (IP_ADAPTER, REGIONAL):  # LoRA: lora_dit.py; ControlNet: controlnet_dit.py; inpaint: DSInpaint
+        if kind == IP_ADAPTER:  # LoRA: lora_dit.py; ControlNet: controlnet_dit.py; inpaint: DSInpaint; regional.py
             return f"{ADAPTER_WORDS.get(kind, kind)} is not supported for {self.label} models yet"
         return None
 

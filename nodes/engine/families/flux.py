@@ -75,6 +75,8 @@ class FluxFamily(FlowFamily):
         channels=16, scaling_factor=0.3611, shift_factor=0.1159, packing="2x2", preview="Flux", native_size=1024
     )
 
+    shared_cond_keys = ("txt_ids",)  # [tokens, 3]: one for every row, never widened by regional prompts
+
     def __init__(self, variant: str, guidance: bool, max_sequence_length: int, steps: int,
                  default_guidance: float = DEFAULT_GUIDANCE, shared_text_variants: tuple = ()):
         self.variant = variant
