@@ -131,18 +131,6 @@ def test_t5_and_the_transformer_are_separate_models_and_t5_gives_way(flux_models
     mm.unload_all_models()
 
 
-@pytest.fixture
-def pretend_novram(monkeypatch):
-    """ComfyUI started with --novram on a GPU: every model it loads is loaded partially (see test_comfy_lowvram)."""
-    import comfy.model_management as mm
-
-    mm.unload_all_models()
-    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NO_VRAM)
-    monkeypatch.setattr(mm, "is_device_cpu", lambda device: False)
-    yield
-    mm.unload_all_models()
-
-
 def test_the_transformer_takes_comfyuis_partial_loading(flux_models, caplog, request):
     import comfy.model_management as mm
 
