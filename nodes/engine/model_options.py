@@ -109,6 +109,7 @@ def stored_copy(unet: torch.nn.Module, weight_storage: str, compute_dtype: torch
             raise ValueError(f"weight_storage: '{weight_storage}' has no stored form.")
         copied.eval()
         copied.__dict__["_ds_compute_dtype"] = compute_dtype  # components.compute_dtype reads it
+        copied.__dict__["_ds_weight_storage"] = weight_storage  # refuse_quantized_lora reads it
         per_source[key] = copied
         return copied
 
@@ -204,6 +205,34 @@ def _bitsandbytes_nf4(module: torch.nn.Module, compute_dtype: torch.dtype) -> No
             # fails on layers narrower than its 64-wide blocks. Keep the portable form.
             layer.support_avx512bf16_for_cpu = False
             setattr(parent, name, layer.to(device))  # moving a Params4bit to a device quantizes it
+
+
+# Storages whose weights a LoRA cannot be merged into: torchao's Int8Tensor has no
+# in-place add, and an NF4 weight is packed (its shape is not the layer's).
+# float8 takes the merge (layerwise casting keeps a plain tensor, rounded again).
+NO_LORA = (STORAGE_INT8, STORAGE_NF4)
+
+
+def storage_of(module) -> str:
+    """The weight_storage a module was stored with by this module (STORAGE_DEFAULT if none)."""
+    return getattr(module, "__dict__", {}).get("_ds_weight_storage", STORAGE_DEFAULT)
+
+
+def refuse_quantized_lora(lora_name: str, denoiser, encoders: tuple, strength_text_encoder: float) -> None:
+    """ValueError, naming the input and the way out, for a LoRA on int8 / NF4 weights."""
+    if storage_of(denoiser) in NO_LORA:  # even at strength 0: matching the layers reads their shapes
+        raise ValueError(
+            f"lora_name: {lora_name!r} cannot be merged into a model stored as '{storage_of(denoiser)}' "
+            f"(Diffusers Model Options weight_storage). Use '{STORAGE_FP8_E4M3}' or '{STORAGE_DEFAULT}' storage "
+            "with a LoRA."
+        )
+    stored = [storage_of(e) for e in encoders if e is not None and storage_of(e) in NO_LORA]
+    if strength_text_encoder != 0 and stored:
+        raise ValueError(
+            f"lora_name: {lora_name!r} cannot be merged into text encoders stored as '{stored[0]}' (Diffusers "
+            f"Text Encoder Options weight_storage). Set strength_text_encoder to 0 (a LoRA without text-encoder "
+            f"layers needs none), or use '{STORAGE_FP8_E4M3}' or '{STORAGE_DEFAULT}' storage for the encoders."
+        )
 
 
 def stored_copies_of(unet: torch.nn.Module) -> dict:
@@ -342,6 +371,12 @@ def apply_options(
     """A new DS_MODEL with these options; `model` and its UNet are left as they are."""
     check_storage(weight_storage)
     check_attention(attention)
+    loras = [p for p in model.patches if type(p).__name__ == "UNetLora"]
+    if weight_storage in NO_LORA and loras:
+        raise ValueError(
+            f"weight_storage: '{weight_storage}' cannot take the LoRA {loras[0].name!r} already on this model "
+            f"(a LoRA is merged into the weights for each run). Use '{STORAGE_FP8_E4M3}' with a LoRA."
+        )
     result = model
     if weight_storage != STORAGE_DEFAULT:
         result = replace(result, unet=stored_copy(model.unet, weight_storage, model.dtype))
