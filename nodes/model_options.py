@@ -37,7 +37,8 @@ class DSModelOptions(io.ComfyNode):
                     "layerwise casting; small quality cost, e4m3fn is the more precise). int8: Linear "
                     "layers in int8 with one scale per output channel (needs torchao). nf4: Linear layers in "
                     "4 bits, one scale per 64 weights (needs bitsandbytes; CUDA or CPU). Convolutions keep "
-                    "the model's precision with int8 and nf4.",
+                    "the model's precision with int8 and nf4. A LoRA can be merged into float8 weights, not into "
+                    "int8 or nf4 ones (refused, naming the fix).",
                 ),
                 io.Combo.Input(
                     "attention",
