@@ -35,6 +35,18 @@ FILL = "fill"
 VARIANTS = (BASE, REFINER, DEV, SCHNELL, FILL)
 
 
+def compute_dtype(module: Any) -> torch.dtype:
+    """The dtype a module computes in: its `dtype`, unless its weights are stored in another.
+
+    A text encoder stored in float8 (DSTextEncoderOptions) reports float8 as
+    its `dtype` (transformers looks at the parameters); it computes in the
+    dtype it was loaded with, which the stored copy records as
+    `_ds_compute_dtype`. Outputs are cast to this, as the pipelines cast to
+    `text_encoder.dtype`.
+    """
+    return module.__dict__.get("_ds_compute_dtype") or module.dtype
+
+
 def model_kind_label(family: str, variant: str = BASE) -> str:
     """How messages name a model kind: "SD1.x", "SDXL", "SDXL refiner" (the family's short label)."""
     from . import families  # families imports this module

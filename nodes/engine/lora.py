@@ -32,6 +32,7 @@ import torch
 from . import families
 from . import lora_formats as fmt
 from .components import BASE, REFINER, ModelBundle, TextEncoderBundle, model_kind_label
+from .model_options import refuse_quantized_lora
 from .hooks import SamplingHook
 
 logger = logging.getLogger(__name__)
@@ -346,6 +347,8 @@ def apply_lora(
     fit) or when none of its layers matches the model; layers or keys that do
     not match are counted in a warning. A strength of 0 adds no patch at all.
     """
+    encoders = tuple(text_encoder.text_encoders) if text_encoder is not None else ()
+    refuse_quantized_lora(lora.name, model.unet, encoders, strength_text_encoder)
     family = families.of(model)
     if family.denoiser_folder == fmt.TRANSFORMER:
         return _apply_dit(model, text_encoder, lora, strength_model, strength_text_encoder)

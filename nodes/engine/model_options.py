@@ -53,6 +53,13 @@ ATTENTION_SDPA = "sdpa"
 ATTENTION_CLASSIC = "classic (no sdpa)"
 ATTENTIONS = [ATTENTION_AS_LOADED, ATTENTION_SDPA, ATTENTION_CLASSIC]
 
+# The transformer families: their attention processors are their own (AttentionHook).
+FLOW_FAMILIES = ("sd3", "flux")
+# The repeated blocks regional compilation compiles when a model does not name
+# them (`_repeated_blocks`): the UNets' transformer blocks, SD3's joint blocks
+# (SD3Transformer2DModel names none; Flux names its two kinds itself).
+REPEATED_BLOCKS = ("BasicTransformerBlock", "JointTransformerBlock", "SD3SingleTransformerBlock")
+
 
 def _has(package: str) -> bool:
     try:
@@ -93,7 +100,7 @@ def stored_copy(unet: torch.nn.Module, weight_storage: str, compute_dtype: torch
             return per_source[key]
         copied = _copy_without_registration(unet)
         if weight_storage in FLOAT8:
-            copied.enable_layerwise_casting(storage_dtype=FLOAT8[weight_storage], compute_dtype=compute_dtype)
+            _float8(copied, FLOAT8[weight_storage], compute_dtype)
         elif weight_storage == STORAGE_INT8:
             _torchao_int8(copied)
         elif weight_storage == STORAGE_NF4:
@@ -101,8 +108,34 @@ def stored_copy(unet: torch.nn.Module, weight_storage: str, compute_dtype: torch
         else:  # pragma: no cover - check_storage refuses the rest
             raise ValueError(f"weight_storage: '{weight_storage}' has no stored form.")
         copied.eval()
+        copied.__dict__["_ds_compute_dtype"] = compute_dtype  # components.compute_dtype reads it
+        copied.__dict__["_ds_weight_storage"] = weight_storage  # refuse_quantized_lora reads it
         per_source[key] = copied
         return copied
+
+
+def _float8(module: torch.nn.Module, storage_dtype: torch.dtype, compute_dtype: torch.dtype) -> None:
+    """diffusers' layerwise casting, in place: weights stored in float8, each layer upcast for its forward.
+
+    A diffusers model (UNet, SD3/Flux transformer) uses its own
+    `enable_layerwise_casting`, which skips the layers the model names
+    (embeddings, norms, the first and last projections). A transformers text
+    encoder (T5, CLIP) has no such method: diffusers' `apply_layerwise_casting`
+    does the same with its default skip patterns (norms, patch/position
+    embeddings) plus the layers the encoder keeps in float32: T5's feed-forward
+    output `wo` casts its input to that layer's weight dtype, which would be
+    float8 (as diffusers' own method adds `_keep_in_fp32_modules`).
+    nn.Embedding is never cast, so T5's token table stays in the compute dtype.
+    """
+    if hasattr(module, "enable_layerwise_casting"):
+        module.enable_layerwise_casting(storage_dtype=storage_dtype, compute_dtype=compute_dtype)
+        return
+    from diffusers.hooks import apply_layerwise_casting
+    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+
+    skip = tuple(DEFAULT_SKIP_MODULES_PATTERN) + tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
+    apply_layerwise_casting(module, storage_dtype=storage_dtype, compute_dtype=compute_dtype,
+                            skip_modules_pattern=skip)
 
 
 def _copy_without_registration(module: torch.nn.Module) -> torch.nn.Module:
@@ -148,9 +181,12 @@ def _bitsandbytes_nf4(module: torch.nn.Module, compute_dtype: torch.dtype) -> No
     """
     import bitsandbytes as bnb
 
+    # Layers the model keeps in float32 (T5's feed-forward `wo` casts its input to
+    # that layer's weight dtype, uint8 for a packed NF4 weight) stay as they are.
+    keep = set(getattr(module, "_keep_in_fp32_modules", None) or ())
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if not _plain_linear(child):
+            if not _plain_linear(child) or name in keep:
                 continue
             device = child.weight.device
             with torch.device("meta"):
@@ -169,6 +205,34 @@ def _bitsandbytes_nf4(module: torch.nn.Module, compute_dtype: torch.dtype) -> No
             # fails on layers narrower than its 64-wide blocks. Keep the portable form.
             layer.support_avx512bf16_for_cpu = False
             setattr(parent, name, layer.to(device))  # moving a Params4bit to a device quantizes it
+
+
+# Storages whose weights a LoRA cannot be merged into: torchao's Int8Tensor has no
+# in-place add, and an NF4 weight is packed (its shape is not the layer's).
+# float8 takes the merge (layerwise casting keeps a plain tensor, rounded again).
+NO_LORA = (STORAGE_INT8, STORAGE_NF4)
+
+
+def storage_of(module) -> str:
+    """The weight_storage a module was stored with by this module (STORAGE_DEFAULT if none)."""
+    return getattr(module, "__dict__", {}).get("_ds_weight_storage", STORAGE_DEFAULT)
+
+
+def refuse_quantized_lora(lora_name: str, denoiser, encoders: tuple, strength_text_encoder: float) -> None:
+    """ValueError, naming the input and the way out, for a LoRA on int8 / NF4 weights."""
+    if storage_of(denoiser) in NO_LORA:  # even at strength 0: matching the layers reads their shapes
+        raise ValueError(
+            f"lora_name: {lora_name!r} cannot be merged into a model stored as '{storage_of(denoiser)}' "
+            f"(Diffusers Model Options weight_storage). Use '{STORAGE_FP8_E4M3}' or '{STORAGE_DEFAULT}' storage "
+            "with a LoRA."
+        )
+    stored = [storage_of(e) for e in encoders if e is not None and storage_of(e) in NO_LORA]
+    if strength_text_encoder != 0 and stored:
+        raise ValueError(
+            f"lora_name: {lora_name!r} cannot be merged into text encoders stored as '{stored[0]}' (Diffusers "
+            f"Text Encoder Options weight_storage). Set strength_text_encoder to 0 (a LoRA without text-encoder "
+            f"layers needs none), or use '{STORAGE_FP8_E4M3}' or '{STORAGE_DEFAULT}' storage for the encoders."
+        )
 
 
 def stored_copies_of(unet: torch.nn.Module) -> dict:
@@ -213,11 +277,13 @@ class AttentionHook(SamplingHook):
     """Installs one attention processor kind for a run; restores the previous processors after."""
 
     order = -200  # before LoRA and IP-Adapter: they see (and restore to) these processors
+    transformer_ready = True  # SD3 / Flux take it (families/flow.py check_latent)
 
     def __init__(self, attention: str):
         check_attention(attention)
         self.attention = attention
         self._saved: tuple[Any, dict] | None = None
+        self._kernel: Any = None  # the flow families' sdpa_kernel context while a run lasts
 
     def _processor(self):
         from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
@@ -226,10 +292,31 @@ class AttentionHook(SamplingHook):
 
     def begin(self, run, role) -> None:
         unet = run.model.unet
+        if getattr(run.model, "family", None) in FLOW_FAMILIES:
+            self._begin_flow()
+            return
         self._saved = (unet, dict(unet.attn_processors))
         unet.set_attn_processor(self._processor())
 
+    def _begin_flow(self) -> None:
+        """SD3's and Flux's processors carry the family's attention (joint text-image
+        streams, rotary embeddings): they cannot be swapped for the UNet's. Both
+        already call PyTorch's scaled_dot_product_attention, so "sdpa" keeps them;
+        "classic" keeps them too and restricts that call to PyTorch's math kernel
+        (plain matmul and softmax) for the run."""
+        if self.attention != ATTENTION_CLASSIC:
+            return
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        kernel = sdpa_kernel([SDPBackend.MATH])
+        kernel.__enter__()
+        self._kernel = kernel
+
     def end(self) -> None:
+        kernel = self._kernel
+        if kernel is not None:
+            self._kernel = None
+            kernel.__exit__(None, None, None)
         if self._saved is not None:
             unet, processors = self._saved
             self._saved = None
@@ -237,7 +324,8 @@ class AttentionHook(SamplingHook):
 
 
 class CompileHook(SamplingHook):
-    """Regional torch.compile: each repeated block (BasicTransformerBlock) runs compiled for one run.
+    """Regional torch.compile: each repeated block (BasicTransformerBlock; SD3's joint
+    blocks; Flux's double and single blocks) runs compiled for one run.
 
     `nn.Module.compile` stores the compiled call in `_compiled_call_impl`; the
     hook keeps one compiled callable per block (so graphs are reused by later
@@ -245,6 +333,7 @@ class CompileHook(SamplingHook):
     """
 
     order = -300
+    transformer_ready = True  # SD3 / Flux take it: their repeated blocks are found like the UNet's
 
     def __init__(self, compile_kwargs: dict | None = None):
         self.compile_kwargs = dict(compile_kwargs or {})
@@ -253,7 +342,7 @@ class CompileHook(SamplingHook):
 
     @staticmethod
     def blocks(unet) -> list[torch.nn.Module]:
-        names = tuple(getattr(unet, "_repeated_blocks", None) or ("BasicTransformerBlock",))
+        names = tuple(getattr(unet, "_repeated_blocks", None) or REPEATED_BLOCKS)
         return [m for m in unet.modules() if type(m).__name__ in names]
 
     def begin(self, run, role) -> None:
@@ -282,6 +371,12 @@ def apply_options(
     """A new DS_MODEL with these options; `model` and its UNet are left as they are."""
     check_storage(weight_storage)
     check_attention(attention)
+    loras = [p for p in model.patches if type(p).__name__ == "UNetLora"]
+    if weight_storage in NO_LORA and loras:
+        raise ValueError(
+            f"weight_storage: '{weight_storage}' cannot take the LoRA {loras[0].name!r} already on this model "
+            f"(a LoRA is merged into the weights for each run). Use '{STORAGE_FP8_E4M3}' with a LoRA."
+        )
     result = model
     if weight_storage != STORAGE_DEFAULT:
         result = replace(result, unet=stored_copy(model.unet, weight_storage, model.dtype))
@@ -290,3 +385,48 @@ def apply_options(
     if compile_unet:
         result = result.with_patch(CompileHook())
     return result
+
+
+# ------------------------------------------------------------ text encoders
+
+ENCODERS_ALL = "all text encoders"
+ENCODERS_T5 = "T5 only"
+ENCODER_CHOICES = [ENCODERS_ALL, ENCODERS_T5]
+
+
+def _is_t5(encoder) -> bool:
+    return encoder is not None and getattr(getattr(encoder, "config", None), "model_type", None) in ("t5", "umt5")
+
+
+def _floating_dtype(module: torch.nn.Module) -> torch.dtype:
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def apply_text_encoder_options(bundle, *, weight_storage: str = STORAGE_DEFAULT, apply_to: str = ENCODERS_ALL):
+    """A new DS_TEXT_ENCODER whose encoders (all, or T5 alone) are stored as `weight_storage`.
+
+    Same mechanism as the transformer's: a shared stored copy per (encoder,
+    storage), computed in the encoder's own dtype; the loaded encoders are not
+    changed. T5-XXL is Flux's and SD3's largest encoder (4.7 B parameters, 19 GB
+    in float32), so "T5 only" is the usual choice; it is refused for a bundle
+    without T5 rather than silently doing nothing.
+    """
+    check_storage(weight_storage)
+    if apply_to not in ENCODER_CHOICES:
+        raise ValueError(f"apply_to: '{apply_to}' is not one of {ENCODER_CHOICES}.")
+    if weight_storage == STORAGE_DEFAULT:
+        return bundle
+    if apply_to == ENCODERS_T5 and not any(_is_t5(e) for e in bundle.text_encoders):
+        raise ValueError(
+            f"apply_to: '{ENCODERS_T5}' but text encoder '{bundle.name}' has no T5 (SD1.x, SDXL and SD3 loaded "
+            f"without t5xxl have none). Choose '{ENCODERS_ALL}', or connect a Flux / SD3 text encoder with T5."
+        )
+    encoders = tuple(
+        e if e is None or (apply_to == ENCODERS_T5 and not _is_t5(e))
+        else stored_copy(e, weight_storage, _floating_dtype(e))
+        for e in bundle.text_encoders
+    )
+    return replace(bundle, text_encoders=encoders)

@@ -52,7 +52,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from . import families
-from .components import Conditioning, TextEncoderBundle
+from .components import Conditioning, TextEncoderBundle, compute_dtype
 from .embeddings import Embedding, EmbeddingLibrary, vectors_in_place
 from .prompt_weights import parse_prompt_chunks
 
@@ -381,7 +381,7 @@ def encode_prompt(
     chunk_rows = _aligned_chunks(text_encoder, text, embeddings)
     last_encoder = text_encoder.text_encoders[-1]
     devices = [encoder_device(encoder) for encoder in text_encoder.text_encoders]
-    device, dtype = devices[-1], last_encoder.dtype
+    device, dtype = devices[-1], compute_dtype(last_encoder)
     with torch.no_grad(), patches_applied(text_encoder):
         encoded = []
         pooled = None

@@ -52,3 +52,20 @@ def models_dir(tmp_path_factory):
     folder_paths.add_model_folder_path("diffusers", str(diffusers_dir), is_default=True)
     folder_paths.filename_list_cache.clear()
     return root
+
+
+@pytest.fixture
+def pretend_novram(monkeypatch):
+    """ComfyUI as started with --novram on a GPU: every model it loads is loaded partially.
+
+    load_models_gpu full-loads anything whose load device is the CPU, so the
+    CPU is presented as a device with no VRAM to spare. Models already loaded
+    are unloaded first, and again afterwards, so the runs start from nothing.
+    """
+    import comfy.model_management as mm
+
+    mm.unload_all_models()
+    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NO_VRAM)
+    monkeypatch.setattr(mm, "is_device_cpu", lambda device: False)
+    yield
+    mm.unload_all_models()

@@ -162,23 +162,6 @@ def test_a_partial_load_brings_what_comfyui_cannot_stream_to_the_load_device():
     assert patcher.loaded_size() == 4 * (4 + 4 + 16 + 4)
 
 
-@pytest.fixture
-def pretend_novram(monkeypatch):
-    """ComfyUI as started with --novram on a GPU: every model it loads is loaded partially.
-
-    load_models_gpu full-loads anything whose load device is the CPU, so the
-    CPU is presented as a device with no VRAM to spare. Models already loaded
-    are unloaded first, and again afterwards, so the runs start from nothing.
-    """
-    import comfy.model_management as mm
-
-    mm.unload_all_models()
-    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NO_VRAM)
-    monkeypatch.setattr(mm, "is_device_cpu", lambda device: False)
-    yield
-    mm.unload_all_models()
-
-
 def _graph(model, text_encoder, vae):
     from diffusers_studio.nodes.encode import DSTextEncode
     from diffusers_studio.nodes.sample import DSSampler

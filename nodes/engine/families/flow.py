@@ -218,9 +218,10 @@ class FlowFamily(Family):
             kinds = ", ".join(sorted({type(h).__name__ for h in foreign}))
             refusal = f"a latent carrying {kinds} (made for an SD1.x / SDXL model)"
         elif any(not getattr(patch, "transformer_ready", False) for patch in model.patches):
-            # LoRA patches (transformer_ready) merge into the transformer's weights and apply as they are.
+            # LoRA patches (transformer_ready) merge into the transformer's weights and apply as they are;
+            # the model options' attention and compile hooks know the flow transformers too.
             kinds = ", ".join(sorted({type(p).__name__ for p in model.patches if not getattr(p, "transformer_ready", False)}))
-            refusal = f"a patched model ({kinds}: IP-Adapter or attention options)"
+            refusal = f"a patched model ({kinds}: IP-Adapter)"
         if refusal:
             raise ValueError(
                 f"{model_label} is {self.label}: {refusal} is not supported for it yet. "

@@ -30,7 +30,7 @@ import os
 import numpy as np
 import torch
 
-from ..components import DEV, FILL, FLUX, SCHNELL, ModelBundle
+from ..components import DEV, FILL, FLUX, SCHNELL, ModelBundle, compute_dtype
 from .base import IP_ADAPTER, DenoiserInputs, EncoderSlot, LatentFormat
 from .flow import FlowFamily, calculate_shift, plain_prompt, window_ids
 
@@ -123,8 +123,8 @@ class FluxFamily(FlowFamily):
         with torch.no_grad(), patches_applied(bundle):  # the text encoders' LoRA, for this encode
             ids = window_ids(tok_l, text, int(tok_l.model_max_length), "CLIP")
             pooled = enc_l(ids.to(encoder_device(enc_l)), output_hidden_states=False).pooler_output
-            pooled = pooled.to(dtype=enc_l.dtype)
-            embeds = self.t5_sequence(tok_t5, enc_t5, text, length).to(dtype=enc_t5.dtype)
+            pooled = pooled.to(dtype=compute_dtype(enc_l))
+            embeds = self.t5_sequence(tok_t5, enc_t5, text, length).to(dtype=compute_dtype(enc_t5))
         return Conditioning(
             family=bundle.family, embeds=embeds, empty_chunk=embeds[:, :0], pooled=pooled.to(embeds.device),
             variant=bundle.variant,

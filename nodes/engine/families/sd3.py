@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..components import SD3, ModelBundle
+from ..components import SD3, ModelBundle, compute_dtype
 from .base import DenoiserInputs, EncoderSlot, LatentFormat
 from .flow import FlowFamily, calculate_shift, plain_prompt, window_ids
 
@@ -63,14 +63,14 @@ class SD3Family(FlowFamily):
                 layer = self.clip_skip_layer(clip_skip, encoder)
                 ids = window_ids(tokenizer, text, int(tokenizer.model_max_length), "CLIP")
                 out = encoder(ids.to(encoder_device(encoder)), output_hidden_states=True)
-                hidden.append(out.hidden_states[layer].to(dtype=enc_l.dtype))
+                hidden.append(out.hidden_states[layer].to(dtype=compute_dtype(enc_l)))
                 pooled.append(out[0])
             clip = torch.cat(hidden, dim=-1)
             if enc_t5 is None:
                 width = int(bundle.joint_width)
-                t5 = torch.zeros((1, length, width), device=clip.device, dtype=enc_l.dtype)
+                t5 = torch.zeros((1, length, width), device=clip.device, dtype=compute_dtype(enc_l))
             else:
-                t5 = self.t5_sequence(tok_t5, enc_t5, text, length).to(dtype=enc_t5.dtype)
+                t5 = self.t5_sequence(tok_t5, enc_t5, text, length).to(dtype=compute_dtype(enc_t5))
             clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
             embeds = torch.cat([clip, t5.to(clip.device)], dim=-2)
             pooled = torch.cat(pooled, dim=-1)
