@@ -1,9 +1,10 @@
-"""CLIP vision encoders for IP-Adapter: loading offline, encoding with a cache.
+"""CLIP / SigLIP vision encoders for IP-Adapter: loading offline, encoding with a cache.
 
-IP-Adapter turns a reference picture into "image tokens" in two stages: a CLIP
-vision encoder (ViT-H for the SD1.5 and *_vit-h SDXL adapters, ViT-bigG for
-ip-adapter_sdxl) and the adapter's own projection. This module is the first
-stage. Encoders come from ComfyUI's `models/clip_vision/` either as a
+IP-Adapter turns a reference picture into "image tokens" in two stages: a
+vision encoder (CLIP ViT-H for the SD1.5 and *_vit-h SDXL adapters, ViT-bigG
+for ip-adapter_sdxl, ViT-L/14 for Flux.1's; SigLIP so400m for SD3.5's,
+image_encoder_siglip.py) and the adapter's own projection. This module is the
+first stage. Encoders come from ComfyUI's `models/clip_vision/` either as a
 transformers folder (config.json + weights) or as the usual single
 `.safetensors` in transformers' key layout, whose configuration is read from
 the tensor shapes (no config files are downloaded).
@@ -25,6 +26,9 @@ from typing import Callable, Optional
 
 import torch
 
+from . import image_encoder_siglip as siglip
+from .image_encoder_siglip import CLIP, SIGLIP
+
 logger = logging.getLogger(__name__)
 
 # What the adapter's projection reads from the encoder.
@@ -42,11 +46,12 @@ class ImageEncoderError(ValueError):
 
 @dataclass(frozen=True)
 class ImageEncoder:
-    """A loaded CLIP vision encoder and where it came from (for messages and caching)."""
+    """A loaded vision encoder and where it came from (for messages and caching)."""
 
     name: str
-    model: torch.nn.Module  # transformers CLIPVisionModelWithProjection
+    model: torch.nn.Module  # transformers CLIPVisionModelWithProjection, or SiglipVisionModel (arch SIGLIP)
     key: str  # identity for the embeds cache: real path, size and mtime
+    arch: str = CLIP  # CLIP or SIGLIP: which adapters can read it, which image processor it takes
 
     @property
     def image_size(self) -> int:
@@ -58,11 +63,17 @@ class ImageEncoder:
 
     @property
     def projection_dim(self) -> int:
-        return int(self.model.config.projection_dim)
+        """The projected embedding's width (0 for SigLIP, which has no projection)."""
+        return int(getattr(self.model.config, "projection_dim", 0) or 0) if self.arch == CLIP else 0
 
     @property
     def num_positions(self) -> int:
-        return (self.image_size // int(self.model.config.patch_size)) ** 2 + 1
+        grid = (self.image_size // int(self.model.config.patch_size)) ** 2
+        return grid + 1 if self.arch == CLIP else grid  # SigLIP has no class token
+
+    @property
+    def label(self) -> str:
+        return "a SigLIP vision model" if self.arch == SIGLIP else "a CLIP vision model"
 
     def width(self, kind: str) -> int:
         """The width of what this encoder gives for `kind`."""
@@ -79,7 +90,7 @@ class ImageEmbeds:
     zeros for IMAGE_EMBEDS, the encoding of an all-zero (normalised) picture
     for HIDDEN_STATES; with `negative_picture` (FluxPipeline's default
     negative_ip_adapter_image) the encoding of a black picture for both.
-    Both float32 on the CPU.
+    With `zero_negative` (StableDiffusion3Pipeline) zeros of the hidden states. Both float32 on the CPU.
     """
 
     kind: str
@@ -87,6 +98,8 @@ class ImageEmbeds:
     negative: torch.Tensor
     encoder_name: str
     negative_picture: bool = False
+    # zeros of the hidden states' shape (StableDiffusion3Pipeline's negative ip_adapter_image_embeds)
+    zero_negative: bool = False
 
     @property
     def count(self) -> int:
@@ -124,16 +137,16 @@ def load_image_encoder(path: str, name: Optional[str] = None, dtype: torch.dtype
     if cached is not None:
         return cached
     if os.path.isdir(path):
-        model = _load_folder(path, name, dtype)
+        model, arch = _load_folder(path, name, dtype)
     elif path.lower().endswith((".safetensors", ".sft")):
-        model = _load_single_file(path, name, dtype)
+        model, arch = _load_single_file(path, name, dtype)
     else:
         raise ImageEncoderError(
             f"clip_vision: '{name}' is neither a transformers folder nor a .safetensors file: "
             "use the .safetensors release of the encoder (e.g. CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors)"
         )
     model.eval().requires_grad_(False)
-    encoder = ImageEncoder(name=name, model=model, key=key)
+    encoder = ImageEncoder(name=name, model=model, key=key, arch=arch)
     with _loaded_lock:
         for stale in [k for k in _loaded if k.split("|")[0] == key.split("|")[0] and k != key]:
             del _loaded[stale]
@@ -142,15 +155,27 @@ def load_image_encoder(path: str, name: Optional[str] = None, dtype: torch.dtype
 
 
 def _load_folder(path: str, name: str, dtype: torch.dtype):
+    """(model, arch) of a transformers folder: CLIPVisionModelWithProjection, or SigLIP by its model_type."""
+    import json
+
     from transformers import CLIPVisionModelWithProjection
 
-    if not os.path.isfile(os.path.join(path, "config.json")):
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
         raise ImageEncoderError(
             f"clip_vision: the folder '{name}' has no config.json: it must be a transformers "
-            "CLIPVisionModelWithProjection folder (as the image_encoder folder of the h94/IP-Adapter release)"
+            "CLIPVisionModelWithProjection folder (as the image_encoder folder of the h94/IP-Adapter release) "
+            "or a SigLIP folder (google/siglip-so400m-patch14-384)"
         )
     try:
-        return CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True, dtype=dtype)
+        with open(config_path, encoding="utf-8") as fh:
+            config = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ImageEncoderError(f"clip_vision: the folder '{name}' has an unreadable config.json ({exc})") from exc
+    if isinstance(config, dict) and siglip.is_siglip_folder_config(config):
+        return siglip.load_folder(path, name, dtype), SIGLIP
+    try:
+        return CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True, dtype=dtype), CLIP
     except (OSError, ValueError) as exc:
         raise ImageEncoderError(f"clip_vision: could not load the folder '{name}': {exc}") from exc
 
@@ -204,6 +229,7 @@ def config_from_state_dict(state: dict, name: str):
 
 
 def _load_single_file(path: str, name: str, dtype: torch.dtype):
+    """(model, arch) of a transformers-layout .safetensors: CLIP with a projection, or SigLIP."""
     from safetensors.torch import load_file
     from transformers import CLIPVisionModelWithProjection
 
@@ -211,6 +237,8 @@ def _load_single_file(path: str, name: str, dtype: torch.dtype):
         state = load_file(path)
     except Exception as exc:  # safetensors raises its own error types
         raise ImageEncoderError(f"clip_vision: '{name}' is not a readable .safetensors file ({exc})") from exc
+    if siglip.is_siglip_state(siglip.published_layout(state)):
+        return siglip.load_single_file(state, name, dtype), SIGLIP
     config = config_from_state_dict(state, name)
     with torch.device("meta"):
         model = CLIPVisionModelWithProjection(config)
@@ -227,7 +255,7 @@ def _load_single_file(path: str, name: str, dtype: torch.dtype):
         for bname, buf in list(module.named_buffers(recurse=False)):
             if buf.is_meta:
                 module.register_buffer(bname, torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
-    return model.to(dtype)
+    return model.to(dtype), CLIP
 
 
 # ---------------------------------------------------------------- encoding
@@ -250,6 +278,8 @@ def pixel_values(encoder: ImageEncoder, images: torch.Tensor) -> torch.Tensor:
         images = images.repeat(1, 1, 1, 3)
     images = images[..., :3]
     pixels = (images.detach().float().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
+    if encoder.arch == SIGLIP:  # a square bicubic resize, no crop (the SD3 pipeline's SiglipImageProcessor)
+        return siglip.processor(encoder.image_size)(list(pixels), return_tensors="pt").pixel_values
     processor = CLIPImageProcessor(size=encoder.image_size, crop_size=encoder.image_size)
     return processor(list(pixels), return_tensors="pt").pixel_values
 
@@ -314,6 +344,7 @@ def encode_images(
     prepare: Optional[Callable[[list], None]] = None,
     negative_picture: bool = False,
     negative_images: Optional[torch.Tensor] = None,
+    zero_negative: bool = False,
 ) -> ImageEmbeds:
     """Encode reference pictures for an adapter that reads `kind`; cached.
 
@@ -329,6 +360,7 @@ def encode_images(
     if kind not in (IMAGE_EMBEDS, HIDDEN_STATES):
         raise ValueError(f"kind must be {IMAGE_EMBEDS!r} or {HIDDEN_STATES!r}, got {kind!r}")
     key = (_hash_images(images), encoder.key, kind) + (("black negative",) if negative_picture else ())
+    key += ("zero negative",) if zero_negative else ()
     if negative_images is not None:
         key += ("negative", _hash_images(negative_images))
     cached = embeds_cache.get(key)
@@ -352,8 +384,8 @@ def encode_images(
             )
         positive, negative = _encode(model, pixels, kind), _encode(model, negative_pixels, kind)
         negative = negative.expand(positive.shape[0], *negative.shape[1:])
-    elif kind == IMAGE_EMBEDS:
-        positive = model(pixels).image_embeds
+    elif kind == IMAGE_EMBEDS or zero_negative:
+        positive = _encode(model, pixels, kind)
         negative = torch.zeros_like(positive)
     else:
         positive = model(pixels, output_hidden_states=True).hidden_states[-2]
@@ -364,6 +396,7 @@ def encode_images(
         negative=negative.float().cpu().contiguous(),
         encoder_name=encoder.name,
         negative_picture=negative_picture,
+        zero_negative=zero_negative,
     )
     embeds_cache.put(key, embeds)
     return embeds

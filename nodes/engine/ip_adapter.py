@@ -24,7 +24,8 @@ grid). For SDXL, `weight_mode` picks InvokeAI's/diffusers' block targets:
 style = up_blocks.0.attentions.1, composition = the deepest down block's
 second attention (down_blocks.2.attentions.1 on SDXL).
 
-Flux.1 adapters (XLabs files) run through ip_adapter_flux.FluxIPAdapterHook;
+Flux.1 adapters (XLabs files) run through ip_adapter_flux.FluxIPAdapterHook,
+SD3 / SD3.5 adapters (InstantX files) through ip_adapter_sd3.SD3IPAdapterHook;
 `apply_ip_adapter` picks the hook by the adapter's target after
 `check_family` has refused an adapter made for another kind of model.
 """
@@ -40,9 +41,10 @@ import torch.nn.functional as F
 
 from . import families
 from . import hooks
-from .components import FLUX, SDXL, ModelBundle
+from .components import FLUX, SD3, SDXL, ModelBundle
 from .image_encoder import IMAGE_EMBEDS, ImageEmbeds, encode_images
 from .ip_adapter_loading import FLUX as FLUX_TARGET
+from .ip_adapter_loading import SD3 as SD3_TARGET
 from .ip_adapter_loading import IPAdapter
 
 logger = logging.getLogger(__name__)
@@ -379,33 +381,41 @@ def check_embeds(adapter: IPAdapter, embeds: ImageEmbeds) -> None:
             f"({embeds.kind}, {embeds.width} wide); '{adapter.name}' ({adapter.variant}) reads {what} "
             f"{adapter.image_embed_dim} wide: encode the image with this IP-Adapter"
         )
-    if getattr(embeds, "negative_picture", False) != adapter.negative_picture:
+    made_for = ("a Flux.1" if embeds.negative_picture else "an SD3.5" if getattr(embeds, "zero_negative", False)
+                else "an SD1.x/SDXL")
+    if (getattr(embeds, "negative_picture", False) != adapter.negative_picture
+            or getattr(embeds, "zero_negative", False) != adapter.zero_negative):
         raise ValueError(
-            f"image_embeds were encoded for {'a Flux.1' if embeds.negative_picture else 'an SD1.x/SDXL'} "
-            f"IP-Adapter, but '{adapter.name}' is {_adapter_kind(adapter)}: their unconditional (negative) "
-            "encodings differ; encode the image with this IP-Adapter"
+            f"image_embeds were encoded for {made_for} IP-Adapter, but '{adapter.name}' is "
+            f"{_adapter_kind(adapter)}: their unconditional (negative) encodings differ; encode the image with "
+            "this IP-Adapter"
         )
 
 
 def _adapter_kind(adapter: IPAdapter) -> str:
     if adapter.target == FLUX_TARGET:
         return "a Flux.1 IP-Adapter (XLabs layout, CLIP ViT-L/14)"
+    if adapter.target == SD3_TARGET:
+        return "an SD3.5 IP-Adapter (InstantX layout, SigLIP)"
     return "an SD1.x/SDXL IP-Adapter (h94 layout)"
 
 
 def check_family(adapter: IPAdapter, model: ModelBundle) -> None:
     """Refuse an adapter made for another kind of model, naming both (before anything runs)."""
     family = families.of(model)
-    flux_adapter = adapter.target == FLUX_TARGET
     unet_model = not isinstance(family, families.FlowFamily)
-    if flux_adapter and model.family == FLUX or not flux_adapter and unet_model:
+    fitting = {FLUX_TARGET: model.family == FLUX, SD3_TARGET: model.family == SD3}.get(adapter.target, unet_model)
+    if fitting:
         return
     if model.family == FLUX:
         fix = ("use a Flux.1 IP-Adapter in XLabs' layout (XLabs-AI/flux-ip-adapter ip_adapter.safetensors) "
                "with the CLIP ViT-L/14 image encoder")
+    elif model.family == SD3:
+        fix = ("use the SD3.5 IP-Adapter in InstantX's layout (InstantX/SD3.5-Large-IP-Adapter ip-adapter.bin) "
+               "with the SigLIP image encoder (siglip-so400m-patch14-384)")
     elif unet_model:
         fix = ("use an IP-Adapter of the model's family (ip-adapter_sd15* for SD1.x, ip-adapter*_sdxl* for "
-               "SDXL), or sample with a Flux.1 model")
+               "SDXL), or sample with a model of the adapter's family")
     else:
         fix = (f"{family.adapter_refusal(families.IP_ADAPTER) or 'it takes no IP-Adapter here'}; remove the "
                "IP-Adapter nodes, or use an SD1.x / SDXL / Flux.1 model with an adapter made for it")
@@ -470,9 +480,8 @@ def apply_ip_adapter(
     """
     if not isinstance(model, ModelBundle):
         raise ValueError(f"model must be a DS_MODEL, got {type(model).__name__}")
-    flux = adapter.target == FLUX_TARGET
-    if flux:
-        hook_class = _check_flux(model, adapter, weight_mode)
+    if adapter.target in (FLUX_TARGET, SD3_TARGET):
+        hook_class = _check_transformer(model, adapter, weight_mode)
     else:
         hook_class = IPAdapterHook
         check_model(adapter, model)
@@ -484,7 +493,8 @@ def apply_ip_adapter(
         raise ValueError("negative_image goes with image (reference pictures), not with image_embeds")
     if embeds is None:
         embeds = encode_images(adapter.encoder, images, adapter.kind, device=device, prepare=prepare,
-                               negative_picture=adapter.negative_picture, negative_images=negative_images)
+                               negative_picture=adapter.negative_picture, negative_images=negative_images,
+                               zero_negative=adapter.zero_negative)
     hook = hook_class(
         adapter, embeds, weight=weight, start_percent=start_percent, end_percent=end_percent,
         mask=mask, weight_mode=weight_mode, prepare=prepare,
@@ -492,16 +502,22 @@ def apply_ip_adapter(
     return model.with_patch(hook)
 
 
-def _check_flux(model: ModelBundle, adapter: IPAdapter, weight_mode: str) -> type:
-    """A Flux.1 adapter's checks before anything runs; the hook class that applies it."""
-    from .ip_adapter_flux import FluxIPAdapterHook, check_flux_fit
-
+def _check_transformer(model: ModelBundle, adapter: IPAdapter, weight_mode: str) -> type:
+    """A Flux.1 or SD3 adapter's checks before anything runs; the hook class that applies it."""
     check_family(adapter, model)
     families.of(model).refuse_adapter(families.IP_ADAPTER, f"ip_adapter {adapter.name!r}")
-    check_flux_fit(adapter, model)
+    if adapter.target == SD3_TARGET:
+        from .ip_adapter_sd3 import SD3IPAdapterHook, check_sd3_fit
+
+        check_sd3_fit(adapter, model)
+        hook, where = SD3IPAdapterHook, "the SD3.5 IP-Adapter acts on every attention layer"
+    else:
+        from .ip_adapter_flux import FluxIPAdapterHook, check_flux_fit
+
+        check_flux_fit(adapter, model)
+        hook, where = FluxIPAdapterHook, "the Flux.1 IP-Adapter acts on every double-stream block"
     if weight_mode != STANDARD:
         raise ValueError(
-            f"weight_mode: '{weight_mode}' targets SDXL's style/layout blocks; the Flux.1 IP-Adapter acts on "
-            "every double-stream block: use weight_mode 'standard'"
+            f"weight_mode: '{weight_mode}' targets SDXL's style/layout blocks; {where}: use weight_mode 'standard'"
         )
-    return FluxIPAdapterHook
+    return hook

@@ -21,8 +21,13 @@ diffusers' `FluxPipeline.load_ip_adapter` reads): `ip_adapter_proj_model.*`
 and `double_blocks.N.processor.ip_adapter_double_stream_k_proj` / `_v_proj`
 (a key/value pair with biases per double-stream block). The keys are renamed
 to the h94 ones on reading, so one projection builder serves both; the
-adapter remembers its `target` (UNET or FLUX) and the hooks refuse a model
-of the other kind. The projection modules are diffusers' own classes, so the
+adapter remembers its `target` (UNET, FLUX or SD3) and the hooks refuse a
+model of another kind.
+
+SD3 / SD3.5 adapters come in InstantX's layout (a timestep-conditioned
+resampler read from a SigLIP encoder, norm_ip layers): ip_adapter_sd3_loading.py
+reads them into diffusers' modules; their encoder must be SigLIP, the
+others' CLIP. The projection modules are diffusers' own classes, so the
 image tokens are exactly those of `pipeline.load_ip_adapter`.
 
 `.safetensors` is read directly; a `.bin` only through
@@ -43,7 +48,10 @@ from typing import Optional
 import torch
 from torch import nn
 
+from . import ip_adapter_sd3_loading as sd3_loading
 from .image_encoder import HIDDEN_STATES, IMAGE_EMBEDS, ImageEncoder
+from .image_encoder_siglip import CLIP, SIGLIP
+from .ip_adapter_sd3_loading import SD3, TIME_RESAMPLER
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +62,8 @@ FULL_FACE = "full-face"
 VARIANTS = (BASE, PLUS, PLUS_FACE, FULL_FACE)
 
 # What an adapter file was made for: a UNet's cross-attention layers (h94:
-# SD1.x, SDXL) or the double-stream blocks of a Flux.1 transformer (XLabs).
+# SD1.x, SDXL), the double-stream blocks of a Flux.1 transformer (XLabs) or
+# every attention of an SD3 / SD3.5 transformer (InstantX; SD3).
 UNET = "unet"
 FLUX = "flux"
 
@@ -100,12 +109,17 @@ class IPAdapter:
     encoder: ImageEncoder
     image_embed_dim: int  # the width the projection expects
     cross_attention_dim: int  # the UNet text width this adapter was made for (Flux: T5's width)
-    target: str = UNET  # UNET (h94 files) or FLUX (XLabs files)
+    target: str = UNET  # UNET (h94 files), FLUX (XLabs files) or SD3 (InstantX files)
 
     @property
     def negative_picture(self) -> bool:
         """Whether CFG's negative rows see an encoded black picture (FluxPipeline) rather than zeros."""
         return self.target == FLUX
+
+    @property
+    def zero_negative(self) -> bool:
+        """Whether CFG's negative rows see zero hidden states (StableDiffusion3Pipeline)."""
+        return self.target == SD3
 
     @property
     def encoder_name(self) -> str:
@@ -264,18 +278,6 @@ def _layer_weights(state: dict, name: str) -> tuple[list, list]:
     return to_k, to_v, k_bias, v_bias
 
 
-def refuse_sd3(state: dict, name: str) -> None:
-    """InstantX's SD3.5 IP-Adapter (time-conditioned resampler, norm_ip layers, a SigLIP encoder) is not supported."""
-    if "image_proj.time_embedding.linear_1.weight" in state or any(
-        re.match(r"^ip_adapter\.\d+\.norm_ip\.", k) for k in state
-    ):
-        raise IPAdapterLoadError(
-            f"ipadapter_file: '{name}' is an SD3.5 IP-Adapter (InstantX layout: a timestep-conditioned "
-            "resampler read from a SigLIP image encoder), which the pack does not support yet: IP-Adapter "
-            "works with SD1.x, SDXL (h94 files) and Flux.1 (XLabs' file); sample SD3 / SD3.5 without it"
-        )
-
-
 def is_xlabs_flux(state: dict) -> bool:
     """A Flux.1 IP-Adapter in XLabs' layout (ip_adapter_proj_model.*, double_blocks.N.processor.*)."""
     return any(k.startswith(_XLABS_PROJ) for k in state) or any(_XLABS_LAYER.match(k) for k in state)
@@ -298,8 +300,19 @@ def xlabs_to_h94(state: dict, name: str) -> dict:
 
 
 # ------------------------------------------------------------------ loading
-def check_encoder(adapter_name: str, kind: str, image_embed_dim: int, encoder: ImageEncoder) -> None:
+def check_encoder(adapter_name: str, kind: str, image_embed_dim: int, encoder: ImageEncoder,
+                  target: str = UNET) -> None:
     """Refuse an encoder whose output the adapter's projection cannot read."""
+    wanted = SIGLIP if target == SD3 else CLIP
+    if encoder.arch != wanted:
+        adapter = ("an SD3.5 IP-Adapter (InstantX), which reads SigLIP hidden states: use "
+                   "google/siglip-so400m-patch14-384 (a transformers folder, or its model.safetensors / ComfyUI's "
+                   "sigclip_vision_patch14_384.safetensors)") if target == SD3 else (
+                   "an SD1.x/SDXL/Flux.1 IP-Adapter, which reads a CLIP vision model: use the CLIP encoder it was "
+                   "trained with (CLIP-ViT-H-14, CLIP-ViT-bigG-14 or CLIP ViT-L/14)")
+        raise IPAdapterLoadError(
+            f"clip_vision: the image encoder '{encoder.name}' is {encoder.label}, but '{adapter_name}' is {adapter}"
+        )
     got = encoder.width(kind)
     if got == image_embed_dim:
         return
@@ -309,7 +322,8 @@ def check_encoder(adapter_name: str, kind: str, image_embed_dim: int, encoder: I
         f"the adapter reads a {image_embed_dim}-wide {what}, the encoder gives {got}. "
         "ip-adapter_sdxl.safetensors needs CLIP-ViT-bigG-14-laion2B-39B-b160k; the SD1.5 adapters and the "
         "SDXL *_vit-h adapters need CLIP-ViT-H-14-laion2B-s32B-b79K; the Flux.1 adapters (XLabs) need "
-        "CLIP ViT-L/14 (openai/clip-vit-large-patch14). Pick the encoder the adapter was trained with."
+        "CLIP ViT-L/14 (openai/clip-vit-large-patch14); the SD3.5 adapter (InstantX) needs "
+        "siglip-so400m-patch14-384. Pick the encoder the adapter was trained with."
     )
 
 
@@ -336,32 +350,41 @@ def load_ip_adapter(
         weights, variant, kind, embed, cross, target = cached.module, *cached.info
     else:
         state = read_state_dict(path, name)
-        target = UNET
-        refuse_sd3(state, name)
-        if is_xlabs_flux(state):
-            state, target = xlabs_to_h94(state, name), FLUX
-        proj = {k[len("image_proj."):]: v for k, v in state.items() if k.startswith("image_proj.")}
-        if not proj:
-            raise IPAdapterLoadError(
-                f"ipadapter_file: '{name}' has no image_proj weights: it is not an IP-Adapter in the h94 layout"
-            )
-        projection, variant, kind, embed, cross = _build_projection(proj, name)
-        to_k, to_v, k_bias, v_bias = _layer_weights(state, name)
-        for k in to_k:
-            if int(k.shape[1]) != cross:
-                raise IPAdapterLoadError(
-                    f"ipadapter_file: '{name}' has to_k_ip weights {tuple(k.shape)} that do not match its "
-                    f"{cross}-wide image tokens: the file is damaged"
-                )
-        weights = IPAdapterWeights(projection, to_k, to_v, k_bias, v_bias).to(dtype).eval().requires_grad_(False)
+        if sd3_loading.is_instantx_sd3(state):
+            weights, embed, cross = sd3_loading.build(state, name, dtype)
+            variant, kind, target = TIME_RESAMPLER, HIDDEN_STATES, SD3
+        else:
+            weights, variant, kind, embed, cross, target = _read_h94_or_xlabs(state, name, dtype)
         entry = _Entry(weights, (variant, kind, embed, cross, target))
         with _cache_lock:
             _cache[key] = weakref.ref(entry)
         weights.__dict__["_ds_cache_entry"] = entry  # the entry lives as long as the weights
-    check_encoder(name, kind, embed, encoder)
+    check_encoder(name, kind, embed, encoder, target)
     logger.info("IP-Adapter %s: %s %s, %d layers, %s-wide tokens, encoder %s", name, target, variant,
                 weights.num_layers, cross, encoder.name)
     return IPAdapter(name, variant, kind, weights, encoder, embed, cross, target)
+
+
+def _read_h94_or_xlabs(state: dict, name: str, dtype: torch.dtype) -> tuple:
+    """(weights, variant, kind, embed, cross, target) of an h94 (UNET) or XLabs (FLUX) state dict."""
+    target = UNET
+    if is_xlabs_flux(state):
+        state, target = xlabs_to_h94(state, name), FLUX
+    proj = {k[len("image_proj."):]: v for k, v in state.items() if k.startswith("image_proj.")}
+    if not proj:
+        raise IPAdapterLoadError(
+            f"ipadapter_file: '{name}' has no image_proj weights: it is not an IP-Adapter in the h94 layout"
+        )
+    projection, variant, kind, embed, cross = _build_projection(proj, name)
+    to_k, to_v, k_bias, v_bias = _layer_weights(state, name)
+    for k in to_k:
+        if int(k.shape[1]) != cross:
+            raise IPAdapterLoadError(
+                f"ipadapter_file: '{name}' has to_k_ip weights {tuple(k.shape)} that do not match its "
+                f"{cross}-wide image tokens: the file is damaged"
+            )
+    weights = IPAdapterWeights(projection, to_k, to_v, k_bias, v_bias).to(dtype).eval().requires_grad_(False)
+    return weights, variant, kind, embed, cross, target
 
 
 class _Entry:

@@ -27,6 +27,9 @@ VIT_H = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
 VIT_BIGG = "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors"
 VIT_L = "clip-vit-large-patch14.safetensors"  # what XLabs' Flux IP-Adapter reads
 FLUX_IP = "flux-ip-adapter.safetensors"  # XLabs' ip_adapter.safetensors, under a telling name
+SIGLIP = "siglip-so400m-patch14-384.safetensors"  # what InstantX's SD3.5 IP-Adapter reads
+SD3_IP = "sd35-large-ip-adapter.safetensors"  # InstantX's ip-adapter.bin, as .safetensors
+SIGLIP_SHAPE = dict(hidden_size=48, num_attention_heads=1)  # the single-file reader's head rule: 1 below 64 wide
 
 # Tiny stand-ins: different widths so that a mismatched pair is detected.
 ENCODER_SHAPES = {
@@ -153,6 +156,93 @@ def flux_adapter_state_dict(transformer, embed: int, seed: int = 0) -> dict:
             state[f"{prefix}.weight"] = torch.randn(inner, width) * 0.3
             state[f"{prefix}.bias"] = torch.randn(inner) * 0.1
     return state
+
+
+def tiny_siglip_encoder(seed: int = 0):
+    """A SiglipVisionModel (with its pooling head) shaped so the single-file reader infers its config."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    config = SiglipVisionConfig(intermediate_size=37, num_hidden_layers=3, image_size=32, patch_size=8,
+                                vision_use_head=True, **SIGLIP_SHAPE)
+    torch.manual_seed(seed)
+    return SiglipVisionModel(config).eval()
+
+
+def save_siglip_single_file(model, path: Path) -> Path:
+    """The published key layout (vision_model.*), whatever prefix this transformers version gives the tower."""
+    from safetensors.torch import save_file
+
+    state = {}
+    for k, v in model.state_dict().items():
+        if not k.endswith("position_ids"):
+            state[k if k.startswith("vision_model.") else "vision_model." + k] = v.contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
+
+
+def siglip_processor():
+    """The feature_extractor StableDiffusion3Pipeline gets for the tiny SigLIP (its 32-pixel input)."""
+    from transformers import SiglipImageProcessor
+
+    return SiglipImageProcessor(size={"height": 32, "width": 32})
+
+
+# IPAdapterTimeImageProjectionBlock keys -> InstantX's (the inverse of diffusers' rename).
+_SD3_BLOCK_KEYS = (
+    ("ln0.", "0.norm1."), ("ln1.", "0.norm2."), ("attn.to_q.", "0.to_q."), ("attn.to_kv.", "0.to_kv."),
+    ("attn.to_out.0.", "0.to_out."), ("adaln_norm.", "1.0."), ("ff.net.0.proj.", "1.1."), ("ff.net.2.", "1.3."),
+    ("adaln_proj.", "2.1."),
+)
+
+
+def sd3_adapter_state_dict(transformer, embed: int = SIGLIP_SHAPE["hidden_size"], seed: int = 0) -> dict:
+    """A tiny SD3 IP-Adapter for `transformer` in InstantX's layout, as StableDiffusion3Pipeline.load_ip_adapter
+    reads it: a 4-block time resampler (64 wide, 4 queries) and one processor per attention layer."""
+    from diffusers.models.attention_processor import SD3IPAdapterJointAttnProcessor2_0
+    from diffusers.models.embeddings import IPAdapterTimeImageProjection
+
+    torch.manual_seed(seed)
+    head_dim = int(transformer.config.attention_head_dim)
+    inner = head_dim * int(transformer.config.num_attention_heads)
+    projection = IPAdapterTimeImageProjection(embed_dim=embed, output_dim=inner, hidden_dim=64, heads=1,
+                                              num_queries=4, timestep_in_dim=32)
+    state = {}
+    for key, value in projection.state_dict().items():
+        parts = key.split(".", 2)
+        if parts[0] == "layers":
+            rest = parts[2]
+            for new, old in _SD3_BLOCK_KEYS:
+                if rest.startswith(new):
+                    rest = old + rest[len(new):]
+                    break
+            else:
+                raise AssertionError(f"unmapped resampler key {key}")
+            key = f"layers.{parts[1]}.{rest}"
+        state[f"image_proj.{key}"] = value
+    for index in range(len(transformer.attn_processors)):
+        layer = SD3IPAdapterJointAttnProcessor2_0(hidden_size=inner, ip_hidden_states_dim=inner, head_dim=head_dim,
+                                                  timesteps_emb_dim=64)
+        with torch.no_grad():  # visible effects: the adapter's keys/values and its RMS norms away from 1
+            for name, param in layer.named_parameters():
+                if name.startswith(("to_k_ip", "to_v_ip")):
+                    param.mul_(3.0)
+                elif name.endswith("norm_q.weight") or name.endswith("norm_ip_k.weight"):
+                    param.copy_(1.0 + 0.5 * torch.randn(param.shape))
+        for key, value in layer.state_dict().items():
+            state[f"ip_adapter.{index}.{key}"] = value
+    return state
+
+
+def save_adapter_bin(state: dict, path: Path) -> Path:
+    """The nested {"image_proj": ..., "ip_adapter": ...} torch file InstantX publishes (ip-adapter.bin)."""
+    nested: dict = {"image_proj": {}, "ip_adapter": {}}
+    for key, value in state.items():
+        group, rest = key.split(".", 1)
+        nested[group][rest] = value.contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(nested, str(path))
+    return path
 
 
 def save_adapter(state: dict, path: Path) -> Path:

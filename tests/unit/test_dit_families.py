@@ -243,18 +243,12 @@ def test_guidance_changes_flux_dev_result(folders):
     assert not torch.allclose(a, b)
 
 
-@pytest.mark.parametrize("kind,refusing", [
-    (families.IP_ADAPTER, ("sd3",)),  # Flux takes XLabs IP-Adapters (tests/unit/test_ip_adapter_flux.py)
-])
-def test_adapters_refused_with_the_reason(kind, refusing):
+def test_ip_adapter_is_taken_by_the_flow_families():
+    """Flux takes XLabs IP-Adapters (test_ip_adapter_flux.py), SD3 InstantX ones (test_ip_adapter_sd3.py)."""
     for family in (families.get("sd3"), families.get("flux", "dev"), families.get("flux", "schnell")):
-        if family.family not in refusing:
-            assert family.adapter_refusal(kind) is None
-            continue
-        assert family.adapter_refusal(kind)
-        with pytest.raises(ValueError, match="not supported for"):
-            family.refuse_adapter(kind, "thing")
-    families.get("sdxl").refuse_adapter(kind, "thing")  # the UNet families take them
+        assert family.adapter_refusal(families.IP_ADAPTER) is None
+        family.refuse_adapter(families.IP_ADAPTER, "thing")
+    families.get("sdxl").refuse_adapter(families.IP_ADAPTER, "thing")  # the UNet families take them
 
 
 def test_lora_applies_to_the_flow_families():

@@ -183,20 +183,3 @@ def test_wrong_family_files_are_refused_naming_both(setup):
 def test_flux_adapter_refuses_sdxl_weight_modes(setup):
     with pytest.raises(ValueError, match="weight_mode.*standard"):
         apply_ip_adapter(setup["bundles"][0], _adapter(setup), images=_image_tensor(_picture()), weight_mode="style")
-
-
-def test_sd35_instantx_file_is_refused_at_load(setup, tmp_path):
-    """SD3.5's IP-Adapter (InstantX: time-conditioned resampler, norm_ip layers) is named, not misread."""
-    from diffusers_studio.nodes.engine.ip_adapter_loading import IPAdapterLoadError
-
-    state = {
-        "image_proj.latents": torch.zeros(1, 4, 8),
-        "image_proj.proj_in.weight": torch.zeros(8, 24),
-        "image_proj.time_embedding.linear_1.weight": torch.zeros(8, 4),
-        "ip_adapter.0.norm_ip.linear.weight": torch.zeros(16, 4),
-        "ip_adapter.0.to_k_ip.weight": torch.zeros(16, 8),
-        "ip_adapter.0.to_v_ip.weight": torch.zeros(16, 8),
-    }
-    path = tiny_ip.save_adapter(state, tmp_path / "ip-adapter-sd35.safetensors")
-    with pytest.raises(IPAdapterLoadError, match=r"'ip-adapter-sd35.safetensors' is an SD3.5 IP-Adapter.*not support"):
-        load_ip_adapter(str(path), load_image_encoder(str(setup["encoders"]["vit-l"])))

@@ -287,7 +287,9 @@ class FlowFamily(Family):
         return torch.cat(rows).to(device=device, dtype=dtype)
 
     def adapter_refusal(self, kind: str) -> Optional[str]:
-        if kind == IP_ADAPTER:  # LoRA: lora_dit.py; ControlNet: controlnet_dit.py; inpaint: DSInpaint; regional.py
+        # LoRA: lora_dit.py; ControlNet: controlnet_dit.py; inpaint: DSInpaint; regional.py; IP-Adapter:
+        # Flux and SD3 lift this (ip_adapter_flux.py, ip_adapter_sd3.py).
+        if kind == IP_ADAPTER:
             return f"{ADAPTER_WORDS.get(kind, kind)} is not supported for {self.label} models yet"
         return None
 

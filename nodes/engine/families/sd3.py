@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..components import SD3, ModelBundle, compute_dtype
-from .base import DenoiserInputs, EncoderSlot, LatentFormat
+from .base import IP_ADAPTER, DenoiserInputs, EncoderSlot, LatentFormat
 from .flow import FlowFamily, calculate_shift, plain_prompt, window_ids
 
 CLIP_L = EncoderSlot("text_encoder", "tokenizer", "CLIPTextModelWithProjection")
@@ -79,6 +79,12 @@ class SD3Family(FlowFamily):
         )
 
     # ---- predict
+    def adapter_refusal(self, kind: str):
+        """SD3 takes InstantX-layout IP-Adapters (ip_adapter_sd3.py); the rest as the flow families."""
+        if kind == IP_ADAPTER:
+            return None
+        return super().adapter_refusal(kind)
+
     def denoiser_inputs(self, model, positive, negative, cfg, batch, pixel_size, device, **options) -> DenoiserInputs:
         do_cfg = cfg > 1.0
         if do_cfg and negative is None:

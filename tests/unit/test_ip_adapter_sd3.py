@@ -1,0 +1,242 @@
+"""SD3 / SD3.5 IP-Adapter (InstantX layout) against StableDiffusion3Pipeline + load_ip_adapter, and its contract.
+
+A tiny adapter is written in InstantX's layout (tests/harness/
+models_ip_adapter.py: the nested ip-adapter.bin InstantX publishes, and the
+same keys as .safetensors) into a folder that diffusers reads with
+`load_ip_adapter(folder, weight_name=...)`; the same file goes through the
+pack's loader and the SD3 hook. The pipeline gets a tiny SigLIP vision model
+as its `image_encoder`, a SiglipImageProcessor as its `feature_extractor` and
+a PIL `ip_adapter_image`; same seed, steps and scale give the same latents
+to 1e-4 (float32), with CFG (whose negative rows see zeros, as the pipeline)
+and without. The reference runs on a copy of the transformer: load_ip_adapter
+rewrites it.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from PIL import Image
+
+import pil_inputs
+import tiny_dit
+import tiny_models
+from diffusers_studio.nodes.engine.image_encoder import SIGLIP, load_image_encoder
+from diffusers_studio.nodes.engine.ip_adapter import apply_ip_adapter
+from diffusers_studio.nodes.engine.ip_adapter_loading import SD3, IPAdapterLoadError, load_ip_adapter
+from diffusers_studio.nodes.engine.loading import load_checkpoint
+from diffusers_studio.nodes.engine.sampling import sample
+from diffusers_studio.nodes.engine.text_encoding import encode_prompt
+from harness import models_ip_adapter as tiny_ip
+
+TOL = 1e-4
+SIZE = 64
+STEPS = 3
+BIN = "ip-adapter.bin"
+
+
+def _picture(seed=3) -> Image.Image:
+    return pil_inputs.picture(seed, size=48)
+
+
+def _image_tensor(picture: Image.Image) -> torch.Tensor:
+    return pil_inputs.as_image(picture)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sd3_ip")
+    tiny_dit.sd3_pipeline(0).save_pretrained(str(root / "sd3"), safe_serialization=True)
+    tiny_dit.flux_pipeline(0, dev=True).save_pretrained(str(root / "flux-dev"), safe_serialization=True)
+    bundles = load_checkpoint(root / "sd3", dtype="float32", tokenizer_dir=tiny_models.tokenizer_dir())
+    adapters = root / "ipadapter"
+    state = tiny_ip.sd3_adapter_state_dict(bundles[0].unet, seed=1)
+    tiny_ip.save_adapter_bin(state, adapters / BIN)
+    tiny_ip.save_adapter(state, adapters / tiny_ip.SD3_IP)
+    tiny_ip.save_adapter(tiny_ip.sd3_adapter_state_dict(bundles[0].unet, seed=2), adapters / "sd3-b.safetensors")
+    flux_transformer = tiny_dit.tiny_flux_components(0)["transformer"]
+    vit_l = tiny_ip.ENCODER_SHAPES[tiny_ip.VIT_L]["projection_dim"]
+    tiny_ip.save_adapter(tiny_ip.flux_adapter_state_dict(flux_transformer, vit_l, 3), adapters / tiny_ip.FLUX_IP)
+    siglip = tiny_ip.tiny_siglip_encoder(0)
+    siglip.save_pretrained(str(root / "siglip-folder"))
+    encoders = {
+        "siglip": tiny_ip.save_siglip_single_file(siglip, root / tiny_ip.SIGLIP),
+        "siglip-folder": root / "siglip-folder",
+        "vit-l": tiny_ip.save_encoder_single_file(tiny_ip.tiny_image_encoder(tiny_ip.VIT_L, 0), root / tiny_ip.VIT_L),
+    }
+    return {"root": root, "adapters": adapters, "encoders": encoders, "bundles": bundles}
+
+
+def _adapter(setup, name=BIN, encoder="siglip"):
+    return load_ip_adapter(str(setup["adapters"] / name), load_image_encoder(str(setup["encoders"][encoder])),
+                           name=name)
+
+
+def _ours(setup, model, prompt="a cat", negative="", cfg=1.0, seed=7):
+    _, text, _ = setup["bundles"]
+    pos, neg = encode_prompt(text, prompt), encode_prompt(text, negative)
+    return sample(model, pos, neg, {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}, seed=seed, steps=STEPS,
+                  cfg=cfg, sampler_name="Euler")["samples"]
+
+
+def _reference(setup, weight_name, scale, image, prompt="a cat", seed=7, cfg=1.0, **call):
+    """StableDiffusion3Pipeline on a copy of the transformer, with load_ip_adapter and the tiny SigLIP."""
+    from diffusers import StableDiffusion3Pipeline
+
+    model, text, vae = setup["bundles"]
+    copied = copy.copy(model)
+    object.__setattr__(copied, "unet", copy.deepcopy(model.unet))
+    pipe = tiny_dit.pipeline_of(StableDiffusion3Pipeline, (copied, text, vae))
+    pipe.register_modules(image_encoder=tiny_ip.tiny_siglip_encoder(0), feature_extractor=tiny_ip.siglip_processor())
+    pipe.load_ip_adapter(str(setup["adapters"]), weight_name=weight_name, local_files_only=True)
+    pipe.set_ip_adapter_scale(scale)
+    latents = pipe(prompt=prompt, ip_adapter_image=image, num_inference_steps=STEPS, guidance_scale=cfg,
+                   height=SIZE, width=SIZE, generator=torch.Generator().manual_seed(seed), output_type="latent",
+                   **call).images
+    return latents / model.latent_scaling_factor + model.latent_shift_factor
+
+
+def _diff(a, b) -> float:
+    return float((a - b).abs().max())
+
+
+# ------------------------------------------------------------------ reading
+def test_loader_reads_the_instantx_layout(setup):
+    adapter = _adapter(setup)
+    assert adapter.target == SD3 and adapter.variant == "time-resampler"
+    assert adapter.encoder.arch == SIGLIP
+    assert adapter.weights.num_layers == len(setup["bundles"][0].unet.attn_processors)
+    same = _adapter(setup, tiny_ip.SD3_IP)  # the .safetensors of the same keys
+    for a, b in zip(adapter.weights.state_dict().values(), same.weights.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_siglip_folder_and_single_file_encode_alike(setup):
+    from diffusers_studio.nodes.engine.image_encoder import HIDDEN_STATES, encode_images
+
+    image = _image_tensor(_picture())
+    single = load_image_encoder(str(setup["encoders"]["siglip"]))
+    folder = load_image_encoder(str(setup["encoders"]["siglip-folder"]))
+    assert single.arch == folder.arch == SIGLIP and single.num_positions == 16
+    a = encode_images(single, image, HIDDEN_STATES, zero_negative=True)
+    b = encode_images(folder, image, HIDDEN_STATES, zero_negative=True)
+    assert torch.equal(a.positive, b.positive) and not a.negative.any()
+
+
+# ------------------------------------------------------------------ parity
+def test_matches_sd3_pipeline_load_ip_adapter(setup):
+    picture = _picture()
+    model = setup["bundles"][0]
+    plain = _ours(setup, model)
+    ours = _ours(setup, apply_ip_adapter(model, _adapter(setup), images=_image_tensor(picture), weight=0.7))
+    ref = _reference(setup, BIN, 0.7, picture)
+    assert _diff(ours, ref) <= TOL
+    assert _diff(ours, plain) > 1e-3, "the adapter had no visible effect"
+
+
+def test_cfg_negative_rows_see_zeros_like_the_pipeline(setup):
+    picture = _picture(4)
+    model = apply_ip_adapter(setup["bundles"][0], _adapter(setup, tiny_ip.SD3_IP), images=_image_tensor(picture),
+                             weight=0.8)
+    ours = _ours(setup, model, "a castle", "fog", cfg=4.0, seed=3)
+    ref = _reference(setup, tiny_ip.SD3_IP, 0.8, picture, prompt="a castle", seed=3, cfg=4.0, negative_prompt="fog")
+    assert _diff(ours, ref) <= TOL
+
+
+# ------------------------------------------------------------------ contract
+def test_run_leaves_the_transformer_as_it_was(setup):
+    model = setup["bundles"][0]
+    before = dict(model.unet.attn_processors)
+    plain = _ours(setup, model)
+    _ours(setup, apply_ip_adapter(model, _adapter(setup), images=_image_tensor(_picture()), weight=1.0))
+    after = model.unet.attn_processors
+    assert all(after[name] is proc for name, proc in before.items())
+    assert torch.equal(_ours(setup, model), plain)
+
+
+def test_cancel_restores_the_transformer(setup):
+    model = setup["bundles"][0]
+    before = dict(model.unet.attn_processors)
+    patched = apply_ip_adapter(model, _adapter(setup), images=_image_tensor(_picture()), weight=1.0)
+    _, text, _ = setup["bundles"]
+    calls = []
+
+    def stop():
+        calls.append(1)
+        if len(calls) == 2:
+            raise InterruptedError("cancelled")
+
+    with pytest.raises(InterruptedError):
+        sample(patched, encode_prompt(text, "a cat"), None, {"samples": torch.zeros(1, 16, 8, 8)}, seed=1,
+               steps=STEPS, cfg=1.0, sampler_name="Euler", should_stop=stop)
+    assert all(model.unet.attn_processors[name] is proc for name, proc in before.items())
+
+
+def test_stacked_adapters_add_up(setup):
+    """Two copies at 0.4 and 0.3 act as one at 0.7 (the IP term is linear in the scale); two files stack."""
+    model, image = setup["bundles"][0], _image_tensor(_picture(6))
+    adapter = _adapter(setup)
+    one = _ours(setup, apply_ip_adapter(model, adapter, images=image, weight=0.7))
+    two = apply_ip_adapter(apply_ip_adapter(model, adapter, images=image, weight=0.4), adapter, images=image,
+                           weight=0.3)
+    assert _diff(_ours(setup, two), one) <= TOL
+    other = apply_ip_adapter(two, _adapter(setup, "sd3-b.safetensors"), images=_image_tensor(_picture(7)), weight=0.5)
+    assert _diff(_ours(setup, other), one) > 1e-4
+
+
+def test_step_window_and_mask(setup):
+    model = setup["bundles"][0]
+    image = _image_tensor(_picture(5))
+    adapter = _adapter(setup)
+    plain = _ours(setup, model)
+    full = _ours(setup, apply_ip_adapter(model, adapter, images=image, weight=1.0))
+    off = _ours(setup, apply_ip_adapter(model, adapter, images=image, weight=1.0, start_percent=0.0,
+                                        end_percent=0.0))
+    assert torch.equal(off, plain)
+    late = _ours(setup, apply_ip_adapter(model, adapter, images=image, weight=1.0, start_percent=0.5))
+    assert _diff(late, plain) > 1e-4 and _diff(late, full) > 1e-4
+    whole = _ours(setup, apply_ip_adapter(model, adapter, images=image, weight=1.0, mask=torch.ones(1, SIZE, SIZE)))
+    assert _diff(whole, full) <= 1e-5
+    half = torch.zeros(1, SIZE, SIZE)
+    half[:, :, : SIZE // 2] = 1.0
+    masked = _ours(setup, apply_ip_adapter(model, adapter, images=image, weight=1.0, mask=half))
+    assert _diff(masked, full) > 1e-4 and _diff(masked, plain) > 1e-4
+
+
+def test_wrong_family_files_are_refused_naming_both(setup):
+    sd3_model = setup["bundles"][0]
+    flux_adapter = _adapter(setup, tiny_ip.FLUX_IP, "vit-l")
+    with pytest.raises(ValueError, match=r"flux-ip-adapter.safetensors.*Flux.1 IP-Adapter.*Stable Diffusion 3"):
+        apply_ip_adapter(sd3_model, flux_adapter, images=_image_tensor(_picture()))
+    flux_model = load_checkpoint(setup["root"] / "flux-dev", dtype="float32",
+                                 tokenizer_dir=tiny_models.tokenizer_dir())[0]
+    with pytest.raises(ValueError, match=r"'ip-adapter.bin' is an SD3.5 IP-Adapter.*Flux.1 dev"):
+        apply_ip_adapter(flux_model, _adapter(setup), images=_image_tensor(_picture()))
+    from diffusers_studio.nodes.engine.components import ModelBundle
+
+    pipe = tiny_models.sd1_pipeline()
+    sd1_model = ModelBundle("sd1", "tiny-sd1", pipe.unet, dict(pipe.scheduler.config), torch.float32)
+    with pytest.raises(ValueError, match=r"'ip-adapter.bin' is an SD3.5 IP-Adapter.*tiny-sd1.*Stable Diffusion 1"):
+        apply_ip_adapter(sd1_model, _adapter(setup), images=_image_tensor(_picture()))
+
+
+def test_encoder_of_the_other_kind_is_refused(setup):
+    with pytest.raises(IPAdapterLoadError, match=r"clip_vision.*CLIP vision model.*SD3.5 IP-Adapter.*siglip"):
+        _adapter(setup, BIN, "vit-l")
+    with pytest.raises(IPAdapterLoadError, match=r"clip_vision.*SigLIP vision model.*Flux.1 IP-Adapter|SigLIP.*CLIP"):
+        _adapter(setup, tiny_ip.FLUX_IP, "siglip")
+
+
+def test_adapter_for_another_transformer_is_refused(setup, tmp_path):
+    from diffusers import SD3Transformer2DModel
+
+    deeper = SD3Transformer2DModel(sample_size=32, patch_size=1, in_channels=16, out_channels=16, num_layers=3,
+                                   attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+                                   joint_attention_dim=96, pooled_projection_dim=64)
+    path = tiny_ip.save_adapter(tiny_ip.sd3_adapter_state_dict(deeper, seed=4), tmp_path / "for-large.safetensors")
+    adapter = load_ip_adapter(str(path), load_image_encoder(str(setup["encoders"]["siglip"])))
+    with pytest.raises(ValueError, match=r"'for-large.safetensors' was made for an SD3 transformer with 3 .*2 layers"):
+        apply_ip_adapter(setup["bundles"][0], adapter, images=_image_tensor(_picture()))
+    with pytest.raises(ValueError, match="weight_mode.*standard"):
+        apply_ip_adapter(setup["bundles"][0], _adapter(setup), images=_image_tensor(_picture()), weight_mode="style")
