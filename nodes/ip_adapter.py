@@ -22,7 +22,7 @@ def _is_transformers_folder(path: str) -> bool:
 
 IP_ADAPTERS = comfy_bridge.ModelFolder("ipadapter", "ipadapter_file", WEIGHT_SUFFIXES, None, "IP-Adapter")
 IMAGE_ENCODERS = comfy_bridge.ModelFolder(
-    "clip_vision", "clip_vision", ENCODER_SUFFIXES, _is_transformers_folder, "CLIP vision image encoder"
+    "clip_vision", "clip_vision", ENCODER_SUFFIXES, _is_transformers_folder, "CLIP or SigLIP vision image encoder"
 )
 IP_ADAPTERS.register()  # ComfyUI 0.3.75 has no models/ipadapter entry (IPAdapter_plus adds the same)
 
@@ -48,10 +48,11 @@ class DSLoadIPAdapter(io.ComfyNode):
             display_name="Load IP-Adapter",
             category=category("ip_adapter"),
             description=(
-                "Loads IP-Adapter weights from models/ipadapter together with the CLIP vision encoder they were "
+                "Loads IP-Adapter weights from models/ipadapter together with the vision encoder they were "
                 "trained with, from models/clip_vision: h94 releases (base, plus, plus-face, full-face) for "
-                "SD1.5 and SDXL, and XLabs' Flux.1 IP-Adapter (with CLIP ViT-L/14). The variant and the model "
-                "family are read from the file. Offline."
+                "SD1.5 and SDXL, XLabs' Flux.1 IP-Adapter (with CLIP ViT-L/14) and InstantX's SD3.5-Large "
+                "IP-Adapter (with SigLIP so400m-patch14-384). The variant and the model family are read from the "
+                "file. Offline."
             ),
             inputs=[
                 io.Combo.Input(
@@ -59,15 +60,17 @@ class DSLoadIPAdapter(io.ComfyNode):
                     options=ipadapter_names(),
                     tooltip="The adapter file in models/ipadapter, e.g. ip-adapter_sd15.safetensors, "
                     "ip-adapter-plus_sd15.safetensors, ip-adapter-plus-face_sd15.safetensors, "
-                    "ip-adapter_sdxl.safetensors, or XLabs' Flux.1 ip_adapter.safetensors (renamed e.g. "
-                    "flux-ip-adapter.safetensors). .bin files load only if they hold nothing but tensors.",
+                    "ip-adapter_sdxl.safetensors, XLabs' Flux.1 ip_adapter.safetensors (renamed e.g. "
+                    "flux-ip-adapter.safetensors) or InstantX's SD3.5-Large ip-adapter.bin (renamed e.g. "
+                    "sd35-large-ip-adapter.bin). .bin files load only if they hold nothing but tensors.",
                 ),
                 io.Combo.Input(
                     "clip_vision",
                     options=clip_vision_names(),
                     tooltip="The image encoder in models/clip_vision: CLIP-ViT-H-14 for the SD1.5 and *_vit-h "
                     "adapters, CLIP-ViT-bigG-14 for ip-adapter_sdxl, CLIP ViT-L/14 (clip-vit-large-patch14) for the "
-                    "Flux.1 adapter. A single .safetensors or a transformers folder.",
+                    "Flux.1 adapter, SigLIP (google/siglip-so400m-patch14-384) for the SD3.5 adapter. A single "
+                    ".safetensors or a transformers folder.",
                 ),
                 weights_dtype.dtype_input(),
             ],
@@ -116,12 +119,12 @@ def _window_inputs() -> list:
             "weight_mode", options=list(WEIGHT_MODES), default="standard",
             tooltip="SDXL only: standard acts on every layer; style only on the style block "
             "(up_blocks.0.attentions.1), composition only on the layout block (down_blocks.2.attentions.1), "
-            "as InvokeAI's and IPAdapter_plus's modes. SD1.x and Flux.1 models take standard.",
+            "as InvokeAI's and IPAdapter_plus's modes. SD1.x, Flux.1 and SD3 models take standard.",
         ),
         io.Mask.Input(
             "mask", optional=True,
             tooltip="Where the image prompt acts (white = here): a regional reference image. Resized to the "
-            "image (on Flux.1, to its 2x2-packed token grid); an empty mask turns the adapter off (with a "
+            "image (on Flux.1 / SD3, to the transformer's token grid); an empty mask turns the adapter off (with a "
             "warning). Leave unconnected for the whole image.",
         ),
     ]
@@ -151,8 +154,9 @@ class DSApplyIPAdapter(io.ComfyNode):
             description=(
                 "Adds an image prompt to the model: the sampler then follows the reference image's style or "
                 "subject as well as the text. Returns a new model (the input is unchanged); chain several to "
-                "stack adapters. SD1.x, SDXL and Flux.1 (XLabs adapter; not SD3). Equals diffusers' "
-                "load_ip_adapter + set_ip_adapter_scale (FluxPipeline's on Flux.1)."
+                "stack adapters. SD1.x, SDXL, Flux.1 (XLabs adapter) and SD3.5 (InstantX adapter). Equals "
+                "diffusers' load_ip_adapter + set_ip_adapter_scale (FluxPipeline's / StableDiffusion3Pipeline's "
+                "on Flux.1 / SD3)."
             ),
             inputs=[
                 DSModel.Input("model", tooltip="The MODEL from Load Diffusers Model (or another Apply node)."),
@@ -166,7 +170,7 @@ class DSApplyIPAdapter(io.ComfyNode):
                 io.Image.Input(
                     "negative_image", optional=True,
                     tooltip="What the negative prompt's side of CFG sees instead of the default (no image for "
-                    "SD1.x/SDXL, a black picture on Flux.1, as diffusers): diffusers' negative_ip_adapter_image. "
+                    "SD1.x/SDXL/SD3, a black picture on Flux.1, as diffusers): diffusers' negative_ip_adapter_image. "
                     "Acts only when CFG runs the negative prompt (Flux.1: cfg above 1). One picture, or one per "
                     "reference picture.",
                 ),
@@ -220,7 +224,8 @@ class DSEncodeIPAdapterImage(io.ComfyNode):
 
         embeds = encode_images(ip_adapter.encoder, image, ip_adapter.kind,
                                prepare=comfy_bridge.load_to_compute_device,
-                               negative_picture=ip_adapter.negative_picture)
+                               negative_picture=ip_adapter.negative_picture,
+                               zero_negative=ip_adapter.zero_negative)
         return io.NodeOutput(embeds)
 
 
