@@ -80,8 +80,12 @@ def _ours(setup, model, prompt="a cat", negative="", cfg=1.0, seed=7):
                   cfg=cfg, sampler_name="Euler")["samples"]
 
 
-def _reference(setup, weight_name, scale, image, prompt="a cat", seed=7, cfg=1.0, **call):
-    """StableDiffusion3Pipeline on a copy of the transformer, with load_ip_adapter and the tiny SigLIP."""
+def _reference(setup, weight_name, scale, image, prompt="a cat", seed=7, cfg=1.0, negative_image=None, **call):
+    """StableDiffusion3Pipeline on a copy of the transformer, with load_ip_adapter and the tiny SigLIP.
+
+    negative_image: the pipeline has no negative_ip_adapter_image; its documented way is
+    ip_adapter_image_embeds = [negative, positive] from its own encode_image.
+    """
     from diffusers import StableDiffusion3Pipeline
 
     model, text, vae = setup["bundles"]
@@ -91,7 +95,12 @@ def _reference(setup, weight_name, scale, image, prompt="a cat", seed=7, cfg=1.0
     pipe.register_modules(image_encoder=tiny_ip.tiny_siglip_encoder(0), feature_extractor=tiny_ip.siglip_processor())
     pipe.load_ip_adapter(str(setup["adapters"]), weight_name=weight_name, local_files_only=True)
     pipe.set_ip_adapter_scale(scale)
-    latents = pipe(prompt=prompt, ip_adapter_image=image, num_inference_steps=STEPS, guidance_scale=cfg,
+    if negative_image is None:
+        call["ip_adapter_image"] = image
+    else:
+        encoded = [pipe.encode_image(picture, torch.device("cpu")) for picture in (negative_image, image)]
+        call["ip_adapter_image_embeds"] = torch.cat(encoded)
+    latents = pipe(prompt=prompt, num_inference_steps=STEPS, guidance_scale=cfg,
                    height=SIZE, width=SIZE, generator=torch.Generator().manual_seed(seed), output_type="latent",
                    **call).images
     return latents / model.latent_scaling_factor + model.latent_shift_factor
@@ -142,6 +151,19 @@ def test_cfg_negative_rows_see_zeros_like_the_pipeline(setup):
     ours = _ours(setup, model, "a castle", "fog", cfg=4.0, seed=3)
     ref = _reference(setup, tiny_ip.SD3_IP, 0.8, picture, prompt="a castle", seed=3, cfg=4.0, negative_prompt="fog")
     assert _diff(ours, ref) <= TOL
+
+
+def test_negative_image_matches_the_pipeline_given_both_embeds(setup):
+    picture, negative = _picture(4), _picture(11)
+    model = apply_ip_adapter(setup["bundles"][0], _adapter(setup), images=_image_tensor(picture), weight=0.9,
+                             negative_images=_image_tensor(negative))
+    ours = _ours(setup, model, "a castle", "fog", cfg=3.0, seed=5)
+    ref = _reference(setup, BIN, 0.9, picture, prompt="a castle", seed=5, cfg=3.0, negative_prompt="fog",
+                     negative_image=negative)
+    assert _diff(ours, ref) <= TOL
+    default = _ours(setup, apply_ip_adapter(setup["bundles"][0], _adapter(setup), images=_image_tensor(picture),
+                                            weight=0.9), "a castle", "fog", cfg=3.0, seed=5)
+    assert _diff(ours, default) > 1e-4
 
 
 # ------------------------------------------------------------------ contract
