@@ -153,6 +153,14 @@ def test_cfg_negative_rows_see_zeros_like_the_pipeline(setup):
     assert _diff(ours, ref) <= TOL
 
 
+def test_two_reference_pictures_are_one_sequence_like_the_pipeline(setup):
+    """A list of pictures: the pipeline's resampler output viewed per batch row (it works without CFG only)."""
+    a, b = _picture(8), _picture(9)
+    images = torch.cat([_image_tensor(a), _image_tensor(b)])
+    ours = _ours(setup, apply_ip_adapter(setup["bundles"][0], _adapter(setup), images=images, weight=0.6))
+    assert _diff(ours, _reference(setup, BIN, 0.6, [a, b])) <= TOL
+
+
 def test_negative_image_matches_the_pipeline_given_both_embeds(setup):
     picture, negative = _picture(4), _picture(11)
     model = apply_ip_adapter(setup["bundles"][0], _adapter(setup), images=_image_tensor(picture), weight=0.9,
