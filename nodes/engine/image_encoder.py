@@ -243,11 +243,16 @@ def _load_single_file(path: str, name: str, dtype: torch.dtype):
     with torch.device("meta"):
         model = CLIPVisionModelWithProjection(config)
     state.pop("vision_model.embeddings.position_ids", None)
+    return assign_state(model, state, name, "a CLIP vision model").to(dtype), CLIP
+
+
+def assign_state(model, state: dict, name: str, what: str):
+    """Load a single file's tensors into a model built on the meta device; refuse any mismatch."""
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
         raise ImageEncoderError(
-            f"clip_vision: '{name}' does not match a CLIP vision model read from its shapes "
+            f"clip_vision: '{name}' does not match {what} read from its shapes "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     # Buffers not in the file (position_ids) are still on the meta device.
@@ -255,7 +260,7 @@ def _load_single_file(path: str, name: str, dtype: torch.dtype):
         for bname, buf in list(module.named_buffers(recurse=False)):
             if buf.is_meta:
                 module.register_buffer(bname, torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
-    return model.to(dtype), CLIP
+    return model
 
 
 # ---------------------------------------------------------------- encoding

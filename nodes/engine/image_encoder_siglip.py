@@ -101,7 +101,7 @@ def load_single_file(state: dict, name: str, dtype: torch.dtype):
     """A SiglipVisionModel from a transformers-layout state dict (text tower keys dropped)."""
     from transformers import SiglipVisionModel
 
-    from .image_encoder import ImageEncoderError
+    from .image_encoder import assign_state
 
     state = vision_state(published_layout(state))
     config = config_from_state_dict(state, name)
@@ -109,18 +109,7 @@ def load_single_file(state: dict, name: str, dtype: torch.dtype):
         model = SiglipVisionModel(config)
     if not any(k.startswith(_VISION) for k in model.state_dict()):  # transformers 5: the tower at the top
         state = {k[len(_VISION):]: v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing or unexpected:
-        raise ImageEncoderError(
-            f"clip_vision: '{name}' does not match a SigLIP vision model read from its shapes "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    for module in model.modules():  # position_ids: a buffer not in the file, still on the meta device
-        for bname, buf in list(module.named_buffers(recurse=False)):
-            if buf.is_meta:
-                module.register_buffer(bname, torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
-    return model.to(dtype)
+    return assign_state(model, state, name, "a SigLIP vision model").to(dtype)
 
 
 def load_folder(path: str, name: str, dtype: torch.dtype):

@@ -275,7 +275,7 @@ class IPAdapterHook(hooks.SamplingHook):
         self._state: Optional[_RunState] = None
 
     def __repr__(self) -> str:
-        return (f"IPAdapterHook({self.adapter.name!r}, weight={self.weight}, "
+        return (f"{type(self).__name__}({self.adapter.name!r}, weight={self.weight}, "
                 f"window=({self.start_percent}, {self.end_percent}), mode={self.weight_mode!r})")
 
     # ---- begin

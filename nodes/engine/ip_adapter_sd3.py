@@ -141,10 +141,6 @@ class SD3IPAdapterHook(IPAdapterHook):
 
     transformer_ready = True  # FlowFamily.check_latent lets it through
 
-    def __repr__(self) -> str:
-        return (f"SD3IPAdapterHook({self.adapter.name!r}, weight={self.weight}, "
-                f"window=({self.start_percent}, {self.end_percent}))")
-
     def begin(self, run: hooks.RunContext, role: str) -> None:
         model: ModelBundle = run.model
         names = check_sd3_fit(self.adapter, model)

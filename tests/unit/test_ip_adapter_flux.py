@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+import ip_adapter_contract as ip_contract
 import pil_inputs
 import tiny_dit
 import tiny_models
@@ -134,34 +135,13 @@ def test_two_adapters_stack_like_diffusers(setup):
 
 # ------------------------------------------------------------------ contract
 def test_run_leaves_the_transformer_as_it_was(setup):
-    model = setup["bundles"][0]
-    before = {name: proc for name, proc in model.unet.attn_processors.items()}
-    plain = _ours(setup, model)
-    _ours(setup, apply_ip_adapter(model, _adapter(setup), images=_image_tensor(_picture()), weight=1.0))
-    after = model.unet.attn_processors
-    assert all(after[name] is proc for name, proc in before.items())
-    assert torch.equal(_ours(setup, model), plain)
+    ip_contract.check_run_restores(lambda m: _ours(setup, m), setup["bundles"][0], _adapter(setup),
+                                   _image_tensor(_picture()))
 
 
 def test_step_window_and_mask(setup):
-    model = setup["bundles"][0]
-    image = _image_tensor(_picture(5))
-    adapter = _adapter(setup)
-    plain = _ours(setup, model)
-    full = _ours(setup, apply_ip_adapter(model, adapter, images=image, weight=1.0))
-    # A window that closes before the first step leaves the run as without the adapter.
-    off = _ours(setup, apply_ip_adapter(model, adapter, images=image, weight=1.0, start_percent=0.0,
-                                        end_percent=0.0))
-    assert torch.equal(off, plain)
-    late = _ours(setup, apply_ip_adapter(model, adapter, images=image, weight=1.0, start_percent=0.5))
-    assert _diff(late, plain) > 1e-4 and _diff(late, full) > 1e-4
-    # An all-white mask is the whole picture; half a mask acts on half of it.
-    whole = _ours(setup, apply_ip_adapter(model, adapter, images=image, weight=1.0, mask=torch.ones(1, SIZE, SIZE)))
-    assert _diff(whole, full) <= 1e-5
-    half = torch.zeros(1, SIZE, SIZE)
-    half[:, :, : SIZE // 2] = 1.0
-    masked = _ours(setup, apply_ip_adapter(model, adapter, images=image, weight=1.0, mask=half))
-    assert _diff(masked, full) > 1e-4 and _diff(masked, plain) > 1e-4
+    ip_contract.check_window_and_mask(lambda m: _ours(setup, m), setup["bundles"][0], _adapter(setup),
+                                      _image_tensor(_picture(5)), SIZE)
 
 
 def test_wrong_family_files_are_refused_naming_both(setup):
