@@ -35,3 +35,14 @@ def as_image(*pictures: Image.Image) -> torch.Tensor:
 def as_mask(picture_: Image.Image) -> torch.Tensor:
     """PIL "L" -> ComfyUI MASK [1,H,W] (1 = repaint)."""
     return torch.from_numpy(np.array(picture_.convert("L")).astype(np.float32) / 255.0)[None]
+
+
+def random_image(seed: int, height: int = 48, width: int = 40) -> torch.Tensor:
+    """A random ComfyUI IMAGE [1,H,W,3] on the 8-bit grid, so its PIL copy (`to_pil`) is the same picture."""
+    torch.manual_seed(seed)
+    return (torch.rand(1, height, width, 3) * 255).round() / 255
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """The first picture of a ComfyUI IMAGE as PIL (exact for pictures on the 8-bit grid)."""
+    return Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8))

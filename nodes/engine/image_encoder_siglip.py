@@ -77,7 +77,9 @@ def config_from_state_dict(state: dict, name: str):
     layers = {int(m.group(1)) for k in state if (m := pattern.match(k))}
     fc1 = state.get("vision_model.encoder.layers.0.mlp.fc1.weight")
     if not layers or fc1 is None:
-        raise ImageEncoderError(f"clip_vision: '{name}' looks like SigLIP but has no encoder layers: the file is incomplete")
+        raise ImageEncoderError(
+            f"clip_vision: '{name}' looks like SigLIP but has no encoder layers: the file is incomplete"
+        )
     hidden = int(hidden)
     heads = _HEADS_BY_WIDTH.get(hidden) or max(hidden // 64, 1)
     if hidden % heads:

@@ -151,6 +151,16 @@ class _RunState:
         self.rows: Optional[torch.Tensor] = None  # [rows, N, T, C] for this call; None = off
         self._mask_cache: dict = {}
 
+    def rows_for(self, batch: int, what: str = "transformer") -> Optional[torch.Tensor]:
+        """This call's tokens (None: the adapter is off), after checking they match the denoiser's batch."""
+        tokens = self.rows
+        if tokens is not None and tokens.shape[0] != batch:
+            raise ValueError(
+                f"IP-Adapter got a {what} batch of {batch} rows but prepared {tokens.shape[0]}: a hook changed "
+                "the batch after the IP-Adapter saw it"
+            )
+        return tokens
+
     def mask_for(self, image: int, rows: int, queries: int, width: int, like: torch.Tensor) -> torch.Tensor:
         key = (image, rows, queries, width)
         cached = self._mask_cache.get(key)

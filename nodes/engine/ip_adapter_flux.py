@@ -79,15 +79,10 @@ class FluxIPAttention:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  image_rotary_emb=None, **kwargs):
         out = self.previous(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **kwargs)
-        tokens = self.state.rows
+        batch = hidden_states.shape[0]
+        tokens = self.state.rows_for(batch)
         if tokens is None or encoder_hidden_states is None:
             return out
-        batch = hidden_states.shape[0]
-        if tokens.shape[0] != batch:
-            raise ValueError(
-                f"IP-Adapter got a transformer batch of {batch} rows but prepared {tokens.shape[0]}: a hook "
-                "changed the batch after the IP-Adapter saw it"
-            )
         if getattr(attn, "fused_projections", False):
             query = attn.to_qkv(hidden_states).chunk(3, dim=-1)[0]
         else:

@@ -91,15 +91,10 @@ class SD3IPAttention:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
         out = self.previous(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
-        tokens = self.state.rows  # [B, N, Q, C]
+        batch = hidden_states.shape[0]
+        tokens = self.state.rows_for(batch)  # [B, N, Q, C]
         if tokens is None:
             return out
-        batch = hidden_states.shape[0]
-        if tokens.shape[0] != batch:
-            raise ValueError(
-                f"IP-Adapter got a transformer batch of {batch} rows but prepared {tokens.shape[0]}: a hook "
-                "changed the batch after the IP-Adapter saw it"
-            )
         if getattr(attn, "fused_projections", False) and getattr(attn, "to_qkv", None) is not None:
             query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
         else:
@@ -148,9 +143,8 @@ class SD3IPAdapterHook(IPAdapterHook):
             return
         weights = self._sd3_weights(run)
         self._projection = weights.projection
-        dtype = run.dtype
-        self._state = SD3RunState(self.embeds.positive.to(run.device, dtype), self.embeds.negative.to(run.device, dtype),
-                                  prepare_mask(self.mask, self.embeds.count, run.pixel_size))
+        pos, neg = (e.to(run.device, run.dtype) for e in (self.embeds.positive, self.embeds.negative))
+        self._state = SD3RunState(pos, neg, prepare_mask(self.mask, self.embeds.count, run.pixel_size))
         transformer = model.denoiser
         for index, name in enumerate(names):
             attn = transformer.get_submodule(name)

@@ -99,7 +99,9 @@ def _projection(proj: dict, name: str):
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise IPAdapterLoadError(f"ipadapter_file: '{name}' has an SD3 image projection of an unexpected shape ({exc})") from exc
+        raise IPAdapterLoadError(
+            f"ipadapter_file: '{name}' has an SD3 image projection of an unexpected shape ({exc})"
+        ) from exc
     return module
 
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import ldm_export
+from pil_inputs import random_image, to_pil
 import tiny_dit
 from harness import models_ip_adapter as tiny_ip
 
@@ -43,18 +44,6 @@ def flux_ip_models(models_dir):
     return {"nodes": nodes_ip, "ipadapter": ipadapter}
 
 
-def _picture(seed):
-    """A random picture on the 8-bit grid, so the PIL copy the pipeline gets is the same picture."""
-    torch.manual_seed(seed)
-    return (torch.rand(1, 48, 40, 3) * 255).round() / 255
-
-
-def _pil(image):
-    from PIL import Image
-
-    return Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8))
-
-
 def _graph(nodes_ip, *, weight, cfg, negative="", negative_image=None, seed=9):
     from diffusers_studio.nodes.encode import DSTextEncode
     from diffusers_studio.nodes.loaders import DSLoadModel
@@ -66,7 +55,7 @@ def _graph(nodes_ip, *, weight, cfg, negative="", negative_image=None, seed=9):
     neg = DSTextEncode.execute(text_encoder, negative, 1, 0, False, 0).args[0]
     assert nodes_ip.DSLoadIPAdapter.validate_inputs(tiny_ip.FLUX_IP, tiny_ip.VIT_L, "float32") is True
     adapter = nodes_ip.DSLoadIPAdapter.execute(tiny_ip.FLUX_IP, tiny_ip.VIT_L, "float32").args[0]
-    patched = nodes_ip.DSApplyIPAdapter.execute(model, adapter, _picture(1), weight, 0.0, 1.0, "standard", None,
+    patched = nodes_ip.DSApplyIPAdapter.execute(model, adapter, random_image(1), weight, 0.0, 1.0, "standard", None,
                                                 negative_image).args[0]
     latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
     out = DSSampler.execute(patched, pos, neg, latent, seed, 3, cfg, "Euler", "normal", 1.0).args[0]
@@ -83,7 +72,7 @@ def _reference(folder, bundles, weight, **call):
     pipe.register_modules(image_encoder=tiny_ip.tiny_image_encoder(tiny_ip.VIT_L, 0))
     pipe.load_ip_adapter(str(folder), weight_name=tiny_ip.FLUX_IP, local_files_only=True)
     pipe.set_ip_adapter_scale(weight)
-    return pipe(prompt="a cat", ip_adapter_image=_pil(_picture(1)), num_inference_steps=3, guidance_scale=3.5,
+    return pipe(prompt="a cat", ip_adapter_image=to_pil(random_image(1)), num_inference_steps=3, guidance_scale=3.5,
                 height=SIZE, width=SIZE, generator=torch.Generator().manual_seed(9), output_type="np", **call).images
 
 
@@ -99,11 +88,11 @@ def test_flux_ip_adapter_graph_matches_diffusers(flux_ip_models):
 
 
 def test_flux_negative_image_with_true_cfg_matches_diffusers(flux_ip_models):
-    negative_image = _picture(2)
+    negative_image = random_image(2)
     images, bundles = _graph(flux_ip_models["nodes"], weight=0.9, cfg=2.0, negative="fog",
                              negative_image=negative_image)
     expected = _reference(flux_ip_models["ipadapter"], bundles, 0.9, negative_prompt="fog", true_cfg_scale=2.0,
-                          negative_ip_adapter_image=_pil(negative_image))
+                          negative_ip_adapter_image=to_pil(negative_image))
     _assert_close(images, expected)
 
 
@@ -125,7 +114,7 @@ def test_sd1_adapter_on_flux_is_refused_naming_both(flux_ip_models, models_dir):
     adapter = nodes_ip.DSLoadIPAdapter.execute("sd15-for-refusal.safetensors", tiny_ip.VIT_H, "float32").args[0]
     model = DSLoadModel.execute("tiny-flux-dev-ip", "float32").args[0]
     with pytest.raises(ValueError, match=r"'sd15-for-refusal.safetensors' is an SD1.x/SDXL IP-Adapter.*Flux.1 dev"):
-        nodes_ip.DSApplyIPAdapter.execute(model, adapter, _picture(1), 1.0, 0.0, 1.0, "standard")
+        nodes_ip.DSApplyIPAdapter.execute(model, adapter, random_image(1), 1.0, 0.0, 1.0, "standard")
 
 
 def test_flux_encode_then_apply_embeds_equals_apply(flux_ip_models):
@@ -139,9 +128,9 @@ def test_flux_encode_then_apply_embeds_equals_apply(flux_ip_models):
     pos = DSTextEncode.execute(text_encoder, "a cat", 1, 0, False, 0).args[0]
     neg = DSTextEncode.execute(text_encoder, "fog", 1, 0, False, 0).args[0]
     adapter = nodes_ip.DSLoadIPAdapter.execute(tiny_ip.FLUX_IP, tiny_ip.VIT_L, "float32").args[0]
-    embeds = nodes_ip.DSEncodeIPAdapterImage.execute(adapter, _picture(1)).args[0]
+    embeds = nodes_ip.DSEncodeIPAdapterImage.execute(adapter, random_image(1)).args[0]
     via_embeds = nodes_ip.DSApplyIPAdapterEmbeds.execute(model, adapter, embeds, 0.8, 0.0, 1.0, "standard").args[0]
-    via_image = nodes_ip.DSApplyIPAdapter.execute(model, adapter, _picture(1), 0.8, 0.0, 1.0, "standard").args[0]
+    via_image = nodes_ip.DSApplyIPAdapter.execute(model, adapter, random_image(1), 0.8, 0.0, 1.0, "standard").args[0]
     latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
     a, b = (DSSampler.execute(m, pos, neg, latent, 2, 2, 2.0, "Euler", "normal", 1.0).args[0]["samples"]
             for m in (via_embeds, via_image))

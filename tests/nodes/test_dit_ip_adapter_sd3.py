@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import ldm_export
+from pil_inputs import random_image, to_pil
 import tiny_dit
 from harness import models_ip_adapter as tiny_ip
 
@@ -48,18 +49,6 @@ def sd3_ip_models(models_dir):
     return {"nodes": nodes_ip, "ipadapter": ipadapter}
 
 
-def _picture(seed):
-    """A random picture on the 8-bit grid, so the PIL copy the pipeline gets is the same picture."""
-    torch.manual_seed(seed)
-    return (torch.rand(1, 48, 40, 3) * 255).round() / 255
-
-
-def _pil(image):
-    from PIL import Image
-
-    return Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8))
-
-
 def _load(nodes_ip, encoder=tiny_ip.SIGLIP):
     assert nodes_ip.DSLoadIPAdapter.validate_inputs(tiny_ip.SD3_IP, encoder, "float32") is True
     return nodes_ip.DSLoadIPAdapter.execute(tiny_ip.SD3_IP, encoder, "float32").args[0]
@@ -74,7 +63,7 @@ def _graph(nodes_ip, *, weight, cfg, encoder=tiny_ip.SIGLIP, seed=9):
     model, text_encoder, vae = DSLoadModel.execute(MODEL, "float32").args
     pos = DSTextEncode.execute(text_encoder, "a cat", 1, 0, False, 0).args[0]
     neg = DSTextEncode.execute(text_encoder, "fog", 1, 0, False, 0).args[0]
-    patched = nodes_ip.DSApplyIPAdapter.execute(model, _load(nodes_ip, encoder), _picture(1), weight, 0.0, 1.0,
+    patched = nodes_ip.DSApplyIPAdapter.execute(model, _load(nodes_ip, encoder), random_image(1), weight, 0.0, 1.0,
                                                 "standard").args[0]
     latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
     out = DSSampler.execute(patched, pos, neg, latent, seed, 3, cfg, "Euler", "normal", 1.0).args[0]
@@ -91,7 +80,7 @@ def _reference(folder, bundles, weight, cfg):
     pipe.register_modules(image_encoder=tiny_ip.tiny_siglip_encoder(0), feature_extractor=tiny_ip.siglip_processor())
     pipe.load_ip_adapter(str(folder), weight_name=tiny_ip.SD3_IP, local_files_only=True)
     pipe.set_ip_adapter_scale(weight)
-    return pipe(prompt="a cat", negative_prompt="fog", ip_adapter_image=_pil(_picture(1)), num_inference_steps=3,
+    return pipe(prompt="a cat", negative_prompt="fog", ip_adapter_image=to_pil(random_image(1)), num_inference_steps=3,
                 guidance_scale=cfg, height=SIZE, width=SIZE, generator=torch.Generator().manual_seed(9),
                 output_type="np").images
 
@@ -119,10 +108,10 @@ def test_sd3_encode_then_apply_embeds_equals_apply(sd3_ip_models):
     pos = DSTextEncode.execute(text_encoder, "a cat", 1, 0, False, 0).args[0]
     neg = DSTextEncode.execute(text_encoder, "fog", 1, 0, False, 0).args[0]
     adapter = _load(nodes_ip)
-    embeds = nodes_ip.DSEncodeIPAdapterImage.execute(adapter, _picture(1)).args[0]
+    embeds = nodes_ip.DSEncodeIPAdapterImage.execute(adapter, random_image(1)).args[0]
     assert embeds.zero_negative and not embeds.negative.any()
     via_embeds = nodes_ip.DSApplyIPAdapterEmbeds.execute(model, adapter, embeds, 0.8, 0.0, 1.0, "standard").args[0]
-    via_image = nodes_ip.DSApplyIPAdapter.execute(model, adapter, _picture(1), 0.8, 0.0, 1.0, "standard").args[0]
+    via_image = nodes_ip.DSApplyIPAdapter.execute(model, adapter, random_image(1), 0.8, 0.0, 1.0, "standard").args[0]
     latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
     a, b = (DSSampler.execute(m, pos, neg, latent, 2, 2, 4.0, "Euler", "normal", 1.0).args[0]["samples"]
             for m in (via_embeds, via_image))
@@ -138,6 +127,7 @@ def test_sd3_file_on_sd15_is_refused_naming_both(sd3_ip_models):
     from diffusers_studio.nodes.loaders import DSLoadModel
 
     model = DSLoadModel.execute("tiny-sd15", "float32").args[0]
-    with pytest.raises(ValueError, match=r"'sd35-large-ip-adapter.safetensors' is an SD3.5 IP-Adapter.*Stable Diffusion 1"):
-        sd3_ip_models["nodes"].DSApplyIPAdapter.execute(model, _load(sd3_ip_models["nodes"]), _picture(1), 1.0, 0.0,
+    refusal = r"'sd35-large-ip-adapter.safetensors' is an SD3.5 IP-Adapter.*Stable Diffusion 1"
+    with pytest.raises(ValueError, match=refusal):
+        sd3_ip_models["nodes"].DSApplyIPAdapter.execute(model, _load(sd3_ip_models["nodes"]), random_image(1), 1.0, 0.0,
                                                         1.0, "standard")

@@ -38,11 +38,8 @@ BIN = "ip-adapter.bin"
 
 
 def _picture(seed=3) -> Image.Image:
+    """A reference picture of another size than the run (the processor resizes it)."""
     return pil_inputs.picture(seed, size=48)
-
-
-def _image_tensor(picture: Image.Image) -> torch.Tensor:
-    return pil_inputs.as_image(picture)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +122,7 @@ def test_loader_reads_the_instantx_layout(setup):
 def test_siglip_folder_and_single_file_encode_alike(setup):
     from diffusers_studio.nodes.engine.image_encoder import HIDDEN_STATES, encode_images
 
-    image = _image_tensor(_picture())
+    image = pil_inputs.as_image(_picture())
     single = load_image_encoder(str(setup["encoders"]["siglip"]))
     folder = load_image_encoder(str(setup["encoders"]["siglip-folder"]))
     assert single.arch == folder.arch == SIGLIP and single.num_positions == 16
@@ -139,7 +136,7 @@ def test_matches_sd3_pipeline_load_ip_adapter(setup):
     picture = _picture()
     model = setup["bundles"][0]
     plain = _ours(setup, model)
-    ours = _ours(setup, apply_ip_adapter(model, _adapter(setup), images=_image_tensor(picture), weight=0.7))
+    ours = _ours(setup, apply_ip_adapter(model, _adapter(setup), images=pil_inputs.as_image(picture), weight=0.7))
     ref = _reference(setup, BIN, 0.7, picture)
     assert _diff(ours, ref) <= TOL
     assert _diff(ours, plain) > 1e-3, "the adapter had no visible effect"
@@ -147,7 +144,7 @@ def test_matches_sd3_pipeline_load_ip_adapter(setup):
 
 def test_cfg_negative_rows_see_zeros_like_the_pipeline(setup):
     picture = _picture(4)
-    model = apply_ip_adapter(setup["bundles"][0], _adapter(setup, tiny_ip.SD3_IP), images=_image_tensor(picture),
+    model = apply_ip_adapter(setup["bundles"][0], _adapter(setup, tiny_ip.SD3_IP), images=pil_inputs.as_image(picture),
                              weight=0.8)
     ours = _ours(setup, model, "a castle", "fog", cfg=4.0, seed=3)
     ref = _reference(setup, tiny_ip.SD3_IP, 0.8, picture, prompt="a castle", seed=3, cfg=4.0, negative_prompt="fog")
@@ -157,20 +154,20 @@ def test_cfg_negative_rows_see_zeros_like_the_pipeline(setup):
 def test_two_reference_pictures_are_one_sequence_like_the_pipeline(setup):
     """A list of pictures: the pipeline's resampler output viewed per batch row (it works without CFG only)."""
     a, b = _picture(8), _picture(9)
-    images = torch.cat([_image_tensor(a), _image_tensor(b)])
+    images = torch.cat([pil_inputs.as_image(a), pil_inputs.as_image(b)])
     ours = _ours(setup, apply_ip_adapter(setup["bundles"][0], _adapter(setup), images=images, weight=0.6))
     assert _diff(ours, _reference(setup, BIN, 0.6, [a, b])) <= TOL
 
 
 def test_negative_image_matches_the_pipeline_given_both_embeds(setup):
     picture, negative = _picture(4), _picture(11)
-    model = apply_ip_adapter(setup["bundles"][0], _adapter(setup), images=_image_tensor(picture), weight=0.9,
-                             negative_images=_image_tensor(negative))
+    model = apply_ip_adapter(setup["bundles"][0], _adapter(setup), images=pil_inputs.as_image(picture), weight=0.9,
+                             negative_images=pil_inputs.as_image(negative))
     ours = _ours(setup, model, "a castle", "fog", cfg=3.0, seed=5)
     ref = _reference(setup, BIN, 0.9, picture, prompt="a castle", seed=5, cfg=3.0, negative_prompt="fog",
                      negative_image=negative)
     assert _diff(ours, ref) <= TOL
-    default = _ours(setup, apply_ip_adapter(setup["bundles"][0], _adapter(setup), images=_image_tensor(picture),
+    default = _ours(setup, apply_ip_adapter(setup["bundles"][0], _adapter(setup), images=pil_inputs.as_image(picture),
                                             weight=0.9), "a castle", "fog", cfg=3.0, seed=5)
     assert _diff(ours, default) > 1e-4
 
@@ -178,13 +175,13 @@ def test_negative_image_matches_the_pipeline_given_both_embeds(setup):
 # ------------------------------------------------------------------ contract
 def test_run_leaves_the_transformer_as_it_was(setup):
     ip_contract.check_run_restores(lambda m: _ours(setup, m), setup["bundles"][0], _adapter(setup),
-                                   _image_tensor(_picture()))
+                                   pil_inputs.as_image(_picture()))
 
 
 def test_cancel_restores_the_transformer(setup):
     model = setup["bundles"][0]
     before = dict(model.unet.attn_processors)
-    patched = apply_ip_adapter(model, _adapter(setup), images=_image_tensor(_picture()), weight=1.0)
+    patched = apply_ip_adapter(model, _adapter(setup), images=pil_inputs.as_image(_picture()), weight=1.0)
     _, text, _ = setup["bundles"]
     calls = []
 
@@ -201,36 +198,37 @@ def test_cancel_restores_the_transformer(setup):
 
 def test_stacked_adapters_add_up(setup):
     """Two copies at 0.4 and 0.3 act as one at 0.7 (the IP term is linear in the scale); two files stack."""
-    model, image = setup["bundles"][0], _image_tensor(_picture(6))
+    model, image = setup["bundles"][0], pil_inputs.as_image(_picture(6))
     adapter = _adapter(setup)
     one = _ours(setup, apply_ip_adapter(model, adapter, images=image, weight=0.7))
     two = apply_ip_adapter(apply_ip_adapter(model, adapter, images=image, weight=0.4), adapter, images=image,
                            weight=0.3)
     assert _diff(_ours(setup, two), one) <= TOL
-    other = apply_ip_adapter(two, _adapter(setup, "sd3-b.safetensors"), images=_image_tensor(_picture(7)), weight=0.5)
+    other = apply_ip_adapter(two, _adapter(setup, "sd3-b.safetensors"), images=pil_inputs.as_image(_picture(7)),
+                             weight=0.5)
     assert _diff(_ours(setup, other), one) > 1e-4
 
 
 def test_step_window_and_mask(setup):
     ip_contract.check_window_and_mask(lambda m: _ours(setup, m), setup["bundles"][0], _adapter(setup),
-                                      _image_tensor(_picture(5)), SIZE)
+                                      pil_inputs.as_image(_picture(5)), SIZE)
 
 
 def test_wrong_family_files_are_refused_naming_both(setup):
     sd3_model = setup["bundles"][0]
     flux_adapter = _adapter(setup, tiny_ip.FLUX_IP, "vit-l")
     with pytest.raises(ValueError, match=r"flux-ip-adapter.safetensors.*Flux.1 IP-Adapter.*Stable Diffusion 3"):
-        apply_ip_adapter(sd3_model, flux_adapter, images=_image_tensor(_picture()))
+        apply_ip_adapter(sd3_model, flux_adapter, images=pil_inputs.as_image(_picture()))
     flux_model = load_checkpoint(setup["root"] / "flux-dev", dtype="float32",
                                  tokenizer_dir=tiny_models.tokenizer_dir())[0]
     with pytest.raises(ValueError, match=r"'ip-adapter.bin' is an SD3.5 IP-Adapter.*Flux.1 dev"):
-        apply_ip_adapter(flux_model, _adapter(setup), images=_image_tensor(_picture()))
+        apply_ip_adapter(flux_model, _adapter(setup), images=pil_inputs.as_image(_picture()))
     from diffusers_studio.nodes.engine.components import ModelBundle
 
     pipe = tiny_models.sd1_pipeline()
     sd1_model = ModelBundle("sd1", "tiny-sd1", pipe.unet, dict(pipe.scheduler.config), torch.float32)
     with pytest.raises(ValueError, match=r"'ip-adapter.bin' is an SD3.5 IP-Adapter.*tiny-sd1.*Stable Diffusion 1"):
-        apply_ip_adapter(sd1_model, _adapter(setup), images=_image_tensor(_picture()))
+        apply_ip_adapter(sd1_model, _adapter(setup), images=pil_inputs.as_image(_picture()))
 
 
 def test_encoder_of_the_other_kind_is_refused(setup):
@@ -249,6 +247,7 @@ def test_adapter_for_another_transformer_is_refused(setup, tmp_path):
     path = tiny_ip.save_adapter(tiny_ip.sd3_adapter_state_dict(deeper, seed=4), tmp_path / "for-large.safetensors")
     adapter = load_ip_adapter(str(path), load_image_encoder(str(setup["encoders"]["siglip"])))
     with pytest.raises(ValueError, match=r"'for-large.safetensors' was made for an SD3 transformer with 3 .*2 layers"):
-        apply_ip_adapter(setup["bundles"][0], adapter, images=_image_tensor(_picture()))
+        apply_ip_adapter(setup["bundles"][0], adapter, images=pil_inputs.as_image(_picture()))
     with pytest.raises(ValueError, match="weight_mode.*standard"):
-        apply_ip_adapter(setup["bundles"][0], _adapter(setup), images=_image_tensor(_picture()), weight_mode="style")
+        apply_ip_adapter(setup["bundles"][0], _adapter(setup), images=pil_inputs.as_image(_picture()),
+                         weight_mode="style")
