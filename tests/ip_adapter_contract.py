@@ -11,7 +11,8 @@ import torch
 from diffusers_studio.nodes.engine.ip_adapter import apply_ip_adapter
 
 
-def _diff(a, b) -> float:
+def max_diff(a, b) -> float:
+    """The largest absolute difference of two tensors."""
     return float((a - b).abs().max())
 
 
@@ -33,11 +34,11 @@ def check_window_and_mask(run, model, adapter, image, size: int) -> None:
     off = run(apply_ip_adapter(model, adapter, images=image, weight=1.0, start_percent=0.0, end_percent=0.0))
     assert torch.equal(off, plain)
     late = run(apply_ip_adapter(model, adapter, images=image, weight=1.0, start_percent=0.5))
-    assert _diff(late, plain) > 1e-4 and _diff(late, full) > 1e-4
+    assert max_diff(late, plain) > 1e-4 and max_diff(late, full) > 1e-4
     # An all-white mask is the whole picture; half a mask acts on half of it.
     whole = run(apply_ip_adapter(model, adapter, images=image, weight=1.0, mask=torch.ones(1, size, size)))
-    assert _diff(whole, full) <= 1e-5
+    assert max_diff(whole, full) <= 1e-5
     half = torch.zeros(1, size, size)
     half[:, :, : size // 2] = 1.0
     masked = run(apply_ip_adapter(model, adapter, images=image, weight=1.0, mask=half))
-    assert _diff(masked, full) > 1e-4 and _diff(masked, plain) > 1e-4
+    assert max_diff(masked, full) > 1e-4 and max_diff(masked, plain) > 1e-4

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 import ip_adapter_contract as ip_contract
+from ip_adapter_contract import max_diff as _diff
 import pil_inputs
 import tiny_dit
 import tiny_models
@@ -92,10 +93,6 @@ def _reference(setup, weight_names, scale, images, prompt="a cat", seed=7, **cal
                    **call).images
     latents = pipe._unpack_latents(latents, SIZE, SIZE, 8)
     return latents / model.latent_scaling_factor + model.latent_shift_factor
-
-
-def _diff(a, b) -> float:
-    return float((a - b).abs().max())
 
 
 # ------------------------------------------------------------------ parity

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 import ip_adapter_contract as ip_contract
+from ip_adapter_contract import max_diff as _diff
 import pil_inputs
 import tiny_dit
 import tiny_models
@@ -102,10 +103,6 @@ def _reference(setup, weight_name, scale, image, prompt="a cat", seed=7, cfg=1.0
                    height=SIZE, width=SIZE, generator=torch.Generator().manual_seed(seed), output_type="latent",
                    **call).images
     return latents / model.latent_scaling_factor + model.latent_shift_factor
-
-
-def _diff(a, b) -> float:
-    return float((a - b).abs().max())
 
 
 # ------------------------------------------------------------------ reading
