@@ -57,12 +57,16 @@ def setup(tmp_path_factory):
     flux_transformer = tiny_dit.tiny_flux_components(0)["transformer"]
     vit_l = tiny_ip.ENCODER_SHAPES[tiny_ip.VIT_L]["projection_dim"]
     tiny_ip.save_adapter(tiny_ip.flux_adapter_state_dict(flux_transformer, vit_l, 3), adapters / tiny_ip.FLUX_IP)
+    sd1_unet = tiny_models.tiny_sd1_components(0)["unet"]
+    h_proj = tiny_ip.ENCODER_SHAPES[tiny_ip.VIT_H]["projection_dim"]
+    tiny_ip.save_adapter(tiny_ip.adapter_state_dict(sd1_unet, "base", h_proj, 5), adapters / "sd1-base.safetensors")
     siglip = tiny_ip.tiny_siglip_encoder(0)
     siglip.save_pretrained(str(root / "siglip-folder"))
     encoders = {
         "siglip": tiny_ip.save_siglip_single_file(siglip, root / tiny_ip.SIGLIP),
         "siglip-folder": root / "siglip-folder",
         "vit-l": tiny_ip.save_encoder_single_file(tiny_ip.tiny_image_encoder(tiny_ip.VIT_L, 0), root / tiny_ip.VIT_L),
+        "vit-h": tiny_ip.save_encoder_single_file(tiny_ip.tiny_image_encoder(tiny_ip.VIT_H, 0), root / tiny_ip.VIT_H),
     }
     return {"root": root, "adapters": adapters, "encoders": encoders, "bundles": bundles}
 
@@ -216,6 +220,9 @@ def test_wrong_family_files_are_refused_naming_both(setup):
     flux_adapter = _adapter(setup, tiny_ip.FLUX_IP, "vit-l")
     with pytest.raises(ValueError, match=r"flux-ip-adapter.safetensors.*Flux.1 IP-Adapter.*Stable Diffusion 3"):
         apply_ip_adapter(sd3_model, flux_adapter, images=pil_inputs.as_image(_picture()))
+    sd1_adapter = _adapter(setup, "sd1-base.safetensors", "vit-h")
+    with pytest.raises(ValueError, match=r"sd1-base.safetensors.*SD1.x/SDXL IP-Adapter.*Stable Diffusion 3.*InstantX"):
+        apply_ip_adapter(sd3_model, sd1_adapter, images=pil_inputs.as_image(_picture()))
     flux_model = load_checkpoint(setup["root"] / "flux-dev", dtype="float32",
                                  tokenizer_dir=tiny_models.tokenizer_dir())[0]
     with pytest.raises(ValueError, match=r"'ip-adapter.bin' is an SD3.5 IP-Adapter.*Flux.1 dev"):
