@@ -30,7 +30,6 @@ are one sequence (what the pipeline does with a list of images).
 from __future__ import annotations
 
 import copy
-import logging
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +39,6 @@ from .components import ModelBundle
 from .ip_adapter import IPAdapterHook, _RunState, prepare_mask
 from .ip_adapter_loading import IPAdapter
 
-logger = logging.getLogger(__name__)
 
 
 def attention_names(transformer) -> list[str]:
