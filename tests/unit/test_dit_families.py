@@ -18,7 +18,6 @@ import tiny_models
 from diffusers_studio.nodes.engine import families
 from diffusers_studio.nodes.engine.flux_guidance import with_guidance
 from diffusers_studio.nodes.engine.loading import load_checkpoint, peek_family
-from diffusers_studio.nodes.engine.prompt_editing import encode_with_editing
 from diffusers_studio.nodes.engine.sampling import sample
 from diffusers_studio.nodes.engine.text_encoding import encode_prompt
 
@@ -127,10 +126,9 @@ def test_emphasis_is_removed_with_a_warning(folders, caplog):
     assert torch.equal(weighted.embeds, plain.embeds)
 
 
-def test_prompt_editing_and_clip_skip_refused_for_flux(folders):
+def test_clip_skip_and_sequence_length_refused_for_flux(folders):
+    """Prompt editing is taken (tests/unit/test_prompt_editing_dit.py); clip_skip and a long T5 are not."""
     _, text, _ = _load(folders, "flux-dev")
-    with pytest.raises(ValueError, match="prompt editing"):
-        encode_with_editing(text, "a [cat:dog:0.5]")
     with pytest.raises(ValueError, match="clip_skip"):
         encode_prompt(text, "a cat", clip_skip=2)
     with pytest.raises(ValueError, match="max_sequence_length"):

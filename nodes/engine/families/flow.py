@@ -248,8 +248,8 @@ class FlowFamily(Family):
         extras = [e for e in cond.extras if self.family not in getattr(e, "serves_families", ())]
         if extras:
             raise ValueError(
-                f"{which} conditioning carries {len(extras)} extra(s) (an SD1.x/SDXL ControlNet or prompt "
-                f"editing): {model_label} is {self.label}, which takes none of these yet. "
+                f"{which} conditioning carries {len(extras)} extra(s) made for SD1.x/SDXL (a ControlNet, "
+                f"an IP-Adapter): {model_label} is {self.label}, which takes none of these yet. "
                 "Connect the Diffusers Text Encode output directly, or apply a ControlNet made for "
                 f"{self.short_label}"
             )
