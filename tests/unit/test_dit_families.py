@@ -117,13 +117,14 @@ def test_flux_encoding_matches_encode_prompt(folders, name, length):
     assert torch.allclose(cond.embeds, embeds, atol=TOL) and torch.allclose(cond.pooled, pooled, atol=TOL)
 
 
-def test_emphasis_is_removed_with_a_warning(folders, caplog):
+def test_break_is_removed_with_a_warning(folders, caplog):
+    """One token window has no chunks; emphasis is applied (tests/unit/test_window_emphasis.py)."""
     _, text, _ = _load(folders, "flux-schnell")
     plain = encode_prompt(text, "a red apple")
     with caplog.at_level(logging.WARNING):
-        weighted = encode_prompt(text, "a (red:1.4) apple")
-    assert "emphasis" in caplog.text
-    assert torch.equal(weighted.embeds, plain.embeds)
+        broken = encode_prompt(text, "a red BREAK apple")
+    assert "BREAK" in caplog.text
+    assert torch.equal(broken.embeds, plain.embeds)
 
 
 def test_clip_skip_and_sequence_length_refused_for_flux(folders):
