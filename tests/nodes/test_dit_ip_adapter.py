@@ -152,7 +152,7 @@ def test_flux_regions_with_ip_adapter_in_one_run(flux_ip_models, cfg):
     base, car, neg = (DSTextEncode.execute(text_encoder, text, 1, 0, False, 0).args[0]
                       for text in ("a quiet landscape", "a red car", "fog"))
     adapter = nodes_ip.DSLoadIPAdapter.execute(tiny_ip.FLUX_IP, tiny_ip.VIT_L, "float32").args[0]
-    patched = nodes_ip.DSApplyIPAdapter.execute(model, adapter, _picture(1), 0.8, 0.0, 1.0, "standard").args[0]
+    patched = nodes_ip.DSApplyIPAdapter.execute(model, adapter, random_image(1), 0.8, 0.0, 1.0, "standard").args[0]
     whole = DSRegionalPrompt.execute(base, torch.ones(1, SIZE, SIZE), car, 1.0).args[0]
     latent = {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}
 
