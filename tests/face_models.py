@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from nodes.engine.face_detector import MOBILENET, RetinaFace
+from diffusers_studio.nodes.engine.face_detector import MOBILENET, RetinaFace
 
 PRIOR_CENTRE = 16.0  # the top-left stride-32 prior, in detection pixels
 PRIOR_SIZE = 256.0  # its first anchor's side
@@ -74,7 +74,7 @@ def one_face_detector(landmarks, image_size, detection_size: int = 640, box=None
 
 def face_landmarks(cx: float, cy: float, eye_distance: float):
     """Five landmarks of an upright face centred near (cx, cy), in the template's proportions."""
-    from nodes.engine.face_align import FFHQ_TEMPLATE
+    from diffusers_studio.nodes.engine.face_align import FFHQ_TEMPLATE
 
     template = torch.tensor(FFHQ_TEMPLATE)
     unit = (template - template.mean(0)) / (FFHQ_TEMPLATE[1, 0] - FFHQ_TEMPLATE[0, 0])

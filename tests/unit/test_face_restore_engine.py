@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from face_models import face_landmarks, one_face_detector
-from nodes.engine import face_align, face_boxes, face_detector, face_paste, face_restore
+from diffusers_studio.nodes.engine import face_align, face_boxes, face_detector, face_paste, face_restore
 
 # facexlib's parameter names and shapes (ResNet-50: pyramid/heads 256 wide; MobileNet-0.25: 64).
 RESNET_KEYS = {
