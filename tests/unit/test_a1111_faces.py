@@ -1,0 +1,92 @@
+"""A1111 `restore_faces` -> DSRestoreFaces in the graph, or a 422 naming what to install (no server, no models)."""
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from PIL import Image
+
+from harness.a1111_pack import a1111_module
+
+translate = a1111_module("translate")
+errors = a1111_module("errors")
+models = a1111_module("models")
+listings = a1111_module("listings")
+
+NODE_TYPES = ["DSRestoreFaces", "DSInpaint", "DSInpaintComposite", "DSSDUpscale"]
+RESTORERS = ["GFPGANv1.4.pth", "RestoreFormer.pth"]
+DETECTORS = ["detection_mobilenet0.25_Final.pth", "detection_Resnet50_Final.pth"]
+
+
+def _plan(kind="txt2img", restorers=RESTORERS, detectors=DETECTORS, options=None, node_types=NODE_TYPES, **fields):
+    def store(png: bytes) -> str:
+        return f"img{len(png)}.png"
+
+    catalog = translate.Catalog(models=["m.safetensors"], node_types=node_types, store_image=store,
+                                face_restorers=list(restorers), face_detectors=list(detectors))
+    body = {"prompt": "a portrait", "steps": 4, "width": 64, "height": 64, "seed": 1, "restore_faces": True, **fields}
+    cls = models.Txt2ImgRequest if kind == "txt2img" else models.Img2ImgRequest
+    return translate.build_plan(cls.model_validate(body), kind, options or {}, catalog)
+
+
+def _node(graph: dict, class_type: str) -> tuple[str, dict]:
+    (found,) = [(nid, node["inputs"]) for nid, node in graph.items() if node["class_type"] == class_type]
+    return found
+
+
+def _refusal(**kwargs) -> str:
+    with pytest.raises(errors.ApiError) as caught:
+        _plan(**kwargs)
+    assert caught.value.status == 422
+    return caught.value.detail
+
+
+def test_missing_files_are_named_with_their_folders():
+    both = _refusal(restorers=[], detectors=[])
+    assert "models/facerestore_models" in both and "models/facedetection" in both and "restore_faces false" in both
+    detector = _refusal(detectors=[])
+    assert "detection_Resnet50_Final.pth" in detector and "models/facedetection" in detector
+    assert "GFPGAN, RestoreFormer found" in detector and "needs a face-restoration model" not in detector
+    restorer = _refusal(restorers=[])
+    assert "models/facerestore_models" in restorer and "face detector" not in restorer
+    assert listings.restore_faces_refusal(RESTORERS, DETECTORS) is None
+
+
+def test_restore_faces_runs_dsrestorefaces_between_decode_and_save():
+    plan = _plan()
+    graph = plan.graphs[0]
+    node_id, faces = _node(graph, "DSRestoreFaces")
+    decode_id, _ = _node(graph, "DSVAEDecode")
+    assert faces["image"] == [decode_id, 0]
+    assert _node(graph, "PreviewImage")[1]["images"] == [node_id, 0]
+    # A1111's defaults: CodeFormer is not here, so the first restorer; facexlib's ResNet-50 detector
+    assert faces["restorer_name"] == "GFPGANv1.4.pth" and faces["detector_name"] == "detection_Resnet50_Final.pth"
+    assert faces["codeformer_weight"] == 0.5 and faces["visibility"] == 1.0 and faces["detection_size"] == 640
+    assert "Face restoration: GFPGAN" in plan.infotexts[0]
+    assert plan.info["restore_faces"] is True and plan.info["face_restoration_model"] == "GFPGAN"
+    assert "DSRestoreFaces" not in str(_plan(restore_faces=False).graphs[0])
+
+
+def test_face_restoration_options_pick_the_model_and_weight():
+    faces = _node(_plan(options={"face_restoration_model": "RestoreFormer", "code_former_weight": 0.8}).graphs[0],
+                  "DSRestoreFaces")[1]
+    assert faces["restorer_name"] == "RestoreFormer.pth" and faces["codeformer_weight"] == 0.8
+    overridden = _plan(options={"face_restoration_model": "RestoreFormer"},
+                       override_settings={"face_restoration_model": "GFPGANv1.4.pth", "code_former_weight": 0.1})
+    faces = _node(overridden.graphs[0], "DSRestoreFaces")[1]
+    assert faces["restorer_name"] == "GFPGANv1.4.pth" and faces["codeformer_weight"] == 0.1
+    absent = _refusal(override_settings={"face_restoration_model": "CodeFormer v2"})
+    assert "'CodeFormer v2'" in absent and "GFPGAN (GFPGANv1.4.pth)" in absent
+    assert "code_former_weight" in _refusal(override_settings={"code_former_weight": 3})
+    assert "DSRestoreFaces" in _refusal(node_types=["DSInpaint"])
+
+
+def test_inpainting_restores_faces_before_the_composite():
+    picture = Image.new("RGB", (64, 64), "gray")
+    out = io.BytesIO()
+    picture.save(out, format="PNG")
+    image = base64.b64encode(out.getvalue()).decode()
+    graph = _plan("img2img", init_images=[image], mask=image, inpaint_full_res=False).graphs[0]
+    faces_id, _ = _node(graph, "DSRestoreFaces")
+    assert _node(graph, "DSInpaintComposite")[1]["generated"] == [faces_id, 0]
