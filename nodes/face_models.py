@@ -70,6 +70,17 @@ def detector(name: str) -> RetinaFace:
     return model.to(comfy_bridge.compute_device())
 
 
+def offload() -> None:
+    """Move the held models to ComfyUI's offload device after a run, so they keep no VRAM
+    between prompts (A1111's face_restoration_unload; the files stay read)."""
+    device = comfy_bridge.offload_device()
+    with _lock:
+        held = [entry[2] for entry in _loaded.values()]
+    for model in held:
+        module = getattr(model, "model", model)  # a spandrel descriptor or the detector itself
+        module.to(device)
+
+
 def _spandrel_loader():
     from spandrel import MAIN_REGISTRY, ModelLoader
 
@@ -131,5 +142,5 @@ def restorer(name: str, codeformer_weight: float = 0.5) -> tuple[Callable[[torch
     return run, descriptor.architecture.name
 
 
-__all__ = ["CODEFORMER_HINT", "DETECTORS", "DETECTOR_FILE", "RESTORERS", "detector", "preferred_detector",
-           "register", "restorer"]
+__all__ = ["CODEFORMER_HINT", "DETECTORS", "DETECTOR_FILE", "RESTORERS", "detector", "offload",
+           "preferred_detector", "register", "restorer"]

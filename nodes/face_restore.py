@@ -73,11 +73,14 @@ class DSRestoreFaces(io.ComfyNode):
         face_models.register()
         detector = face_models.detector(detector_name)
         restore, _arch = face_models.restorer(restorer_name, codeformer_weight)
-        result, _counts = engine.restore_faces(
-            image, detector, restore, visibility=visibility, confidence=confidence, detection_size=detection_size,
-            on_picture=comfy_bridge.counter(int(image.shape[0])),
-        )
-        return io.NodeOutput(result)
+        try:
+            result, _counts = engine.restore_faces(
+                image, detector, restore, visibility=visibility, confidence=confidence,
+                detection_size=detection_size, on_picture=comfy_bridge.counter(int(image.shape[0])),
+            )
+        finally:
+            face_models.offload()
+        return io.NodeOutput(result.cpu())
 
 
 NODES = [DSRestoreFaces]

@@ -90,3 +90,14 @@ def test_inpainting_restores_faces_before_the_composite():
     graph = _plan("img2img", init_images=[image], mask=image, inpaint_full_res=False).graphs[0]
     faces_id, _ = _node(graph, "DSRestoreFaces")
     assert _node(graph, "DSInpaintComposite")[1]["generated"] == [faces_id, 0]
+
+
+def test_face_restoration_in_the_infotext_follows_the_seed_and_reads_back():
+    infotext = a1111_module("infotext")
+    text = _plan(seed=5).infotexts[0]
+    assert "Seed: 5, Face restoration: GFPGAN, Size: 64x64" in text
+    fields = infotext.request_fields_from_infotext(text, models.Txt2ImgRequest.model_fields)
+    assert fields["restore_faces"] is True and fields["override_settings"]["face_restoration_model"] == "GFPGAN"
+    plain = infotext.request_fields_from_infotext(_plan(restore_faces=False).infotexts[0],
+                                                  models.Txt2ImgRequest.model_fields)
+    assert "restore_faces" not in plain
