@@ -21,6 +21,7 @@ import torch
 
 from . import comfy_bridge
 from .engine.face_detector import RetinaFace, from_state_dict
+from .a1111.listings import CODEFORMER_HINT
 from .engine.face_weights import SUFFIXES, read_state_dict
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,6 @@ RESTORERS = comfy_bridge.ModelFolder("facerestore_models", "restorer_name", SUFF
                                      "face-restoration model")
 DETECTORS = comfy_bridge.ModelFolder("facedetection", "detector_name", SUFFIXES, None, "face detector")
 DETECTOR_FILE = "detection_Resnet50_Final.pth"  # facexlib's release, the one A1111 uses
-CODEFORMER_HINT = (
-    "CodeFormer is not in spandrel's main package (its licence is non-commercial): install "
-    "`spandrel_extra_arches` into ComfyUI's Python, or use a GFPGAN model (GFPGANv1.4.pth)"
-)
 
 _lock = threading.Lock()
 _loaded: dict[str, tuple] = {}  # kind -> (path, mtime, model)

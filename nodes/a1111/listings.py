@@ -83,6 +83,10 @@ def _first(paths: list[str]):
 DETECTOR_FOLDER = "facedetection"
 DETECTOR_FILE = "detection_Resnet50_Final.pth"  # facexlib's RetinaFace release, A1111's detector
 DEFAULT_RESTORER = "CodeFormer"  # A1111's face_restoration_model default
+CODEFORMER_HINT = (
+    "CodeFormer's loader is not in spandrel's main package (its licence is non-commercial): install "
+    "spandrel_extra_arches into ComfyUI's Python, or put GFPGANv1.4.pth in models/facerestore_models"
+)
 
 
 def restore_faces_refusal(files: Sequence[str], detectors: Sequence[str] = ()) -> Optional[str]:
@@ -129,6 +133,6 @@ def pick_detector(files: Sequence[str]) -> str:
     return sorted(files)[0]
 
 
-__all__ = ["DEFAULT_RESTORER", "DETECTOR_FILE", "DETECTOR_FOLDER", "FACE_RESTORE_FOLDER", "cmd_flags",
+__all__ = ["CODEFORMER_HINT", "DEFAULT_RESTORER", "DETECTOR_FILE", "DETECTOR_FOLDER", "FACE_RESTORE_FOLDER", "cmd_flags",
            "face_restorer_name", "face_restorers", "pick_detector", "pick_restorer", "realesrgan_models",
            "restore_faces_refusal"]

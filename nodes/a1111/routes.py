@@ -82,6 +82,7 @@ def _catalog() -> translate.Catalog:
         controlnets=_controlnet_names(),
         face_restorers=_face_restore_files(),
         face_detectors=_face_detector_files(),
+        codeformer_available=_codeformer_available(),
         styles=styles.store.all(),
         model_family=_model_family,
     )
@@ -93,6 +94,13 @@ def _face_restore_files() -> list[str]:
 
     face_models.register()
     return face_models.RESTORERS.files()
+
+
+def _codeformer_available() -> bool:
+    """Whether spandrel can load CodeFormer here (it lives in the optional spandrel_extra_arches)."""
+    import importlib.util
+
+    return importlib.util.find_spec("spandrel_extra_arches") is not None
 
 
 def _face_detector_files() -> list[str]:

@@ -82,6 +82,7 @@ class Catalog:
     controlnets: Sequence[str] = ()
     face_restorers: Sequence[str] = ()  # files in models/facerestore_models
     face_detectors: Sequence[str] = ()  # files in models/facedetection
+    codeformer_available: bool = True  # spandrel can load CodeFormer (spandrel_extra_arches installed)
     styles: dict = field(default_factory=dict)  # name -> styles.Style (styles.csv)
     # model name -> its engine Family (read from the file's header), None when unknown
     model_family: Optional[Callable[[str], Optional[Any]]] = None
@@ -499,7 +500,12 @@ def _face_restoration(req, options: dict, catalog: Catalog) -> Optional[_Faces]:
         weight = check_value("code_former_weight", merged.get("code_former_weight", OPTION_DEFAULTS["code_former_weight"]))
         wanted = check_value("face_restoration_model",
                              merged.get("face_restoration_model", OPTION_DEFAULTS["face_restoration_model"]))
-        restorer = listings.pick_restorer(catalog.face_restorers, wanted)
+        usable = [f for f in catalog.face_restorers
+                  if catalog.codeformer_available or listings.face_restorer_name(f) != "CodeFormer"]
+        if not usable:
+            raise ValueError(f"restore_faces: {', '.join(catalog.face_restorers)} is CodeFormer. "
+                             f"{listings.CODEFORMER_HINT}")
+        restorer = listings.pick_restorer(usable, wanted)
     except ValueError as exc:
         raise unsupported(str(exc)) from None
     return _Faces(restorer, listings.pick_detector(catalog.face_detectors), weight)

@@ -101,3 +101,20 @@ def test_face_restoration_in_the_infotext_follows_the_seed_and_reads_back():
     plain = infotext.request_fields_from_infotext(_plan(restore_faces=False).infotexts[0],
                                                   models.Txt2ImgRequest.model_fields)
     assert "restore_faces" not in plain
+
+
+def test_codeformer_without_its_loader_falls_back_or_says_what_to_install():
+    files = ["codeformer-v0.1.0.pth", "GFPGANv1.4.pth"]
+
+    def plan(restorers, **fields):
+        catalog = translate.Catalog(models=["m.safetensors"], node_types=NODE_TYPES, face_restorers=restorers,
+                                    face_detectors=DETECTORS, codeformer_available=False)
+        body = {"prompt": "a portrait", "steps": 4, "width": 64, "height": 64, "restore_faces": True, **fields}
+        return translate.build_plan(models.Txt2ImgRequest.model_validate(body), "txt2img", {}, catalog)
+
+    assert _node(plan(files).graphs[0], "DSRestoreFaces")[1]["restorer_name"] == "GFPGANv1.4.pth"
+    with pytest.raises(errors.ApiError) as caught:
+        plan(files[:1])
+    assert caught.value.status == 422 and "spandrel_extra_arches" in caught.value.detail
+    available = _plan(restorers=files)  # with the loader, A1111's default CodeFormer is used
+    assert _node(available.graphs[0], "DSRestoreFaces")[1]["restorer_name"] == "codeformer-v0.1.0.pth"
