@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "send_size": True,
     # restore_faces: which restorer (A1111 name or file in models/facerestore_models) and
     # CodeFormer's fidelity weight
+    "face_restoration": False,  # restore faces when a request leaves restore_faces out
     "face_restoration_model": "CodeFormer",
     "code_former_weight": 0.5,
 }
@@ -76,7 +77,8 @@ def check_value(key: str, value: Any) -> Any:
         if value is not None and not isinstance(value, str):
             raise OptionError(key, f"must be a name (text), got {value!r}")
         return value
-    if key in ("enable_pnginfo", "live_previews_enable", "use_old_scheduling", "send_seed", "send_size"):
+    if key in ("enable_pnginfo", "live_previews_enable", "use_old_scheduling", "send_seed", "send_size",
+               "face_restoration"):
         if not isinstance(value, bool):
             raise OptionError(key, f"must be true or false, got {value!r}")
         return value

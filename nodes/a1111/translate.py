@@ -317,8 +317,16 @@ def strip_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float, float]]]:
     return LORA_TAG.sub(take, prompt), loras
 
 
-def _refuse_unsupported(req, catalog: Catalog, sampler: str) -> None:
-    if req.restore_faces:
+def wants_faces(req, options: dict) -> bool:
+    """restore_faces, or A1111's `face_restoration` option when the request leaves it out (null)."""
+    if req.restore_faces is not None:
+        return bool(req.restore_faces)
+    merged = {**options, **(req.override_settings or {})}
+    return merged.get("face_restoration") is True
+
+
+def _refuse_unsupported(req, catalog: Catalog, sampler: str, options: Optional[dict] = None) -> None:
+    if wants_faces(req, options or {}):
         reason = listings.restore_faces_refusal(catalog.face_restorers, catalog.face_detectors)
         if reason:
             raise unsupported(reason)
@@ -492,7 +500,7 @@ class _Faces:
 def _face_restoration(req, options: dict, catalog: Catalog) -> Optional[_Faces]:
     """The restorer the options name (face_restoration_model, code_former_weight; override_settings
     first), or None without restore_faces. What is missing was refused before (_refuse_unsupported)."""
-    if not req.restore_faces:
+    if not wants_faces(req, options):
         return None
     extras.check_node_types(catalog.node_types, ["DSRestoreFaces"], "restore_faces")
     merged = {**options, **(req.override_settings or {})}
@@ -525,7 +533,7 @@ def _random_seed() -> int:
 def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
     """The graphs, infotexts and info for a validated txt2img or img2img request."""
     sampler, schedule = resolve_sampler(req.sampler_name or req.sampler_index, req.scheduler)
-    _refuse_unsupported(req, catalog, sampler)
+    _refuse_unsupported(req, catalog, sampler, options)
     upscale_script = scripts.parse(req.script_name, req.script_args, kind, catalog.upscale_models)
     if upscale_script is not None:
         scripts.check_request(req, upscale_script)
@@ -805,7 +813,7 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
         "cfg_scale": req.cfg_scale,
         "steps": req.steps,
         "batch_size": req.batch_size,
-        "restore_faces": bool(req.restore_faces),
+        "restore_faces": faces is not None,
         "face_restoration_model": faces.label if faces else None,
         "sd_model_name": model_stem(settings.model),
         "sd_model_hash": None,

@@ -118,3 +118,18 @@ def test_codeformer_without_its_loader_falls_back_or_says_what_to_install():
     assert caught.value.status == 422 and "spandrel_extra_arches" in caught.value.detail
     available = _plan(restorers=files)  # with the loader, A1111's default CodeFormer is used
     assert _node(available.graphs[0], "DSRestoreFaces")[1]["restorer_name"] == "codeformer-v0.1.0.pth"
+
+
+def test_the_face_restoration_option_applies_when_the_request_leaves_restore_faces_out():
+    body = {"prompt": "a portrait", "steps": 4, "width": 64, "height": 64}
+    catalog = translate.Catalog(models=["m.safetensors"], node_types=NODE_TYPES, face_restorers=RESTORERS,
+                                face_detectors=DETECTORS)
+
+    def plan(options, **fields):
+        return translate.build_plan(models.Txt2ImgRequest.model_validate({**body, **fields}), "txt2img", options,
+                                    catalog)
+
+    assert plan({"face_restoration": True}).info["restore_faces"] is True
+    assert plan({"face_restoration": True}, restore_faces=False).info["restore_faces"] is False
+    assert plan({}).info["restore_faces"] is False
+    assert plan({}, override_settings={"face_restoration": True}).info["face_restoration_model"] == "GFPGAN"
