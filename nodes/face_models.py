@@ -21,7 +21,7 @@ import torch
 
 from . import comfy_bridge
 from .engine.face_detector import RetinaFace, from_state_dict
-from .a1111.listings import CODEFORMER_HINT
+from .a1111.listings import CODEFORMER_HINT, pick_detector
 from .engine.face_weights import SUFFIXES, read_state_dict
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,8 @@ def register() -> None:
 
 
 def preferred_detector(names: list[str]) -> str | None:
-    """The detector to use when none is named: the ResNet-50 release if present, else the first."""
-    for name in names:
-        if "resnet50" in name.lower():
-            return name
-    return names[0] if names else None
+    """The detector to use when none is named (A1111's ResNet-50, safetensors first)."""
+    return pick_detector(names) if names else None
 
 
 def _cached(kind: str, path: str, load: Callable[[], object]):

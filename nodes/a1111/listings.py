@@ -126,11 +126,9 @@ def pick_restorer(files: Sequence[str], wanted: Optional[str]) -> str:
 
 
 def pick_detector(files: Sequence[str]) -> str:
-    """facexlib's ResNet-50 detector when present (A1111's), else the first detector file."""
-    for f in files:
-        if "resnet50" in f.lower():
-            return f
-    return sorted(files)[0]
+    """facexlib's ResNet-50 detector when present (A1111's), else the first; a .safetensors
+    copy before a .pth of the same kind (safetensors first)."""
+    return sorted(files, key=lambda f: ("resnet50" not in f.lower(), not f.lower().endswith(".safetensors"), f))[0]
 
 
 __all__ = ["CODEFORMER_HINT", "DEFAULT_RESTORER", "DETECTOR_FILE", "DETECTOR_FOLDER", "FACE_RESTORE_FOLDER", "cmd_flags",

@@ -133,3 +133,10 @@ def test_the_face_restoration_option_applies_when_the_request_leaves_restore_fac
     assert plan({"face_restoration": True}, restore_faces=False).info["restore_faces"] is False
     assert plan({}).info["restore_faces"] is False
     assert plan({}, override_settings={"face_restoration": True}).info["face_restoration_model"] == "GFPGAN"
+
+
+def test_the_detector_is_facexlibs_resnet50_and_safetensors_first():
+    assert listings.pick_detector(DETECTORS) == "detection_Resnet50_Final.pth"
+    assert listings.pick_detector([*DETECTORS, "detection_Resnet50_Final.safetensors"]) == \
+        "detection_Resnet50_Final.safetensors"
+    assert listings.pick_detector(["b.pth", "a.pth"]) == "a.pth"
