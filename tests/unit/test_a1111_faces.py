@@ -82,7 +82,7 @@ def test_face_restoration_options_pick_the_model_and_weight():
     assert "DSRestoreFaces" in _refusal(node_types=["DSInpaint"])
 
 
-def test_inpainting_restores_faces_before_the_composite():
+def test_inpainting_restores_faces_before_the_composite_and_sd_upscale_after_its_tiles():
     picture = Image.new("RGB", (64, 64), "gray")
     out = io.BytesIO()
     picture.save(out, format="PNG")
@@ -90,6 +90,11 @@ def test_inpainting_restores_faces_before_the_composite():
     graph = _plan("img2img", init_images=[image], mask=image, inpaint_full_res=False).graphs[0]
     faces_id, _ = _node(graph, "DSRestoreFaces")
     assert _node(graph, "DSInpaintComposite")[1]["generated"] == [faces_id, 0]
+    upscaled = _plan("img2img", init_images=[image], script_name="SD upscale", script_args=["", 8, "Lanczos", 2.0],
+                     denoising_strength=0.3).graphs[0]
+    upscale_id, _ = _node(upscaled, "DSSDUpscale")
+    faces_id, faces = _node(upscaled, "DSRestoreFaces")
+    assert faces["image"] == [upscale_id, 0] and _node(upscaled, "PreviewImage")[1]["images"] == [faces_id, 0]
 
 
 def test_face_restoration_in_the_infotext_follows_the_seed_and_reads_back():
