@@ -89,16 +89,7 @@ def _graph(model_name, cn_name, negative, *, seed, cfg, mode, channels):
 
 
 def _reference(pipe_cls, bundles, control_net, **kwargs):
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    model, text_encoder, vae = bundles
-    parts = {"transformer": model.unet, "vae": vae.vae, "controlnet": control_net.module,
-             "scheduler": FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config)}
-    names = [("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"), ("text_encoder_3", "tokenizer_3")]
-    for (e, t), enc, tok in zip(names, text_encoder.text_encoders, text_encoder.tokenizers):
-        parts[e], parts[t] = enc, tok
-    pipe = pipe_cls(**parts)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_dit.pipeline_of(pipe_cls, bundles, controlnet=control_net.module)
     return pipe(prompt="a cat", control_image=_pil(_hint()), controlnet_conditioning_scale=0.8,
                 control_guidance_end=0.75, num_inference_steps=3, height=SIZE, width=SIZE, output_type="np",
                 **kwargs).images

@@ -124,20 +124,14 @@ def test_file_matches_the_same_weights_from_a_folder(cn_models, file, folder, mo
 def test_stability_sd35_file_matches_the_pipeline(cn_models):
     """The SD3.5 path (no own position embedding: the transformer's, lent per run) against
     StableDiffusion3ControlNetPipeline on the same modules."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3ControlNetPipeline
+    from diffusers import StableDiffusion3ControlNetPipeline
     from PIL import Image
 
     cn = _cn(cn_models, "sd3.5_large_controlnet_canny.safetensors")
     assert cn.module.config.use_pos_embed is False and cn.module.config.joint_attention_dim is None
     out, (model, text, vae), hint = _run(cn_models, "sd35-large", cn, cfg=4.0, negative="blurry")
     assert cn.module.pos_embed is None  # the lent position embedding was given back
-    parts = {"transformer": model.unet, "vae": vae.vae, "controlnet": cn.module,
-             "scheduler": FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config)}
-    names = [("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"), ("text_encoder_3", "tokenizer_3")]
-    for (e, t), enc, tok in zip(names, text.text_encoders, text.tokenizers):
-        parts[e], parts[t] = enc, tok
-    pipe = StableDiffusion3ControlNetPipeline(**parts)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_dit.pipeline_of(StableDiffusion3ControlNetPipeline, (model, text, vae), controlnet=cn.module)
     latents = pipe(prompt="a cat", negative_prompt="blurry",
                    control_image=Image.fromarray((hint[0].numpy() * 255).round().astype(np.uint8)),
                    controlnet_conditioning_scale=0.8, control_guidance_end=0.75, num_inference_steps=3,
