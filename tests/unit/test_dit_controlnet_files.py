@@ -196,3 +196,17 @@ def test_sd1_controlnet_files_keep_their_path(tmp_path):
                  models_controlnet.save_diffusers_single_file(cn, tmp_path / "control_tiny_diffusers.safetensors")):
         bundle = controlnet_loading.load_controlnet(path, dtype="float32", use_cache=False)
         assert bundle.family == "sd1" and type(bundle.module).__name__ == "ControlNetModel"
+
+
+def test_a_controlnet_file_in_a_model_slot_is_named_a_controlnet(cn_models, tmp_path):
+    """A ControlNet shares the transformer's block names: selected as a transformer or a checkpoint it is
+    called what it is, with where it belongs, not a damaged transformer."""
+    from diffusers_studio.nodes.engine import single_file_dit
+
+    for file in ("flux-union.safetensors", "sd3-instantx.safetensors", "sd3.5_large_controlnet_canny.safetensors"):
+        with pytest.raises(ModelLoadError, match=rf"Transformer file '{file}' is a Flux / SD3 ControlNet, not a "
+                                                 r"transformer: put it in models/controlnet"):
+            single_file_dit.detect(cn_models / file)
+        with pytest.raises(ModelLoadError, match=rf"'{file}' looks like a Flux / SD3 ControlNet, not a checkpoint "
+                                                 r"\(put it in models/controlnet"):
+            load_checkpoint(cn_models / file, dtype="float32", tokenizer_dir=tiny_models.tokenizer_dir())
