@@ -50,8 +50,6 @@ import math
 import re
 from typing import Optional
 
-import torch
-
 from .components import FLUX, SD3
 from .dit_configs import flux_rope_axes
 from .families import ModelLoadError
