@@ -38,9 +38,9 @@ class DSTextEncode(io.ComfyNode):
                     "point is a step), [dog:10] adds dog after step 10, [cat::10] removes cat, [cat|dog] "
                     "alternates every step. A textual-inversion embedding from models/embeddings is used by its "
                     "name (easynegative) or as embedding:easynegative. An empty prompt is allowed (typical for "
-                    "a negative prompt). SD3 and Flux read plain text: emphasis and BREAK are removed with a "
-                    "warning (T5 has no A1111 emphasis), prompt editing is refused, CLIP sees the first 75 tokens "
-                    "and T5 max_sequence_length tokens (the rest is cut with a warning).",
+                    "a negative prompt). SD3 and Flux read one window per encoder: emphasis, prompt editing and "
+                    "alternation work as above, BREAK is removed with a warning (no chunks), CLIP sees the first 75 "
+                    "tokens and T5 max_sequence_length tokens (the rest is cut with a warning).",
                 ),
                 io.Int.Input(
                     "clip_skip",

@@ -27,8 +27,8 @@ class DSRegionalPrompt(io.ComfyNode):
                 "A1111's Latent Couple). Chain several of these nodes to add regions. Each region "
                 "adds one image's worth of work per step to DSSampler (two with a regional negative). "
                 "Works for SD1.x and SDXL (with ControlNet and IP-Adapter) and for SD3 and Flux.1 dev / "
-                "schnell (with LoRA and their ControlNets): the same blending of each region's prediction "
-                "by its mask."
+                "schnell (with LoRA, their ControlNets and Flux.1's IP-Adapter): the same blending of each "
+                "region's prediction by its mask."
             ),
             inputs=[
                 DSConditioning.Input(

@@ -14,6 +14,10 @@ embedding follows its text). A step drawing "cat" is therefore the very same
 UNet call as a run of the plain prompt "cat". A prompt without editing syntax
 gets no extra at all and stays bit-identical to before.
 
+SD3 and Flux: each scheduled text is encoded with the prompt's own options
+(max_sequence_length), so every step's rows have the plain prompt's shape and
+the pooled projection (the family's `pooled_key`) follows its text.
+
 Step counting (A1111's, read from its processing and CFG denoiser code):
 - the schedule spans the sampler's `steps`, times the scheduler's order
   (Heun and DPM2 call the UNet twice a step; A1111 doubles their schedule too),
@@ -35,7 +39,7 @@ from typing import Optional
 import torch
 
 from . import families, hooks
-from .components import Conditioning, TextEncoderBundle
+from .components import FLUX, SD3, Conditioning, TextEncoderBundle
 from .embeddings import EmbeddingLibrary
 from .prompt_schedule import entry_at, first_text, has_editing, prompt_schedule
 from .regional import _pad_tokens
@@ -56,13 +60,20 @@ class PromptEditing:
     first_pass_steps: int = 0  # > 0: this prompt drives a hires-fix pass after that many steps
     old_timelines: bool = False
     embeddings: Optional[EmbeddingLibrary] = field(default=None, repr=False)
+    options: tuple = ()  # the family's encode options as (name, value) pairs (SD3/Flux: max_sequence_length)
     cache: dict = field(default_factory=dict, repr=False)  # text -> Conditioning
+
+    # FlowFamily.check_conditioning lets it through for these: every scheduled text is encoded with the
+    # same options, so each step's rows have the plain prompt's shape (one T5 window, no chunks).
+    serves_families = (SD3, FLUX)
 
     def encoded(self, text: str) -> Conditioning:
         """The Conditioning of one scheduled text, encoded once."""
         found = self.cache.get(text)
         if found is None:
-            found = encode_prompt(self.text_encoder, text, clip_skip=self.clip_skip, embeddings=self.embeddings)
+            found = encode_prompt(
+                self.text_encoder, text, clip_skip=self.clip_skip, embeddings=self.embeddings, **dict(self.options)
+            )
             self.cache[text] = found
         return found
 
@@ -103,13 +114,9 @@ def encode_with_editing(
         )
     if not isinstance(text, str) or not has_editing(text):
         return encode_prompt(text_encoder, text, clip_skip=clip_skip, embeddings=embeddings, **options)
-    family = families.of(text_encoder)
-    if not family.chunked:
-        raise ValueError(
-            f"text: prompt editing [a:b:when] and alternation [a|b] are not supported for {family.label} yet "
-            f"(the prompt was {text!r}): write the prompt without them"
-        )
-    editing = PromptEditing(text, text_encoder, clip_skip, first_pass_steps, bool(old_timelines), embeddings)
+    editing = PromptEditing(
+        text, text_encoder, clip_skip, first_pass_steps, bool(old_timelines), embeddings, tuple(sorted(options.items()))
+    )
     return editing.encoded(first_text(text)).with_extra(editing)
 
 
@@ -130,6 +137,7 @@ class PromptEditingHook(hooks.SamplingHook):
         self._sides: dict = {}
         self._batches: dict = {}
         self._offset = 0
+        self._pooled_key = "text_embeds"
 
     def __repr__(self) -> str:
         return "PromptEditingHook()"
@@ -138,6 +146,7 @@ class PromptEditingHook(hooks.SamplingHook):
         order = int(getattr(run.scheduler, "order", 1) or 1)
         steps = int(run.steps or getattr(run.scheduler, "num_inference_steps", 0) or run.total_steps)
         self._offset = run.first_index if run.start_step > 0 else 0
+        self._pooled_key = families.of(run.model).pooled_key  # SDXL: text_embeds; SD3/Flux: pooled_projections
         self._sides, self._batches = {}, {}
         sides = [(hooks.POSITIVE, self.positive)] + ([(hooks.NEGATIVE, self.negative)] if run.do_cfg else [])
         for name, cond in sides:
@@ -163,8 +172,8 @@ class PromptEditingHook(hooks.SamplingHook):
             self._batches[key] = _cfg_batch(pos, neg, run)
         embeds, pooled = self._batches[key]
         step.encoder_hidden_states = embeds
-        if pooled is not None and step.added_cond_kwargs and "text_embeds" in step.added_cond_kwargs:
-            step.added_cond_kwargs["text_embeds"] = pooled
+        if pooled is not None and step.added_cond_kwargs and self._pooled_key in step.added_cond_kwargs:
+            step.added_cond_kwargs[self._pooled_key] = pooled
 
     def end(self) -> None:
         self._sides, self._batches = {}, {}

@@ -11,7 +11,11 @@ real names users download:
   (a diffusers folder, 10 control modes), fitting the tiny `flux1-dev-fp8`
   checkpoint of `models_dit`;
 * `controlnet/SD3.5M-Controlnet-Canny/`: Tensor.Art's SD3.5 medium canny
-  ControlNet (a diffusers folder), fitting the tiny `sd3.5_medium` checkpoint.
+  ControlNet (a diffusers folder), fitting the tiny `sd3.5_medium` checkpoint;
+* `ipadapter/flux-ip-adapter.safetensors` (XLabs' Flux.1 IP-Adapter layout)
+  fitting the tiny `flux1-dev-fp8` checkpoint, with the CLIP ViT-L/14 encoder it
+  reads, `clip_vision/clip-vit-large-patch14.safetensors` (names and writers
+  from `models_ip_adapter`), for flux_ipadapter and flux_canvas.
 
 The components are the 16-latent-channel tiny models of `tests/dit_tiny.py`
 (the same seed as `models_dit`, so the split encoders and VAE equal the
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import models_ip_adapter as ip
 from .models_dit import LATENT
 from .tests_modules import tests_module
 
@@ -72,7 +77,7 @@ def sd3_controlnet(transformer, seed: int):
 def write(models_dir: Path, seed: int = 0) -> list[Path]:
     dit_tiny, dit_export = tests_module("dit_tiny"), tests_module("dit_export")
     models_dir = Path(models_dir)
-    for kind in ("diffusion_models", "text_encoders", "vae", "controlnet"):
+    for kind in ("diffusion_models", "text_encoders", "vae", "controlnet", "ipadapter", "clip_vision"):
         (models_dir / kind).mkdir(parents=True, exist_ok=True)
     fill = dit_tiny.tiny_flux_components("fill", seed, latent=LATENT)
     dev = dit_tiny.tiny_flux_components("dev", seed, latent=LATENT)
@@ -90,4 +95,9 @@ def write(models_dir: Path, seed: int = 0) -> list[Path]:
         folder = models_dir / "controlnet" / name
         module.save_pretrained(str(folder), safe_serialization=True)
         written.append(folder)
+    encoder = ip.tiny_image_encoder(ip.VIT_L, seed + 3)
+    embed = ip.ENCODER_SHAPES[ip.VIT_L]["projection_dim"]
+    written.append(ip.save_encoder_single_file(encoder, models_dir / "clip_vision" / ip.VIT_L))
+    written.append(ip.save_adapter(ip.flux_adapter_state_dict(dev["transformer"], embed, seed + 4),
+                                   models_dir / "ipadapter" / ip.FLUX_IP))
     return written

@@ -18,7 +18,6 @@ import tiny_models
 from diffusers_studio.nodes.engine import families
 from diffusers_studio.nodes.engine.flux_guidance import with_guidance
 from diffusers_studio.nodes.engine.loading import load_checkpoint, peek_family
-from diffusers_studio.nodes.engine.prompt_editing import encode_with_editing
 from diffusers_studio.nodes.engine.sampling import sample
 from diffusers_studio.nodes.engine.text_encoding import encode_prompt
 
@@ -118,19 +117,19 @@ def test_flux_encoding_matches_encode_prompt(folders, name, length):
     assert torch.allclose(cond.embeds, embeds, atol=TOL) and torch.allclose(cond.pooled, pooled, atol=TOL)
 
 
-def test_emphasis_is_removed_with_a_warning(folders, caplog):
+def test_break_is_removed_with_a_warning(folders, caplog):
+    """One token window has no chunks; emphasis is applied (tests/unit/test_window_emphasis.py)."""
     _, text, _ = _load(folders, "flux-schnell")
     plain = encode_prompt(text, "a red apple")
     with caplog.at_level(logging.WARNING):
-        weighted = encode_prompt(text, "a (red:1.4) apple")
-    assert "emphasis" in caplog.text
-    assert torch.equal(weighted.embeds, plain.embeds)
+        broken = encode_prompt(text, "a red BREAK apple")
+    assert "BREAK" in caplog.text
+    assert torch.equal(broken.embeds, plain.embeds)
 
 
-def test_prompt_editing_and_clip_skip_refused_for_flux(folders):
+def test_clip_skip_and_sequence_length_refused_for_flux(folders):
+    """Prompt editing is taken (tests/unit/test_prompt_editing_dit.py); clip_skip and a long T5 are not."""
     _, text, _ = _load(folders, "flux-dev")
-    with pytest.raises(ValueError, match="prompt editing"):
-        encode_with_editing(text, "a [cat:dog:0.5]")
     with pytest.raises(ValueError, match="clip_skip"):
         encode_prompt(text, "a cat", clip_skip=2)
     with pytest.raises(ValueError, match="max_sequence_length"):

@@ -11,14 +11,14 @@ holds the parts the loop needs to stay family-blind:
   `init_noise_sigma` is 1), so img2img, partial runs and denoise work as for
   the UNets;
 * `FlowFamily`: sampler names, img2img rounding, adapter refusals, the
-  plain-text prompt rule and the CLIP / T5 calls as diffusers' pipelines
+  one-window prompt rule and the CLIP / T5 calls as diffusers' pipelines
   make them.
 
-Prompt syntax: T5 reads natural language and has no A1111 emphasis; the
-pipelines give CLIP its first 77 tokens and T5 `max_sequence_length`
-tokens. So (word:1.2) emphasis and BREAK are not applied: the syntax is
-removed (the words stay) and a warning says so; a prompt longer than a
-window is cut with a warning, as diffusers does.
+Prompt syntax: the pipelines give CLIP its first 77 tokens and T5
+`max_sequence_length` tokens, one window each (window_prompt.py): (word:1.2)
+emphasis weights tokens inside the window, BREAK is removed with a warning
+(there are no chunks), a prompt longer than a window is cut with a warning,
+as diffusers does.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 
 from ..components import Conditioning, ModelBundle
-from ..prompt_weights import parse_prompt_chunks
+from ..window_prompt import WindowPrompt, prompt_ids
 from .base import CONTROLNET, IP_ADAPTER, LORA, REGIONAL, Family
 
 logger = logging.getLogger(__name__)
@@ -99,29 +99,6 @@ class FlowScheduler:
         return self.inner.step(model_output, timestep, sample, **kwargs)
 
 
-def plain_prompt(text: str, label: str) -> str:
-    """The prompt as T5 and the pipelines read it: A1111 emphasis and BREAK removed, with a warning."""
-    chunks = parse_prompt_chunks(text)
-    weighted = any(weight != 1.0 for runs in chunks for _, weight in runs)
-    if len(chunks) == 1 and not weighted:
-        return text
-    plain = " ".join("".join(run for run, _ in runs).strip() for runs in chunks)
-    logger.warning(
-        "%s prompts are plain text: A1111 emphasis such as (word:1.2) and BREAK are not applied "
-        "(T5 has no emphasis); encoding %r", label, plain,
-    )
-    return plain
-
-
-def window_ids(tokenizer, text: str, length: int, what: str) -> torch.Tensor:
-    """[1, length] ids padded to `length` and cut there (diffusers' encode_prompt), with a warning when cut."""
-    ids = tokenizer(text, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
-    full = tokenizer(text, padding="longest", return_tensors="pt").input_ids
-    if full.shape[-1] > ids.shape[-1] or (full.shape[-1] == ids.shape[-1] and not torch.equal(full, ids)):
-        logger.warning("The prompt is longer than %s's %s tokens; the rest is cut off", what, length)
-    return ids
-
-
 class FlowFamily(Family):
     """A flow-matching diffusion transformer family (SD3, Flux)."""
 
@@ -178,12 +155,13 @@ class FlowFamily(Family):
         return -(clip_skip + 1)
 
     @staticmethod
-    def t5_sequence(tokenizer, encoder, text: str, length: int) -> torch.Tensor:
-        """T5's last hidden states of the prompt padded to `length` tokens ([1, length, D])."""
-        from ..text_encoding import encoder_device
+    def t5_sequence(tokenizer, encoder, prompt: WindowPrompt, length: int) -> torch.Tensor:
+        """T5's last hidden states of the prompt padded to `length` tokens ([1, length, D]), emphasis applied."""
+        from ..text_encoding import apply_emphasis, encoder_device
 
-        ids = window_ids(tokenizer, text, length, "T5")
-        return encoder(ids.to(encoder_device(encoder)))[0]
+        ids, weights = prompt_ids(tokenizer, prompt, length, "T5")
+        hidden = encoder(ids.to(encoder_device(encoder)))[0]
+        return hidden if weights is None else apply_emphasis(hidden, weights)
 
     def check_max_sequence_length(self, value: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 512:
@@ -248,8 +226,8 @@ class FlowFamily(Family):
         extras = [e for e in cond.extras if self.family not in getattr(e, "serves_families", ())]
         if extras:
             raise ValueError(
-                f"{which} conditioning carries {len(extras)} extra(s) (an SD1.x/SDXL ControlNet or prompt "
-                f"editing): {model_label} is {self.label}, which takes none of these yet. "
+                f"{which} conditioning carries {len(extras)} extra(s) made for SD1.x/SDXL (a ControlNet, "
+                f"an IP-Adapter): {model_label} is {self.label}, which takes none of these yet. "
                 "Connect the Diffusers Text Encode output directly, or apply a ControlNet made for "
                 f"{self.short_label}"
             )

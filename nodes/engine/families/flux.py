@@ -32,7 +32,8 @@ import torch
 
 from ..components import DEV, FILL, FLUX, SCHNELL, ModelBundle, compute_dtype
 from .base import IP_ADAPTER, DenoiserInputs, EncoderSlot, LatentFormat
-from .flow import FlowFamily, calculate_shift, plain_prompt, window_ids
+from ..window_prompt import window_ids, window_prompt
+from .flow import FlowFamily, calculate_shift
 
 logger = logging.getLogger(__name__)
 
@@ -118,13 +119,14 @@ class FluxFamily(FlowFamily):
                 f"clip_skip: got {clip_skip!r}; {self.label} takes CLIP-L's pooled output only, which "
                 "clip_skip does not change: set clip_skip to 1"
             )
-        text = plain_prompt(text, self.short_label)
+        prompt = window_prompt(text, self.short_label)
         (tok_l, tok_t5), (enc_l, enc_t5) = bundle.tokenizers, bundle.text_encoders
         with torch.no_grad(), patches_applied(bundle):  # the text encoders' LoRA, for this encode
-            ids = window_ids(tok_l, text, int(tok_l.model_max_length), "CLIP")
+            # CLIP-L gives only the pooled prompt, which emphasis never weights (A1111's rule for SDXL's pooled)
+            ids = window_ids(tok_l, prompt.plain, int(tok_l.model_max_length), "CLIP")
             pooled = enc_l(ids.to(encoder_device(enc_l)), output_hidden_states=False).pooler_output
             pooled = pooled.to(dtype=compute_dtype(enc_l))
-            embeds = self.t5_sequence(tok_t5, enc_t5, text, length).to(dtype=compute_dtype(enc_t5))
+            embeds = self.t5_sequence(tok_t5, enc_t5, prompt, length).to(dtype=compute_dtype(enc_t5))
         return Conditioning(
             family=bundle.family, embeds=embeds, empty_chunk=embeds[:, :0], pooled=pooled.to(embeds.device),
             variant=bundle.variant,

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from ..components import SD3, ModelBundle, compute_dtype
 from .base import DenoiserInputs, EncoderSlot, LatentFormat
-from .flow import FlowFamily, calculate_shift, plain_prompt, window_ids
+from ..window_prompt import prompt_ids, window_prompt
+from .flow import FlowFamily, calculate_shift
 
 CLIP_L = EncoderSlot("text_encoder", "tokenizer", "CLIPTextModelWithProjection")
 CLIP_G = EncoderSlot("text_encoder_2", "tokenizer_2", "CLIPTextModelWithProjection", embedding_key="clip_g")
@@ -51,26 +52,28 @@ class SD3Family(FlowFamily):
     # ---- encode
     def encode_prompt(self, bundle, text, *, clip_skip=1, embeddings=None, max_sequence_length=None, **options):
         from ..components import Conditioning
-        from ..text_encoding import encoder_device, patches_applied
+        from ..text_encoding import apply_emphasis, encoder_device, patches_applied
 
         self.check_text_bundle(bundle, text, embeddings)
         length = self.check_max_sequence_length(max_sequence_length or self.default_max_sequence_length)
-        text = plain_prompt(text, self.short_label)
+        prompt = window_prompt(text, self.short_label)
         (tok_l, tok_g, tok_t5), (enc_l, enc_g, enc_t5) = bundle.tokenizers, bundle.text_encoders
         with torch.no_grad(), patches_applied(bundle):  # the text encoders' LoRA, for this encode
             hidden, pooled = [], []
             for tokenizer, encoder in ((tok_l, enc_l), (tok_g, enc_g)):
                 layer = self.clip_skip_layer(clip_skip, encoder)
-                ids = window_ids(tokenizer, text, int(tokenizer.model_max_length), "CLIP")
+                ids, weights = prompt_ids(tokenizer, prompt, int(tokenizer.model_max_length), "CLIP")
                 out = encoder(ids.to(encoder_device(encoder)), output_hidden_states=True)
-                hidden.append(out.hidden_states[layer].to(dtype=compute_dtype(enc_l)))
+                states = out.hidden_states[layer]
+                states = states if weights is None else apply_emphasis(states, weights)
+                hidden.append(states.to(dtype=compute_dtype(enc_l)))
                 pooled.append(out[0])
             clip = torch.cat(hidden, dim=-1)
             if enc_t5 is None:
                 width = int(bundle.joint_width)
                 t5 = torch.zeros((1, length, width), device=clip.device, dtype=compute_dtype(enc_l))
             else:
-                t5 = self.t5_sequence(tok_t5, enc_t5, text, length).to(dtype=compute_dtype(enc_t5))
+                t5 = self.t5_sequence(tok_t5, enc_t5, prompt, length).to(dtype=compute_dtype(enc_t5))
             clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
             embeds = torch.cat([clip, t5.to(clip.device)], dim=-2)
             pooled = torch.cat(pooled, dim=-1)
