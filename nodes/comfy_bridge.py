@@ -321,6 +321,17 @@ def step_reporter(total_steps: int, preview: str, device: torch.device) -> Calla
     return report
 
 
+def counter(total: int) -> Callable[[int, int], None]:
+    """A progress bar for work counted in items (pictures, tiles): call it with (done, total)."""
+    bar = comfy.utils.ProgressBar(total)
+
+    def report(done: int, count: int) -> None:
+        raise_if_interrupted()
+        bar.update_absolute(done, count)
+
+    return report
+
+
 # ------------------------------------------------------------ upscale models
 def upscale_with_model(upscale_model, image: torch.Tensor) -> torch.Tensor:
     """IMAGE enlarged by a ComfyUI UPSCALE_MODEL (ESRGAN & co., loaded by Load Upscale Model).

@@ -30,18 +30,20 @@ class DSLoadControlNet(io.ComfyNode):
             display_name="Load Diffusers ControlNet",
             category=category("controlnet"),
             description=(
-                "Loads a ControlNet from models/controlnet: an SD1.x / SDXL single file (lllyasviel's "
-                "control_v11* releases or diffusers weights), or a diffusers ControlNet folder (SD1.x, SDXL, "
-                "Flux.1 FluxControlNetModel, SD3/3.5 SD3ControlNetModel). Works offline; the family is read "
-                "from the weights or the folder's config."
+                "Loads a ControlNet from models/controlnet, as a single file or a diffusers folder: SD1.x / "
+                "SDXL (lllyasviel's control_v11* releases, diffusers weights), Flux.1 (InstantX, Union, XLabs "
+                "-diffusers: FluxControlNetModel) and SD3 / SD3.5 (InstantX SD3ControlNetModel, Stability's "
+                "sd3.5_large_controlnet_* files). Works offline; the family and size are read from the weights "
+                "or the folder's config. XLabs' original Flux format has no diffusers model and is refused."
             ),
             inputs=[
                 io.Combo.Input(
                     "control_net_name",
                     options=controlnet_names(),
                     tooltip="The ControlNet, from models/controlnet. Use one made for the model's family "
-                    "(e.g. control_v11p_sd15_canny for SD1.5, controlnet-canny-sdxl-1.0 for SDXL, a "
-                    "FluxControlNetModel / SD3ControlNetModel diffusers folder for Flux / SD3).",
+                    "(e.g. control_v11p_sd15_canny for SD1.5, controlnet-canny-sdxl-1.0 for SDXL, "
+                    "FLUX.1-dev-Controlnet-Union for Flux, sd3.5_large_controlnet_canny for SD3.5 large); "
+                    "a lone .safetensors needs no config.json.",
                 ),
                 weights_dtype.dtype_input(),
             ],

@@ -10,6 +10,7 @@ from comfy_api.latest import ComfyExtension, io
 from . import (
     controlnet,
     encode,
+    face_restore,
     flux_guidance,
     inpaint,
     ip_adapter,
@@ -29,7 +30,7 @@ from . import (
 
 CONCEPT_MODULES = [
     loaders, split_loader, encode, sdxl_conditioning, flux_guidance, sample, vae, ip_adapter, controlnet, inpaint,
-    regional, region_masks, lora, model_options, seamless, sd_upscale,
+    regional, region_masks, lora, model_options, seamless, sd_upscale, face_restore,
 ]
 
 NODES: list[type[io.ComfyNode]] = [node for module in CONCEPT_MODULES for node in module.NODES]

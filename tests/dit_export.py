@@ -163,3 +163,41 @@ def save_gguf(transformer, path, qtype_name: str = "Q8_0") -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+# ------------------------------------------------------------ ControlNets as people download them
+
+_SD35_CN_NAMES = {  # SD3ControlNetModel single-stream block name -> Stability's MMDiT name
+    "attn.to_out.0": "attn.proj",
+    "ff.net.0.proj": "mlp.fc1",
+    "ff.net.2": "mlp.fc2",
+    "norm1.linear": "adaLN_modulation.1",
+}
+
+
+def save_controlnet_file(controlnet, path) -> Path:
+    """A diffusers ControlNet's weights alone (the folder's diffusion_pytorch_model.safetensors, no config)."""
+    return _save(dict(controlnet.state_dict()), path)
+
+
+def save_sd35_controlnet_original(controlnet, path, control_type: int = 1) -> Path:
+    """An SD3.5 ControlNet (single-stream blocks) in Stability's sd3.5_large_controlnet_*.safetensors names:
+    the inverse of diffusers' scripts/convert_sd3_controlnet_to_diffusers.py (fused qkv, MMDiT block names,
+    the embedders and controlnet_blocks as they are) plus the `control_type` scalar (1 = canny)."""
+    state = controlnet.state_dict()
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] != "transformer_blocks":
+            out[key] = value
+            continue
+        prefix, inner, end = ".".join(parts[:2]), ".".join(parts[2:-1]), parts[-1]
+        if inner in ("attn.to_k", "attn.to_v"):
+            continue
+        if inner == "attn.to_q":
+            qkv = [state[f"{prefix}.attn.to_{p}.{end}"] for p in "qkv"]
+            out[f"{prefix}.attn.qkv.{end}"] = torch.cat(qkv, dim=0)
+        else:
+            out[f"{prefix}.{_SD35_CN_NAMES[inner]}.{end}"] = value
+    out["control_type"] = torch.tensor(float(control_type))
+    return _save(out, path)

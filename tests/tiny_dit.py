@@ -193,8 +193,10 @@ def flux_fill_pipeline(seed: int = 0):
     return FluxFillPipeline(**tiny_flux_components(seed, fill=True))
 
 
-def pipeline_of(pipe_cls, bundles):
-    """A diffusers flow pipeline over the pack's loaded (model, text encoder, vae) bundles: the same modules."""
+def pipeline_of(pipe_cls, bundles, controlnet=None):
+    """A diffusers flow pipeline over the pack's loaded (model, text encoder, vae) bundles: the same modules.
+
+    controlnet: the ControlNet module for the ControlNet pipelines."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     model, text_encoder, vae = bundles
@@ -206,6 +208,8 @@ def pipeline_of(pipe_cls, bundles):
     names = [("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"), ("text_encoder_3", "tokenizer_3")]
     for (enc_name, tok_name), enc, tok in zip(names, text_encoder.text_encoders, text_encoder.tokenizers):
         parts[enc_name], parts[tok_name] = enc, tok
+    if controlnet is not None:
+        parts["controlnet"] = controlnet
     if "image_encoder" in inspect.signature(pipe_cls.__init__).parameters:  # FluxPipeline's IP-Adapter slots
         parts.update(image_encoder=None, feature_extractor=None)
     pipe = pipe_cls(**parts)

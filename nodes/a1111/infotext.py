@@ -26,6 +26,7 @@ KEY_ORDER = (
     "Schedule type",
     "CFG scale",
     "Seed",
+    "Face restoration",
     "Size",
     "Model hash",
     "Model",
@@ -211,6 +212,9 @@ def request_fields_from_infotext(text: str, fields: Iterable[str]) -> dict[str, 
     if "Hires upscale" in parsed and "enable_hr" in allowed:
         out["enable_hr"] = True
     overrides = {}
+    if parsed.get("Face restoration") not in (None, "") and "restore_faces" in allowed:
+        out["restore_faces"] = True  # A1111 writes the restorer's name; its presence turns restoration on
+        overrides["face_restoration_model"] = str(parsed["Face restoration"])
     if "Model" in parsed:
         overrides["sd_model_checkpoint"] = str(parsed["Model"])
     if "Clip skip" in parsed:

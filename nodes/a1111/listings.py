@@ -2,14 +2,15 @@
 
 `cmd-flags`, `hypernetworks`, `realesrgan-models` and `face-restorers` in
 A1111's shapes. What they list comes from ComfyUI's model folders (by name,
-through folder_paths): a face-restoration model in models/facerestore_models,
+through folder_paths): a face-restoration model in models/facerestore_models
+(and, for restore_faces, the RetinaFace detector in models/facedetection),
 Real-ESRGAN files among models/upscale_models. Hypernetworks are an SD1-era
 format the pack does not load, so that list is always empty.
 """
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 FACE_RESTORE_FOLDER = "facerestore_models"
 _FACE_KINDS = (("codeformer", "CodeFormer"), ("gfpgan", "GFPGAN"), ("restoreformer", "RestoreFormer"))
@@ -79,20 +80,57 @@ def _first(paths: list[str]):
     return paths[0] if paths else None
 
 
-def restore_faces_refusal(files: Sequence[str]) -> str:
-    """Why restore_faces cannot run, and what to do."""
+DETECTOR_FOLDER = "facedetection"
+DETECTOR_FILE = "detection_Resnet50_Final.pth"  # facexlib's RetinaFace release, A1111's detector
+DEFAULT_RESTORER = "CodeFormer"  # A1111's face_restoration_model default
+CODEFORMER_HINT = (
+    "CodeFormer's loader is not in spandrel's main package (its licence is non-commercial): install "
+    "spandrel_extra_arches into ComfyUI's Python, or put GFPGANv1.4.pth in models/facerestore_models"
+)
+
+
+def restore_faces_refusal(files: Sequence[str], detectors: Sequence[str] = ()) -> Optional[str]:
+    """Why restore_faces cannot run, naming what is missing and where it goes; None when it can."""
+    missing = []
     if not files:
-        return (
-            "restore_faces: no face-restoration model: put a GFPGAN or CodeFormer model in ComfyUI's "
-            f"models/{FACE_RESTORE_FOLDER} (GET /sdapi/v1/face-restorers lists them), or send restore_faces false"
-        )
-    names = ", ".join(sorted({face_restorer_name(f) for f in files}))
-    return (
-        f"restore_faces: {names} found in models/{FACE_RESTORE_FOLDER}, but Diffusers Studio does not run "
-        "face restoration yet (it needs a face detector, facexlib, which this server lacks); "
-        "send restore_faces false"
-    )
+        missing.append(f"a face-restoration model (GFPGANv1.4.pth, or codeformer.pth with spandrel_extra_arches) "
+                       f"in ComfyUI's models/{FACE_RESTORE_FOLDER}")
+    if not detectors:
+        missing.append(f"a face detector (facexlib's RetinaFace {DETECTOR_FILE}) in ComfyUI's models/{DETECTOR_FOLDER}")
+    if not missing:
+        return None
+    found = ""
+    if files:
+        found = f" ({', '.join(sorted({face_restorer_name(f) for f in files}))} found in models/{FACE_RESTORE_FOLDER})"
+    return (f"restore_faces: needs {' and '.join(missing)}{found}; GET /sdapi/v1/face-restorers lists the "
+            "restorers. Put the files there, or send restore_faces false")
 
 
-__all__ = ["FACE_RESTORE_FOLDER", "cmd_flags", "face_restorer_name", "face_restorers", "realesrgan_models",
+def pick_restorer(files: Sequence[str], wanted: Optional[str]) -> str:
+    """The file for A1111's face_restoration_model (a restorer name such as "CodeFormer", or a file name).
+
+    A1111's default ("CodeFormer", or none) falls back to the first restorer present, since
+    A1111 itself always has CodeFormer; another name that is not present is a ValueError."""
+    if not files:
+        raise ValueError(restore_faces_refusal(files, ["-"]))
+    for f in files:
+        if wanted in (f, f.rsplit("/", 1)[-1], f.rsplit("/", 1)[-1].rsplit(".", 1)[0]):
+            return f
+    for f in files:
+        if wanted and face_restorer_name(f).lower() == str(wanted).lower():
+            return f
+    if wanted in (None, "", DEFAULT_RESTORER):
+        return sorted(files)[0]
+    names = ", ".join(f"{face_restorer_name(f)} ({f})" for f in files)
+    raise ValueError(f"face_restoration_model: {wanted!r} is not in models/{FACE_RESTORE_FOLDER}; present: {names}")
+
+
+def pick_detector(files: Sequence[str]) -> str:
+    """facexlib's ResNet-50 detector when present (A1111's), else the first; a .safetensors
+    copy before a .pth of the same kind (safetensors first)."""
+    return sorted(files, key=lambda f: ("resnet50" not in f.lower(), not f.lower().endswith(".safetensors"), f))[0]
+
+
+__all__ = ["CODEFORMER_HINT", "DEFAULT_RESTORER", "DETECTOR_FILE", "DETECTOR_FOLDER", "FACE_RESTORE_FOLDER", "cmd_flags",
+           "face_restorer_name", "face_restorers", "pick_detector", "pick_restorer", "realesrgan_models",
            "restore_faces_refusal"]

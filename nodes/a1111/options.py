@@ -39,6 +39,11 @@ DEFAULTS: dict[str, Any] = {
     # Read by A1111's own API tests and its UI's "send to" buttons; stored and returned.
     "send_seed": True,
     "send_size": True,
+    # restore_faces: which restorer (A1111 name or file in models/facerestore_models) and
+    # CodeFormer's fidelity weight
+    "face_restoration": False,  # restore faces when a request leaves restore_faces out
+    "face_restoration_model": "CodeFormer",
+    "code_former_weight": 0.5,
 }
 AESTHETIC_SCORE_KEYS = ("sdxl_refiner_high_aesthetic_score", "sdxl_refiner_low_aesthetic_score")
 AESTHETIC_SCORE_RANGE = (0.0, 1000.0)  # DSSampler's inputs accept this range
@@ -72,7 +77,8 @@ def check_value(key: str, value: Any) -> Any:
         if value is not None and not isinstance(value, str):
             raise OptionError(key, f"must be a name (text), got {value!r}")
         return value
-    if key in ("enable_pnginfo", "live_previews_enable", "use_old_scheduling", "send_seed", "send_size"):
+    if key in ("enable_pnginfo", "live_previews_enable", "use_old_scheduling", "send_seed", "send_size",
+               "face_restoration"):
         if not isinstance(value, bool):
             raise OptionError(key, f"must be true or false, got {value!r}")
         return value
@@ -86,6 +92,14 @@ def check_value(key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
             raise OptionError(key, f"must be a number from {low:g} to {high:g} (A1111's default "
                                    f"{DEFAULTS[key]:g}), got {value!r}")
+        return float(value)
+    if key == "face_restoration_model":
+        if value is not None and not isinstance(value, str):
+            raise OptionError(key, f"must be a restorer name (CodeFormer, GFPGAN or a file name), got {value!r}")
+        return value
+    if key == "code_former_weight":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise OptionError(key, f"must be a number from 0 to 1 (A1111's default 0.5), got {value!r}")
         return float(value)
     if key == "eta_noise_seed_delta":
         if value not in (0, None):

@@ -81,16 +81,34 @@ def _catalog() -> translate.Catalog:
         loras=_lora_names(),
         controlnets=_controlnet_names(),
         face_restorers=_face_restore_files(),
+        face_detectors=_face_detector_files(),
+        codeformer_available=_codeformer_available(),
         styles=styles.store.all(),
         model_family=_model_family,
     )
 
 
 def _face_restore_files() -> list[str]:
-    from ..comfy_bridge import ModelFolder
+    """What DSRestoreFaces offers from models/facerestore_models (the same listing, so a name sent on is valid)."""
+    from .. import face_models
 
-    ModelFolder(listings.FACE_RESTORE_FOLDER, "restore_faces").register()
-    return _folder_list(listings.FACE_RESTORE_FOLDER)
+    face_models.register()
+    return face_models.RESTORERS.files()
+
+
+def _codeformer_available() -> bool:
+    """Whether spandrel can load CodeFormer here (it lives in the optional spandrel_extra_arches)."""
+    import importlib.util
+
+    return importlib.util.find_spec("spandrel_extra_arches") is not None
+
+
+def _face_detector_files() -> list[str]:
+    """What DSRestoreFaces offers from models/facedetection."""
+    from .. import face_models
+
+    face_models.register()
+    return face_models.DETECTORS.files()
 
 
 def _folder_paths(folder: str) -> list[str]:

@@ -81,6 +81,8 @@ class Catalog:
     loras: Sequence[str] = ()
     controlnets: Sequence[str] = ()
     face_restorers: Sequence[str] = ()  # files in models/facerestore_models
+    face_detectors: Sequence[str] = ()  # files in models/facedetection
+    codeformer_available: bool = True  # spandrel can load CodeFormer (spandrel_extra_arches installed)
     styles: dict = field(default_factory=dict)  # name -> styles.Style (styles.csv)
     # model name -> its engine Family (read from the file's header), None when unknown
     model_family: Optional[Callable[[str], Optional[Any]]] = None
@@ -315,9 +317,19 @@ def strip_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float, float]]]:
     return LORA_TAG.sub(take, prompt), loras
 
 
-def _refuse_unsupported(req, catalog: Catalog, sampler: str) -> None:
-    if req.restore_faces:
-        raise unsupported(listings.restore_faces_refusal(catalog.face_restorers))
+def wants_faces(req, options: dict) -> bool:
+    """restore_faces, or A1111's `face_restoration` option when the request leaves it out (null)."""
+    if req.restore_faces is not None:
+        return bool(req.restore_faces)
+    merged = {**options, **(req.override_settings or {})}
+    return merged.get("face_restoration") is True
+
+
+def _refuse_unsupported(req, catalog: Catalog, sampler: str, options: Optional[dict] = None) -> None:
+    if wants_faces(req, options or {}):
+        reason = listings.restore_faces_refusal(catalog.face_restorers, catalog.face_detectors)
+        if reason:
+            raise unsupported(reason)
     for name in req.alwayson_scripts or {}:
         if name.lower() == "controlnet":
             continue
@@ -467,6 +479,46 @@ def _seamless(g: Graph, tiling: Optional[bool], model, vae) -> tuple[list, list]
     return [node, 0], [node, 1]
 
 
+@dataclass
+class _Faces:
+    """restore_faces: the files DSRestoreFaces uses and CodeFormer's weight."""
+
+    restorer: str
+    detector: str
+    weight: float
+
+    @property
+    def label(self) -> str:
+        return listings.face_restorer_name(self.restorer)
+
+    def add(self, g: Graph, images) -> str:
+        """A DSRestoreFaces node after `images`, with A1111's detection settings (txt2img shows it fully)."""
+        return g.add("DSRestoreFaces", image=_ref(images), restorer_name=self.restorer, detector_name=self.detector,
+                     codeformer_weight=self.weight, visibility=1.0, confidence=0.97, detection_size=640)
+
+
+def _face_restoration(req, options: dict, catalog: Catalog) -> Optional[_Faces]:
+    """The restorer the options name (face_restoration_model, code_former_weight; override_settings
+    first), or None without restore_faces. What is missing was refused before (_refuse_unsupported)."""
+    if not wants_faces(req, options):
+        return None
+    extras.check_node_types(catalog.node_types, ["DSRestoreFaces"], "restore_faces")
+    merged = {**options, **(req.override_settings or {})}
+    try:
+        weight = check_value("code_former_weight", merged.get("code_former_weight", OPTION_DEFAULTS["code_former_weight"]))
+        wanted = check_value("face_restoration_model",
+                             merged.get("face_restoration_model", OPTION_DEFAULTS["face_restoration_model"]))
+        usable = [f for f in catalog.face_restorers
+                  if catalog.codeformer_available or listings.face_restorer_name(f) != "CodeFormer"]
+        if not usable:
+            raise ValueError(f"restore_faces: {', '.join(catalog.face_restorers)} is CodeFormer. "
+                             f"{listings.CODEFORMER_HINT}")
+        restorer = listings.pick_restorer(usable, wanted)
+    except ValueError as exc:
+        raise unsupported(str(exc)) from None
+    return _Faces(restorer, listings.pick_detector(catalog.face_detectors), weight)
+
+
 def _output(g: Graph, images: str, settings: _Settings, kind: str) -> str:
     """SaveImage (save_images) or PreviewImage (ComfyUI's temp folder) for the graph's pictures."""
     if settings.save:
@@ -481,13 +533,14 @@ def _random_seed() -> int:
 def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
     """The graphs, infotexts and info for a validated txt2img or img2img request."""
     sampler, schedule = resolve_sampler(req.sampler_name or req.sampler_index, req.scheduler)
-    _refuse_unsupported(req, catalog, sampler)
+    _refuse_unsupported(req, catalog, sampler, options)
     upscale_script = scripts.parse(req.script_name, req.script_args, kind, catalog.upscale_models)
     if upscale_script is not None:
         scripts.check_request(req, upscale_script)
     if req.tiling:
         extras.check_node_types(catalog.node_types, ["DSSeamlessTiling"], "tiling")
     settings = _settings(req, options, catalog, kind)
+    faces = _face_restoration(req, options, catalog)
     try:
         styled, styled_negative = styles.apply_styles(req.prompt, req.negative_prompt, req.styles or [],
                                                       catalog.styles)
@@ -614,7 +667,7 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
                     vae=vae_ref, width=req.width, height=req.height, denoise=denoise, seed=seed_k,
                     steps=req.steps, cfg=req.cfg_scale, sampler=sampler, schedule=schedule)
                 steps_of[node] = req.steps
-                output_node = _output(g, node, settings, kind)
+                output_node = _output(g, faces.add(g, node) if faces else node, settings, kind)
                 graphs.append(g.nodes)
                 sampler_steps.append(steps_of)
                 continue
@@ -689,6 +742,8 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
             steps_of[out] = hires.steps
             vae_out = h_vae
         decoded = g.add("DSVAEDecode", vae=vae_out, samples=[out, 0], tiled=False, tile_size=512)
+        if faces:  # A1111 restores faces before it pastes an inpainted crop back
+            decoded = faces.add(g, decoded)
         if inpainted is not None and crop is not None:
             decoded = g.add("DSInpaintPasteBack", crop=[crop, 2], image=[decoded, 0], mask=[inpainted, 1])
         elif inpainted is not None:
@@ -715,6 +770,8 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
         params_common.update(hires.params)
     if req.tiling:
         params_common["Tiling"] = True
+    if faces:
+        params_common["Face restoration"] = faces.label
     if upscale_script is not None:
         params_common.update(upscale_script.infotext())
     if refiner:
@@ -756,8 +813,8 @@ def build_plan(req, kind: str, options: dict, catalog: Catalog) -> Plan:
         "cfg_scale": req.cfg_scale,
         "steps": req.steps,
         "batch_size": req.batch_size,
-        "restore_faces": bool(req.restore_faces),
-        "face_restoration_model": None,
+        "restore_faces": faces is not None,
+        "face_restoration_model": faces.label if faces else None,
         "sd_model_name": model_stem(settings.model),
         "sd_model_hash": None,
         "sd_vae_name": None,

@@ -5,8 +5,8 @@ A diffusers ControlNet folder names its class in config.json: `FluxControlNetMod
 (InstantX SD3, Stability's SD3.5 ControlNets). That name is the family, so no
 tensor shape has to be guessed; weights are read through
 `from_pretrained(local_files_only=True)` (safetensors first, as diffusers does).
-Single-file transformer ControlNets are not read yet: their key layouts differ
-per publisher, and a folder is how these models are shipped.
+Single files (no config.json) are read by `controlnet_dit_files`, which infers the
+config from the tensor shapes; `controlnet_loading.load_controlnet` sends them there.
 """
 from __future__ import annotations
 

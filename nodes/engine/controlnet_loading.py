@@ -11,6 +11,9 @@ diffusers `ControlNetModel`, in eval mode and frozen:
 * a single file holding the diffusers layout (how most SDXL ControlNets are
   shared: the folder's weights file renamed).
 
+Flux.1 and SD3 / SD3.5 ControlNet files are told apart first and built by
+`controlnet_dit_files` (FluxControlNetModel / SD3ControlNetModel).
+
 A single file carries no configuration, so it is read back from the tensor
 shapes (levels, widths, layers, transformer depths, context width, hint
 encoder widths, SDXL's added embedding), with the facts shapes cannot tell
@@ -32,7 +35,7 @@ import time
 
 import torch
 
-from . import families
+from . import controlnet_dit_files, families
 from .components import SD1, SDXL
 from .controlnet import ControlNetBundle
 from .controlnet_dit_loading import FOLDER_CLASSES as DIT_FOLDER_CLASSES
@@ -113,8 +116,9 @@ def _layout(state: dict, name: str) -> str:
         what = "not a ControlNet"
     raise ModelLoadError(
         f"ControlNet {name!r} is {what}; Diffusers Studio loads SD1.x and SDXL ControlNets "
-        "(lllyasviel's control_v11* files, diffusers ControlNetModel weights) as single files; Flux and "
-        "SD3 ControlNets load from their diffusers folder (config.json + weights) in models/controlnet. "
+        "(lllyasviel's control_v11* files, diffusers ControlNetModel weights), Flux.1 ControlNets in "
+        "diffusers format (InstantX, Union, XLabs -diffusers) and SD3 / SD3.5 ControlNets (InstantX, "
+        "Stability's sd3.5_large_controlnet_*) as single files, or any of them as a diffusers folder. "
         "Put checkpoints in models/checkpoints and select a ControlNet here."
     )
 
@@ -306,13 +310,18 @@ def load_controlnet(
             family = _family_of_config(module.config)
     else:
         state = _read_state_dict(path)
-        if _layout(state, name) == "ldm":
+        kind = controlnet_dit_files.kind_of(state, name)
+        if kind is not None:  # a Flux / SD3 ControlNet file
+            state = {k: (v.to(torch_dtype) if v.is_floating_point() else v) for k, v in state.items()}
+            family, module = controlnet_dit_files.load_file(state, kind, name)
+        elif _layout(state, name) == "ldm":
             if any(k.startswith(LDM_PREFIX) for k in state):
                 state = {k[len(LDM_PREFIX):]: v for k, v in state.items() if k.startswith(LDM_PREFIX)}
             state = _ldm_to_diffusers(state, name)
-        state = {k: (v.to(torch_dtype) if v.is_floating_point() else v) for k, v in state.items()}
-        family, config = infer_config(state, name, global_pool=_is_shuffle(path))
-        module = _assign(lambda: ControlNetModel(**config), state, "ControlNet", name)
+        if kind is None:
+            state = {k: (v.to(torch_dtype) if v.is_floating_point() else v) for k, v in state.items()}
+            family, config = infer_config(state, name, global_pool=_is_shuffle(path))
+            module = _assign(lambda: ControlNetModel(**config), state, "ControlNet", name)
         del state
     module.to(device)
     module.eval()

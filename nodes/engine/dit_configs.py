@@ -80,6 +80,12 @@ def _getter(items: dict, message: str):
     return get
 
 
+def flux_rope_axes(head: int, real: list | tuple = (16, 56, 56)) -> list:
+    """Flux rotary axes for a head width: the real split for 128-wide heads, (d/4, d/4, d/2) for a
+    narrower (test-scale) head, diffusers' dummy-model convention. Shapes cannot tell them."""
+    return list(real) if head == FLUX_REAL_HEAD_DIM else [head // 4, head // 4, head // 2]
+
+
 def _small_vae_facts(config: dict) -> dict:
     """A VAE narrower than any real one is test-scale: the pack's tiny-model conventions."""
     if config["block_out_channels"][0] < REAL_VAE_MIN_WIDTH:
@@ -112,8 +118,7 @@ def transformer_config(info: TransformerInfo, state: dict, name: str) -> dict:
             pooled_projection_dim=get("time_text_embed.text_embedder.linear_1.weight")[1],
             guidance_embeds="time_text_embed.guidance_embedder.linear_1.weight" in state,
         )
-        if head != FLUX_REAL_HEAD_DIM:
-            config["axes_dims_rope"] = [head // 4, head // 4, head // 2]
+        config["axes_dims_rope"] = flux_rope_axes(head, config["axes_dims_rope"])
         return config
     if info.family == SD3:
         inner, in_channels, patch, _ = get("pos_embed.proj.weight")

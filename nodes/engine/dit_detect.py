@@ -148,6 +148,13 @@ def detect_transformer(header: Header, *, role: str = "transformer") -> Transfor
     own = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
     layout = COMFYUI if prefix else ORIGINAL
 
+    if any(k.startswith(("controlnet_blocks.", "controlnet_x_embedder.", "pos_embed_input.")) for k in own):
+        # ControlNets share the transformer's block names; without this they read as a damaged transformer.
+        raise ModelLoadError(
+            f"{role.capitalize()} file {name!r} is a Flux / SD3 ControlNet, not a {role}: put it in "
+            "models/controlnet and load it with Load Diffusers ControlNet, and select a FLUX.1 / SD3 "
+            f"{role} here (for example flux1-dev.safetensors or sd3.5_large.safetensors)."
+        )
     if "double_blocks.0.img_attn.qkv.weight" in own or "single_blocks.0.linear1.weight" in own:
         return _flux(name, own, layout, prefix, original=True)
     if "joint_blocks.0.x_block.attn.qkv.weight" in own:

@@ -51,7 +51,10 @@ def dit_checkpoint_info(header) -> Optional[TransformerInfo]:
 
 
 def check_supported(info: TransformerInfo, name: str) -> None:
-    """FLUX.1 Fill / Depth / Canny load as files but have no sampling family yet: say so before loading."""
+    """FLUX.1 Depth / Canny dev are detected in files but have no sampling family yet: say so before loading.
+
+    (FLUX.1 Fill has one: it passes.)
+    """
     if (info.family, info.registry_variant) not in families.REGISTRY:
         raise ModelLoadError(
             f"{name!r} is {info.label}, which Diffusers Studio can read but not yet sample. Select a FLUX.1 dev "

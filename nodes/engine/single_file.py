@@ -137,6 +137,11 @@ def _looks_like(header: Header) -> str | None:
     has = lambda part: any(part in k for k in keys)  # noqa: E731
     starts = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
 
+    if starts("controlnet_blocks.") or starts("controlnet_x_embedder.") or starts("pos_embed_input."):
+        return (
+            "a Flux / SD3 ControlNet, not a checkpoint (put it in models/controlnet and load it with "
+            "Load Diffusers ControlNet)"
+        )
     if has("double_blocks.") or has("single_blocks.") or has("single_transformer_blocks."):
         return "a Flux-style transformer model"
     if has("joint_blocks.") or starts("text_encoders.clip_g."):

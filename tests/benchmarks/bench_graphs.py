@@ -10,6 +10,12 @@ from __future__ import annotations
 CFG = 7.0
 
 
+def empty_latent(names: dict, size: int) -> dict:
+    """ComfyUI's empty latent for the model: 16 channels for SD3 (EmptySD3LatentImage), else 4."""
+    class_type = "EmptySD3LatentImage" if names.get("latent") == "sd3" else "EmptyLatentImage"
+    return {"class_type": class_type, "inputs": {"width": size, "height": size, "batch_size": 1}}
+
+
 def _chain_controlnets(graph: dict, class_type: str, count: int, positive: list, negative: list, **extra) -> tuple:
     """`count` ControlNet apply nodes in a row (nodes 12, 13, ...) on loader 10 and image 11."""
     for index in range(count):
@@ -48,7 +54,7 @@ def pack_graph(names: dict, size: int, steps: int, seed: int, prompt: str = "", 
         {
             "2": {"class_type": "DSTextEncode", "inputs": {"text_encoder": text, "text": prompt, "clip_skip": 1}},
             "3": {"class_type": "DSTextEncode", "inputs": {"text_encoder": text, "text": w.NEGATIVE, "clip_skip": 1}},
-            "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+            "4": empty_latent(names, size),
         }
     )
     positive, negative = ["2", 0], ["3", 0]
@@ -106,7 +112,7 @@ def native_graph(names: dict, size: int, steps: int, seed: int, prompt: str = ""
         {
             "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": prompt}},
             "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": w.NEGATIVE}},
-            "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+            "4": empty_latent(names, size),
         }
     )
     positive, negative = ["2", 0], ["3", 0]

@@ -66,6 +66,15 @@ NODE_NAMES = {"1": "load / diffusers call", "2": "encode +", "3": "encode -", "4
               "6": "VAE decode", "7": "save"}
 
 
+def _denoiser(model: dict) -> str:
+    """Names the denoiser and its size: a UNet for SD1/SDXL, a transformer for SD3/Flux."""
+    params = model["params"]
+    name = "unet" if "unet" in params else "transformer"
+    label = "UNet" if name == "unet" else "transformer"
+    layers = f", {model['layers']} blocks" if "layers" in model else ""
+    return f"{label} {params[name] / 1e6:.0f} M parameters{layers}"
+
+
 def render(data: dict) -> str:
     s, machine, versions = data["settings"], data["machine"], data["versions"]
     prompts, warmup = data["prompts"], data["warmup"]
@@ -79,8 +88,8 @@ def render(data: dict) -> str:
         f"{', '.join(f'{x:.1f}' for x in machine['loadavg'])}.",
         f"Software: Python {machine['python']}, torch {versions['torch']}, diffusers {versions['diffusers']}, "
         f"transformers {versions['transformers']}, ComfyUI {versions['comfyui']}.",
-        f"Work: {data['model'].get('label', s['model'])} architecture, random weights (UNet "
-        f"{data['model']['params']['unet'] / 1e6:.0f} M parameters), {s['size']}x{s['size']}, Euler (normal "
+        f"Work: {data['model'].get('label', s['model'])} architecture, random weights ({_denoiser(data['model'])}"
+        f"), {s['size']}x{s['size']}, Euler (normal "
         f"schedule), cfg 7, batch 1, {s['dtype']} on {s['device']}; one ComfyUI process (started in "
         f"{data['startup_s']:.1f} s, previews off) runs all three ways; {s['reps']} repetitions x "
         f"{low} and {high} steps per way, interleaved. Figures: median (min-max) over repetitions.",

@@ -8,7 +8,7 @@ ComfyUI server process's.
     python sd15_worker.py generate CACHE_DIR [MODEL]
     python sd15_worker.py diffusers CACHE_DIR SIZE STEPS CFG SEED1 SEED2 DTYPE DEVICE [MODEL]
 
-MODEL is sd15 (the default) or sdxl. Both print one JSON line (prefixed
+MODEL is sd15 (the default), sdxl or sd35m (dit_bench_model.py). Both print one JSON line (prefixed
 `RESULT `) on stdout.
 
 The model is a full-size SD1.5 architecture (the configs the pack bundles under
@@ -52,13 +52,19 @@ SDXL_DIFFUSERS_FOLDER = "ds_bench_sdxl_random"
 SDXL_DONE = "complete_sdxl.json"
 SDXL_FORMAT = 1
 
+import dit_bench_model  # noqa: E402  (beside this file)
+
 # Per model: the files the benchmark reads and the marker of a finished build.
 MODELS = {
+    "sd35m": {"label": "SD3.5 medium", "checkpoint": dit_bench_model.CHECKPOINT, "folder": dit_bench_model.FOLDER,
+              "done": dit_bench_model.DONE, "format": dit_bench_model.FORMAT, "latent": "sd3"},
     "sd15": {"label": "SD1.5", "checkpoint": CHECKPOINT, "folder": DIFFUSERS_FOLDER, "done": DONE, "format": FORMAT,
              "lora": LORA, "controlnet": CONTROLNET},
     "sdxl": {"label": "SDXL", "checkpoint": SDXL_CHECKPOINT, "folder": SDXL_DIFFUSERS_FOLDER, "done": SDXL_DONE,
              "format": SDXL_FORMAT},
 }
+
+PIPELINES = {"sdxl": "StableDiffusionXLPipeline", "sd35m": "StableDiffusion3Pipeline"}  # else SD1.5's
 
 PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
 NEGATIVE = "blurry, low quality"
@@ -79,6 +85,8 @@ def _peak_rss_bytes() -> int:
 
 
 def is_complete(cache: Path, model: str = "sd15") -> bool:
+    if model == "sd35m":
+        return dit_bench_model.is_complete(cache)
     spec = MODELS[model]
     marker = Path(cache) / spec["done"]
     if not marker.is_file():
@@ -234,14 +242,17 @@ def run_diffusers(cache: Path, size: int, steps: int, cfg: float, seeds, dtype: 
     import diffusers
     from diffusers import EulerDiscreteScheduler
 
-    pipeline_class = diffusers.StableDiffusionXLPipeline if model == "sdxl" else diffusers.StableDiffusionPipeline
+    pipeline_class = getattr(diffusers, PIPELINES.get(model, "StableDiffusionPipeline"))
     imports_s = time.perf_counter() - start
     torch_dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
     start = time.perf_counter()
     pipe = pipeline_class.from_pretrained(
-        str(Path(cache) / MODELS[model]["folder"]), torch_dtype=torch_dtype, local_files_only=True
+        str(Path(cache) / MODELS[model]["folder"]), torch_dtype=torch_dtype, local_files_only=True,
+        **({"text_encoder_3": None, "tokenizer_3": None, "image_encoder": None, "feature_extractor": None}
+           if model == "sd35m" else {}),
     )
-    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    if model != "sd35m":  # SD3's own scheduler is already Euler (flow matching)
+        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     load_s = time.perf_counter() - start
@@ -305,7 +316,10 @@ def main(argv: list[str]) -> None:
         if is_complete(cache, model):  # built before: reuse (the device script calls this unconditionally)
             _emit(json.loads((cache / MODELS[model]["done"]).read_text()))
             return
-        _emit(generate_sdxl(cache) if model == "sdxl" else generate(cache))
+        if model == "sd35m":
+            _emit(dit_bench_model.generate(cache, CONFIGS_ROOT, _peak_rss_bytes))
+        else:
+            _emit(generate_sdxl(cache) if model == "sdxl" else generate(cache))
     elif mode == "diffusers":
         size, steps, cfg, seed1, seed2, dtype, device = argv[3:10]
         model = argv[10] if len(argv) > 10 else "sd15"

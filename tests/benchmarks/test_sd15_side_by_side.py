@@ -31,7 +31,13 @@ on CUDA also each prompt's peak memory above what was allocated before it
 and each way's resident weights. Printed and written to last_run*.md/.json
 in the cache; nothing is asserted.
 
-Settings (env): DS_BENCH_MODEL sd15 (default), sdxl or all. DS_BENCH_STEPS
+SD3.5 medium (DS_BENCH_MODEL=sd35m, dit_bench_model.py): the same three
+ways on a full-size random SD3.5-medium without T5: StableDiffusion3Pipeline,
+the pack's graph and CheckpointLoaderSimple + KSampler, both on
+EmptySD3LatentImage. On a CPU with less than 48 GiB it is skipped unless
+DS_BENCH_DIT_LAYERS cuts the transformer to a few blocks (a rehearsal).
+
+Settings (env): DS_BENCH_MODEL sd15 (default), sdxl, sd35m or all. DS_BENCH_STEPS
 "low,high" (CPU 2,4; CUDA 10,30), DS_BENCH_REPS (CPU 3, CUDA 5), DS_BENCH_SIZE
 (SD1.5 256 on a CPU, 512 on CUDA; SDXL 512 / 1024); float32 on a CPU, float16
 on CUDA. DS_BENCH_EXTRAS (none by default; all or lora,cn1,cn2) adds the
@@ -62,6 +68,7 @@ WAYS = ("diffusers", "pack", "native")
 MODEL_DEFAULTS = {
     "sd15": {"cuda": (512, (10, 30), 5), "cpu": (256, (2, 4), 3), "extras": True},
     "sdxl": {"cuda": (1024, (10, 30), 5), "cpu": (512, (2, 3), 2), "extras": False},
+    "sd35m": {"cuda": (1024, (10, 30), 3), "cpu": (256, (1, 2), 2), "extras": False},
 }
 EXTRAS = {"lora": ("LoRA (rank 16)", {"lora": True}), "cn1": ("1 ControlNet", {"controlnets": 1}),
           "cn2": ("2 ControlNets", {"controlnets": 2})}
@@ -294,10 +301,15 @@ def test_side_by_side(tmp_path, model):
     if model == "sdxl" and settings["device"] == "cpu" and machine_start["ram_gib"] < 48:
         pytest.skip(f"SDXL side by side on a CPU holds three float32 copies in one process (about 40 GiB); "
                     f"this machine has {machine_start['ram_gib']:.1f} GiB")
+    if (model == "sd35m" and settings["device"] == "cpu" and machine_start["ram_gib"] < 48
+            and not os.environ.get("DS_BENCH_DIT_LAYERS")):
+        pytest.skip(f"SD3.5-medium side by side on a CPU holds three float32 copies in one process (about "
+                    f"37 GiB without T5); this machine has {machine_start['ram_gib']:.1f} GiB. "
+                    "DS_BENCH_DIT_LAYERS=2 rehearses the harness with 2 of its 24 blocks")
     spec = w.MODELS[model]
     model_info = _ensure_model(model)
     model_info["label"] = spec["label"]
-    names = {key: spec.get(key) for key in ("checkpoint", "folder", "lora", "controlnet")}
+    names = {key: spec.get(key) for key in ("checkpoint", "folder", "lora", "controlnet", "latent")}
     print(f"\n[bench] model {'reused' if model_info['reused'] else 'built'} in {CACHE}; settings {settings}", flush=True)
 
     base = _prepare_base(tmp_path, names)

@@ -3,7 +3,8 @@
 Why: the side-by-side benchmark times three ways of making the same image in
 ONE ComfyUI process (so that a shared machine's drift hits all three alike):
 the pack's DS nodes, ComfyUI's native nodes, and this node, which calls
-diffusers' StableDiffusionPipeline / StableDiffusionXLPipeline directly, as a
+diffusers' StableDiffusionPipeline / StableDiffusionXLPipeline /
+StableDiffusion3Pipeline directly, as a
 plain diffusers user would. Its IMAGE goes to the same SaveImage node as the
 other two ways. Never shipped: the benchmark links this folder into a test
 server's custom_nodes/ only.
@@ -26,6 +27,11 @@ from server import PromptServer
 log = logging.getLogger(__name__)
 
 _PIPELINES: dict = {}
+# The benchmark's SD3.5 folder has no T5 (SD3 allows it) and no IP-Adapter image encoder.
+_ABSENT = {"sd35m": dict(text_encoder_3=None, tokenizer_3=None, image_encoder=None, feature_extractor=None)}
+_PIPELINE_CLASSES = {
+    "sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "sd35m": "StableDiffusion3Pipeline",
+}
 
 
 def _pipeline(name: str, kind: str, dtype: str):
@@ -40,9 +46,11 @@ def _pipeline(name: str, kind: str, dtype: str):
     if path is None:
         raise ValueError(f"model_folder {name!r} is not a folder under models/diffusers/")
     start = time.perf_counter()
-    cls = diffusers.StableDiffusionXLPipeline if kind == "sdxl" else diffusers.StableDiffusionPipeline
-    pipe = cls.from_pretrained(path, torch_dtype=getattr(torch, dtype), local_files_only=True)
-    pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    cls = getattr(diffusers, _PIPELINE_CLASSES[kind])
+    pipe = cls.from_pretrained(path, torch_dtype=getattr(torch, dtype), local_files_only=True,
+                               **_ABSENT.get(kind, {}))
+    if kind != "sd35m":  # SD3's FlowMatchEulerDiscreteScheduler is its Euler already
+        pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe = pipe.to("cuda" if torch.cuda.is_available() else "cpu")
     pipe.set_progress_bar_config(disable=True)
     _PIPELINES[key] = pipe
@@ -57,7 +65,7 @@ class DSBenchDiffusersPipeline:
         return {
             "required": {
                 "model_folder": ("STRING", {"default": "", "tooltip": "Folder under models/diffusers/."}),
-                "kind": (["sd15", "sdxl"], {"tooltip": "Which diffusers pipeline class loads the folder."}),
+                "kind": (list(_PIPELINE_CLASSES), {"tooltip": "Which diffusers pipeline class loads the folder."}),
                 "dtype": (["float32", "float16"], {"tooltip": "torch_dtype for from_pretrained."}),
                 "prompt": ("STRING", {"multiline": True, "tooltip": "Positive prompt."}),
                 "negative": ("STRING", {"multiline": True, "tooltip": "Negative prompt."}),
