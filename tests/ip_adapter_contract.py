@@ -9,6 +9,15 @@ from __future__ import annotations
 import torch
 
 from diffusers_studio.nodes.engine.ip_adapter import apply_ip_adapter
+from diffusers_studio.nodes.engine.sampling import sample
+from diffusers_studio.nodes.engine.text_encoding import encode_prompt
+
+
+def sample_16ch(text, model, size: int, steps: int, prompt="a cat", negative="", cfg=1.0, seed=7):
+    """Samples a 16-channel transformer (Flux, SD3) from a zero latent with Euler: the pack's side of a parity check."""
+    pos, neg = encode_prompt(text, prompt), encode_prompt(text, negative)
+    return sample(model, pos, neg, {"samples": torch.zeros(1, 16, size // 8, size // 8)}, seed=seed, steps=steps,
+                  cfg=cfg, sampler_name="Euler")["samples"]
 
 
 def max_diff(a, b) -> float:

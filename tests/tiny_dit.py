@@ -13,7 +13,7 @@ import inspect
 
 import torch
 
-from tiny_models import _text_config, clip_tokenizer, comfyui_root, tiny_vae
+from tiny_models import _text_config, clip_tokenizer, comfyui_root, tiny_vae, tokenizer_dir
 
 
 def t5_tokenizer():
@@ -215,3 +215,15 @@ def pipeline_of(pipe_cls, bundles, controlnet=None):
     pipe = pipe_cls(**parts)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+_LOADED: dict = {}
+
+
+def load_cached(folder):
+    """Loads a saved tiny pipeline folder once per test process: the unit tests that share folders share the load."""
+    from diffusers_studio.nodes.engine.loading import load_checkpoint
+    key = str(folder)
+    if key not in _LOADED:
+        _LOADED[key] = load_checkpoint(folder, dtype="float32", tokenizer_dir=tokenizer_dir())
+    return _LOADED[key]

@@ -24,12 +24,10 @@ import torch
 
 import dit_loras
 import tiny_dit
-import tiny_models
 from diffusers_studio.nodes.engine import lora as lora_mod
 from diffusers_studio.nodes.engine import controlnet_loading
 from diffusers_studio.nodes.engine.components import SD1, Conditioning
 from diffusers_studio.nodes.engine.controlnet import apply_controlnet
-from diffusers_studio.nodes.engine.loading import load_checkpoint
 from diffusers_studio.nodes.engine.regional import add_region, rectangle_mask
 from diffusers_studio.nodes.engine.sampling import sample
 from diffusers_studio.nodes.engine.text_encoding import encode_prompt
@@ -52,13 +50,8 @@ def folders(tmp_path_factory):
     return root
 
 
-_LOADED: dict = {}
-
-
 def _load(folders, name):
-    if name not in _LOADED:
-        _LOADED[name] = load_checkpoint(folders / name, dtype="float32", tokenizer_dir=tiny_models.tokenizer_dir())
-    return _LOADED[name]
+    return tiny_dit.load_cached(folders / name)
 
 
 def _run(model, pos, neg, cfg, steps=2, seed=3):

@@ -27,8 +27,6 @@ from diffusers_studio.nodes.engine.image_encoder import load_image_encoder
 from diffusers_studio.nodes.engine.ip_adapter import apply_ip_adapter
 from diffusers_studio.nodes.engine.ip_adapter_loading import FLUX, load_ip_adapter
 from diffusers_studio.nodes.engine.loading import load_checkpoint
-from diffusers_studio.nodes.engine.sampling import sample
-from diffusers_studio.nodes.engine.text_encoding import encode_prompt
 from harness import models_ip_adapter as tiny_ip
 
 TOL = 1e-4
@@ -71,10 +69,7 @@ def _adapter(setup, name="flux-a.safetensors", encoder="vit-l"):
 
 
 def _ours(setup, model, prompt="a cat", negative="", cfg=1.0, seed=7):
-    _, text, _ = setup["bundles"]
-    pos, neg = encode_prompt(text, prompt), encode_prompt(text, negative)
-    return sample(model, pos, neg, {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}, seed=seed, steps=STEPS,
-                  cfg=cfg, sampler_name="Euler")["samples"]
+    return ip_contract.sample_16ch(setup["bundles"][1], model, SIZE, STEPS, prompt, negative, cfg, seed)
 
 
 def _reference(setup, weight_names, scale, images, prompt="a cat", seed=7, **call):

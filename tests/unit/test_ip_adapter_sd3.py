@@ -77,10 +77,7 @@ def _adapter(setup, name=BIN, encoder="siglip"):
 
 
 def _ours(setup, model, prompt="a cat", negative="", cfg=1.0, seed=7):
-    _, text, _ = setup["bundles"]
-    pos, neg = encode_prompt(text, prompt), encode_prompt(text, negative)
-    return sample(model, pos, neg, {"samples": torch.zeros(1, 16, SIZE // 8, SIZE // 8)}, seed=seed, steps=STEPS,
-                  cfg=cfg, sampler_name="Euler")["samples"]
+    return ip_contract.sample_16ch(setup["bundles"][1], model, SIZE, STEPS, prompt, negative, cfg, seed)
 
 
 def _reference(setup, weight_name, scale, image, prompt="a cat", seed=7, cfg=1.0, negative_image=None, **call):

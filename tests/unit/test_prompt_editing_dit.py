@@ -16,9 +16,7 @@ import pytest
 import torch
 
 import tiny_dit
-import tiny_models
 from diffusers_studio.nodes.engine import hooks
-from diffusers_studio.nodes.engine.loading import load_checkpoint
 from diffusers_studio.nodes.engine.prompt_editing import editing_of, encode_with_editing
 from diffusers_studio.nodes.engine.sampling import sample
 from diffusers_studio.nodes.engine.text_encoding import encode_prompt
@@ -38,13 +36,8 @@ def folders(tmp_path_factory):
     return root
 
 
-_LOADED: dict = {}
-
-
 def _load(folders, name):
-    if name not in _LOADED:
-        _LOADED[name] = load_checkpoint(folders / name, dtype="float32", tokenizer_dir=tiny_models.tokenizer_dir())
-    return _LOADED[name]
+    return tiny_dit.load_cached(folders / name)
 
 
 class Recorder(hooks.SamplingHook):
