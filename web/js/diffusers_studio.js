@@ -27,6 +27,7 @@ const CONCEPT_FAMILY = {
   sampling: "sampling",
   latent: "latent",
   inpaint: "latent",
+  image: "latent", // pictures after the decode (Restore Faces) sit with the VAE nodes
   controlnet: "adapters",
   ip_adapter: "adapters",
   ipadapter: "adapters",
