@@ -106,6 +106,19 @@ def test_node_search_finds_every_pack_node_by_its_display_name(editor, object_in
     assert not problems, "\n".join(problems)
 
 
+def _template_card(page, dialog, stem: str):
+    """The dialog's card for a template; it shows 24 cards a page and loads the next page when scrolled
+    to the end, so scroll the last card into view until this one is rendered."""
+    card = dialog.locator(f'[data-testid="template-workflow-{stem}"]')
+    for _ in range(10):
+        if card.count():
+            break
+        dialog.locator('[data-testid^="template-workflow-"]').last.scroll_into_view_if_needed()
+        page.mouse.wheel(0, 4000)
+        page.wait_for_timeout(500)
+    return card
+
+
 def test_templates_menu_lists_the_shipped_workflows_under_the_pack(editor, comfy):
     """GET /workflow_templates lists them; the Templates dialog shows them under the pack and opens one."""
     listing = comfy.get("/api/workflow_templates").json()
@@ -114,13 +127,15 @@ def test_templates_menu_lists_the_shipped_workflows_under_the_pack(editor, comfy
     page = editor.page
     editor.command("Comfy.BrowseTemplates")
     dialog = page.locator(".p-dialog").last
-    dialog.get_by_text(PACK_NAME, exact=True).first.click()
-    for path in WORKFLOWS:
-        card = dialog.locator(f'[data-testid="template-workflow-{path.stem}"]')
-        card.wait_for(state="visible", timeout=10_000)
-    first = WORKFLOWS[0]
-    dialog.locator(f'[data-testid="template-workflow-{first.stem}"]').click()
-    page.wait_for_function("() => !document.querySelector('.p-dialog')", timeout=15_000)
+    try:
+        dialog.get_by_text(PACK_NAME, exact=True).first.click()
+        for path in WORKFLOWS:
+            _template_card(page, dialog, path.stem).wait_for(state="visible", timeout=10_000)
+        first = WORKFLOWS[0]
+        _template_card(page, dialog, first.stem).click()
+        page.wait_for_function("() => !document.querySelector('.p-dialog')", timeout=15_000)
+    finally:  # a dialog left open would fail every later browser test on "a dialog opened on load"
+        editor.close_dialogs()
     shipped = json.loads(first.read_text(encoding="utf-8"))
     loaded = sorted(editor.page.evaluate("() => app.graph.nodes.map((n) => n.id)"))
     assert loaded == sorted(node["id"] for node in shipped["nodes"]), f"{first.name} did not open from the menu"
