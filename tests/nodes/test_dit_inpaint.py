@@ -141,7 +141,8 @@ def test_composite_keeps_outside_pixels_and_repaints_inside(dit_models, name):
     outside = (used_mask == 0)[..., None].expand_as(image)
     assert bool(outside.any()) and bool((~outside).any())
     assert torch.equal(composite[outside], image[outside])
-    inside = (used_mask == 1)[..., None].expand_as(image)
+    # the blurred mask's interior is 1 up to float rounding (0.99999994 on some CPUs' conv kernels)
+    inside = (used_mask > 0.999)[..., None].expand_as(image)
     assert float((composite[inside] - image[inside]).abs().max()) > 1e-2
 
 
