@@ -43,6 +43,7 @@ from .controlnet_dit_loading import folder_class, is_dit_controlnet_folder, load
 from .families import ModelLoadError
 from .loading import CheckpointCache, _fingerprint, resolve_dtype
 from .single_file import SAFETENSORS_SUFFIXES, _assign, label
+from .weight_files import load_plain_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +74,7 @@ def _read_state_dict(path: str) -> dict:
                 "corrupt or truncated: download it again."
             ) from exc
     if suffix in PICKLE_SUFFIXES:
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # UnpicklingError for code, others for damage
-            raise ModelLoadError(
-                f"ControlNet {label(path)!r} was refused: it is a pickle file that does not hold plain "
-                f"weights ({type(exc).__name__}), and unpickling it could run code. Use a .safetensors "
-                "version of this ControlNet."
-            ) from exc
+        data = load_plain_tensors(path, f"ControlNet {label(path)!r}", ModelLoadError)
         if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
             data = data["state_dict"]
         if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):

@@ -20,12 +20,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pickle
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
 import torch
+
+from .weight_files import load_plain_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -77,13 +78,7 @@ def _read(path: str) -> dict:
         from safetensors.torch import load_file
 
         return load_file(path, device="cpu")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ValueError(
-            f"embedding {os.path.basename(path)!r} was refused: it carries pickled code, which is never run "
-            f"(torch.load weights_only=True: {str(exc).splitlines()[0][:200]}); use a .safetensors file"
-        ) from None
+    data = load_plain_tensors(path, f"embedding {os.path.basename(path)!r}")
     if not isinstance(data, dict):
         raise ValueError(f"embedding {os.path.basename(path)!r} holds a {type(data).__name__}, not a dictionary")
     return data

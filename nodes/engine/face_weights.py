@@ -11,6 +11,8 @@ import os
 
 import torch
 
+from .weight_files import load_plain_tensors
+
 SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 _NESTED = ("params_ema", "params", "state_dict", "model")
 
@@ -22,13 +24,7 @@ def read_state_dict(path: str, what: str = "face model") -> dict:
         from safetensors.torch import load_file
 
         return load_file(path, device="cpu")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError or RuntimeError for code-carrying pickles
-        raise ValueError(
-            f"{what}: '{name}' cannot be read safely (torch.load weights_only=True: "
-            f"{str(exc).splitlines()[0][:200]}); convert it to .safetensors"
-        ) from None
+    data = load_plain_tensors(path, f"{what}: '{name}'")
     for key in _NESTED:
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]

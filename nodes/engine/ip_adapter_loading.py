@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 import threading
 import weakref
@@ -52,6 +51,7 @@ from . import ip_adapter_sd3_loading as sd3_loading
 from .image_encoder import HIDDEN_STATES, IMAGE_EMBEDS, ImageEncoder
 from .image_encoder_siglip import CLIP, SIGLIP
 from .ip_adapter_sd3_loading import SD3, TIME_RESAMPLER
+from .weight_files import load_plain_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -149,14 +149,7 @@ def read_state_dict(path: str, name: str) -> dict:
         except Exception as exc:  # safetensors has its own error types
             raise IPAdapterLoadError(f"ipadapter_file: '{name}' is not a readable .safetensors file ({exc})") from exc
     if lower.endswith((".bin", ".pt", ".pth", ".ckpt")):
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError) as exc:
-            raise IPAdapterLoadError(
-                f"ipadapter_file: '{name}' was refused: it is a pickle that holds more than tensors "
-                "(it could run code when loaded), so it was not opened. Use the .safetensors release "
-                "of this adapter, or convert a file you trust to .safetensors."
-            ) from exc
+        data = load_plain_tensors(path, f"ipadapter_file: '{name}'", IPAdapterLoadError)
         if not isinstance(data, dict):
             raise IPAdapterLoadError(f"ipadapter_file: '{name}' holds a {type(data).__name__}, not a dict of tensors")
         return _flatten(data)

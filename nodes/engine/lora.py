@@ -33,6 +33,7 @@ from . import families
 from . import lora_formats as fmt
 from .components import BASE, REFINER, ModelBundle, TextEncoderBundle, model_kind_label
 from .model_options import refuse_quantized_lora
+from .weight_files import load_plain_tensors
 from .hooks import SamplingHook
 
 logger = logging.getLogger(__name__)
@@ -73,13 +74,7 @@ def read_state_dict(path: str) -> tuple[dict, dict]:
                 "re-download it or pick another LoRA"
             ) from exc
     if lower.endswith(PICKLE_SUFFIXES):
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ...
-            raise ValueError(
-                f"lora_name: {os.path.basename(path)!r} could not be read as plain tensors "
-                f"({type(exc).__name__}); only weights-only files are opened: convert it to .safetensors"
-            ) from exc
+        data = load_plain_tensors(path, f"lora_name: {os.path.basename(path)!r}")
         if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
             data = data["state_dict"]
         if not isinstance(data, dict):

@@ -213,7 +213,7 @@ def test_embeddings_are_listed_in_a1111_shape_and_used_by_name(server):
                   for r in (plain, named, comfy)]
         assert np.array_equal(pixels[1], pixels[2]) and not np.array_equal(pixels[0], pixels[1])
         refused = _post(server, "/txt2img", {**body, "prompt": "embedding:evil"})
-        assert refused.status_code >= 400 and "pickled code" in refused.text
+        assert refused.status_code >= 400 and "carries code" in refused.text
     finally:
         good.unlink(missing_ok=True)
         evil.unlink(missing_ok=True)

@@ -81,7 +81,7 @@ def test_wrong_files_name_the_input_and_the_fix(face_dirs):
     assert "models/facedetection" in message and "detection_Resnet50_Final.pth" in message
     with pytest.raises(ValueError, match="restorer_name: '2x-compact.safetensors' is a .*not a face restorer"):
         DSRestoreFaces.execute(image, "2x-compact.safetensors", "one-face-mobilenet.safetensors")
-    with pytest.raises(ValueError, match="detector_name: 'pickled-code.pth' cannot be read safely"):
+    with pytest.raises(ValueError, match="detector_name: 'pickled-code.pth' was refused: .*carries code"):
         DSRestoreFaces.execute(image, "tiny-RestoreFormer.safetensors", "pickled-code.pth")
     with pytest.raises(ValueError, match="detector_name: .* is not a face detector in ComfyUI's models/facedetection"):
         DSRestoreFaces.execute(image, "tiny-RestoreFormer.safetensors", "../facerestore_models/x")  # not listed
