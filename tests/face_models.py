@@ -98,3 +98,14 @@ def gfpgan_state_dict(seed: int = 0) -> dict:
     model = GFPGAN(out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None, fix_decoder=False,
                    num_mlp=8, input_is_latent=True, different_w=True, narrow=1, sft_half=True)
     return model.state_dict()
+
+
+def codeformer_state_dict(seed: int = 0) -> dict:
+    """CodeFormer's layout with a small transformer (its VQGAN is fixed at full size, ~72M
+    parameters); spandrel reads dim_embd, n_layers, the codebook size and the fused scales
+    back from these tensors, as from the released codeformer.pth."""
+    from spandrel_extra_arches.architectures.CodeFormer import CodeFormer
+
+    torch.manual_seed(seed)
+    model = CodeFormer(dim_embd=64, n_layers=1, codebook_size=1024, connect_list=["32", "64"])
+    return model.state_dict()

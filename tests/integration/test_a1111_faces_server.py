@@ -2,10 +2,10 @@
 
 The models folder gets a tiny RestoreFormer (random weights, loaded by spandrel) and a
 RetinaFace detector whose weights make it report one face at a known place
-(tests/face_models.py). With the same seed, the picture with `restore_faces: true` equals
-the one without outside that face and differs inside it. Without the detector, the 422
-names the missing file and its folder. The files are removed after, so the other A1111
-tests see a server without face models.
+(tests/face_models.py); a random CodeFormer joins for code_former_weight. With the same
+seed, the picture with `restore_faces: true` equals the one without outside that face and
+differs inside it. Without the detector, the 422 names the missing file and its folder.
+The files are removed after, so the other A1111 tests see a server without face models.
 """
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ import json
 import numpy as np
 import pytest
 import requests
+import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from face_models import face_landmarks, one_face_detector, tiny_restoreformer_state_dict
+from face_models import codeformer_state_dict, face_landmarks, one_face_detector, tiny_restoreformer_state_dict
 from harness.models import SD15_CHECKPOINT
 
 pytestmark = pytest.mark.integration
@@ -99,3 +100,27 @@ def test_restore_faces_without_a_detector_names_it(server, face_files):
     assert "RestoreFormer found" in detail
     listed = requests.get(server.url + API + "/face-restorers", timeout=30).json()
     assert {"name": "RestoreFormer", "cmd_dir": "models/facerestore_models/RestoreFormer-tiny.safetensors"} in listed
+
+
+def test_codeformer_weight_reaches_codeformer(server, face_files):
+    """A1111's default restorer is CodeFormer; with its file present (the released .pth layout,
+    weights under params_ema) code_former_weight 0 and 1 restore the same face differently."""
+    codeformer = face_files[0].parent / "codeformer-v0.1.0.pth"
+    torch.save({"params_ema": codeformer_state_dict()}, codeformer)
+    try:
+        pictures = []
+        for weight in (0.0, 1.0):
+            settings = {**BODY["override_settings"], "face_restoration_model": "CodeFormer",
+                        "code_former_weight": weight}
+            response = _post(server, "/txt2img", {**BODY, "restore_faces": True, "override_settings": settings})
+            pictures.append(_picture(response))
+            info = json.loads(response.json()["info"])
+            assert info["face_restoration_model"] == "CodeFormer", info
+        plain = _picture(_post(server, "/txt2img", {**BODY, "restore_faces": False}))
+        x, y = FACE
+        for picture in pictures:
+            changed = np.abs(picture - plain).max(axis=-1) > 0
+            assert changed[y - 6:y + 6, x - 6:x + 6].mean() > 0.8 and not changed[:8].any()
+        assert np.abs(pictures[0] - pictures[1]).max() > 0, "code_former_weight made no difference"
+    finally:
+        codeformer.unlink(missing_ok=True)

@@ -1,12 +1,12 @@
-"""DSRestoreFaces and its model files: spandrel restorers (GFPGAN, RestoreFormer) and the
-RetinaFace detector read from ComfyUI's folders, built in code with random or set weights."""
+"""DSRestoreFaces and its model files: spandrel restorers (GFPGAN, RestoreFormer, and
+CodeFormer through spandrel_extra_arches) and the RetinaFace detector read from ComfyUI's folders, built in code with random or set weights."""
 from __future__ import annotations
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from face_models import face_landmarks, gfpgan_state_dict, one_face_detector, tiny_restoreformer_state_dict
+from face_models import codeformer_state_dict, face_landmarks, gfpgan_state_dict, one_face_detector, tiny_restoreformer_state_dict
 
 SIZE = (64, 64)
 LANDMARKS = face_landmarks(32, 30, 8)
@@ -53,6 +53,34 @@ def test_spandrel_loads_a_random_gfpgan_state_dict(tmp_path):
     descriptor = face_models._load_restorer(str(path), "GFPGANv1.4.pth")
     assert descriptor.architecture.id == "GFPGAN" and descriptor.purpose == "FaceSR"
     assert descriptor.size_requirements.minimum == 512
+
+
+def test_codeformer_loads_and_its_fidelity_weight_is_honoured(face_dirs):
+    """The released codeformer.pth nests its weights under params_ema; spandrel_extra_arches
+    (a dev requirement, optional for users) supplies the architecture. A1111's
+    code_former_weight reaches the model: 0 and 1 restore the same face differently."""
+    import folder_paths
+
+    from diffusers_studio.nodes import face_models
+    from diffusers_studio.nodes.face_restore import DSRestoreFaces
+
+    path = face_dirs / "facerestore_models" / "codeformer-v0.1.0.pth"
+    torch.save({"params_ema": codeformer_state_dict()}, path)
+    folder_paths.filename_list_cache.clear()
+    descriptor = face_models._load_restorer(str(path), path.name)
+    assert (descriptor.architecture.id, descriptor.purpose) == ("CodeFormer", "FaceSR")
+    assert (descriptor.model.dim_embd, descriptor.model.n_layers) == (64, 1)
+
+    torch.manual_seed(2)
+    image = torch.rand(1, *SIZE, 3)
+    detector = "one-face-mobilenet.safetensors"
+    assert DSRestoreFaces.validate_inputs(path.name, detector) is True
+    faithful = DSRestoreFaces.execute(image, path.name, detector, codeformer_weight=1.0).args[0]
+    free = DSRestoreFaces.execute(image, path.name, detector, codeformer_weight=0.0).args[0]
+    for out in (faithful, free):
+        changed = (out - image).abs().amax(-1)[0] > 1e-4
+        assert changed[30, 32] and not changed[:8].any() and not changed[:, 52:].any()
+    assert (faithful - free).abs().amax() > 1e-3
 
 
 def test_node_restores_the_detected_face_only(face_dirs):
