@@ -11,6 +11,7 @@ from . import (
     controlnet,
     encode,
     face_restore,
+    flux_control,
     flux_guidance,
     inpaint,
     ip_adapter,
@@ -30,7 +31,7 @@ from . import (
 
 CONCEPT_MODULES = [
     loaders, split_loader, encode, sdxl_conditioning, flux_guidance, sample, vae, ip_adapter, controlnet, inpaint,
-    regional, region_masks, lora, model_options, seamless, sd_upscale, face_restore,
+    regional, region_masks, lora, model_options, seamless, sd_upscale, face_restore, flux_control,
 ]
 
 NODES: list[type[io.ComfyNode]] = [node for module in CONCEPT_MODULES for node in module.NODES]

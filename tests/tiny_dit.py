@@ -95,19 +95,21 @@ def tiny_sd3_components(seed: int = 0, with_t5: bool = True) -> dict:
 FILL_IN_CHANNELS = 2 * 16 * 4 + 4 * 8 * 8
 
 
-def tiny_flux_components(seed: int = 0, dev: bool = True, fill: bool = False) -> dict:
+def tiny_flux_components(seed: int = 0, dev: bool = True, fill: bool = False, control: bool = False) -> dict:
     """FluxPipeline components: CLIP-L pooled (32) + T5 (48); dev with a guidance embedding.
 
     fill: FLUX.1 Fill's wider transformer input (FILL_IN_CHANNELS in, 64 out).
+    control: FLUX.1 Canny/Depth dev's doubled input (128 in: latents + control latents, 64 out).
     """
     from diffusers import FluxTransformer2DModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=FILL_IN_CHANNELS if fill else 64, out_channels=64 if fill else None,
-        num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=48, pooled_projection_dim=32, guidance_embeds=dev or fill,
+        patch_size=1, in_channels=FILL_IN_CHANNELS if fill else 128 if control else 64,
+        out_channels=64 if fill or control else None, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=48, pooled_projection_dim=32,
+        guidance_embeds=dev or fill or control,
         axes_dims_rope=[4, 4, 8],
     )
     torch.manual_seed(seed)
@@ -191,6 +193,13 @@ def flux_fill_pipeline(seed: int = 0):
     from diffusers import FluxFillPipeline
 
     return FluxFillPipeline(**tiny_flux_components(seed, fill=True))
+
+
+def flux_control_pipeline(seed: int = 0):
+    """FLUX.1 Canny/Depth dev in miniature: FluxControlPipeline with a 128-wide transformer input."""
+    from diffusers import FluxControlPipeline
+
+    return FluxControlPipeline(**tiny_flux_components(seed, control=True))
 
 
 def pipeline_of(pipe_cls, bundles, controlnet=None):

@@ -32,7 +32,10 @@ SCHNELL = "schnell"
 # FLUX.1 Fill: dev's transformer taking the masked image and an 8x8 pixel mask
 # per latent pixel next to the latents (in_channels 384 = 64 + 64 + 256 packed).
 FILL = "fill"
-VARIANTS = (BASE, REFINER, DEV, SCHNELL, FILL)
+# FLUX.1 Canny dev / Depth dev: dev's transformer taking a control image's
+# latents next to the latents (in_channels 128 = 64 + 64 packed).
+CONTROL = "control"
+VARIANTS = (BASE, REFINER, DEV, SCHNELL, FILL, CONTROL)
 
 
 def compute_dtype(module: Any) -> torch.dtype:

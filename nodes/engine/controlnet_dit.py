@@ -41,9 +41,8 @@ from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from diffusers.utils.torch_utils import randn_tensor
 
-from . import hooks, vae_codec
+from . import hooks, posterior, vae_codec
 from .components import FLUX, SD3, Conditioning
 from .families.unet import per_sample
 
@@ -198,9 +197,7 @@ class DitControlNetHook(hooks.SamplingHook):
             return
         mean, std = vae_codec.encode(unit.vae, pixels, with_std=True)
         if cn.family == FLUX:  # retrieve_latents(..., generator): mean + std * eps, per sample
-            eps = randn_tensor(tuple(mean.shape), generator=list(generators), device=torch.device("cpu"),
-                               dtype=torch.float32)
-            latents = mean + std * eps
+            latents = posterior.sample(posterior.Posterior(mean, std), int(mean.shape[0]), generators)
             shift = unit.vae.shift_factor
         else:  # SD3: the pipeline's global-RNG draw is not reproducible by a seed; take the mean
             latents = mean

@@ -84,7 +84,8 @@ CONFIG_FOLDERS = {
 }
 
 DIT_SUMMARY = (
-    "Supported diffusion transformers: FLUX.1 dev / schnell / Fill and SD3 medium / SD3.5 medium / "
+    "Supported diffusion transformers: FLUX.1 dev / schnell / Fill / Canny dev / Depth dev and SD3 medium / "
+    "SD3.5 medium / "
     "SD3.5 large, as an all-in-one .safetensors checkpoint (ComfyUI layout), or as a transformer file "
     "(models/diffusion_models or models/unet; BFL, ComfyUI or diffusers key names) plus text encoders "
     "(models/text_encoders: clip_l, clip_g for SD3, t5xxl) and a VAE (models/vae: ae.safetensors)."

@@ -51,9 +51,9 @@ def dit_checkpoint_info(header) -> Optional[TransformerInfo]:
 
 
 def check_supported(info: TransformerInfo, name: str) -> None:
-    """FLUX.1 Depth / Canny dev are detected in files but have no sampling family yet: say so before loading.
+    """A variant detected in a file but without a sampling family is refused before loading, naming it.
 
-    (FLUX.1 Fill has one: it passes.)
+    (Every FLUX.1 and SD3 variant in dit_detect has a family today; this guards the next one.)
     """
     if (info.family, info.registry_variant) not in families.REGISTRY:
         raise ModelLoadError(

@@ -36,6 +36,7 @@ class FluxFillInputs(InpaintModelInputs):
     unet_extra_channels = 0  # not a UNet's: the flow latent check reads fill_channels
     draws_image = True  # the pipeline samples the image's posterior at every strength
     flow_inpaint = True  # accepted by the flow families' latent check
+    made_by, made_for = "Diffusers Inpaint", "FLUX.1 Fill"  # named by the latent check's refusal
 
     def __init__(self, mask: torch.Tensor, masked_latents: torch.Tensor):
         super().__init__(mask, masked_latents)  # mask [n, f*f, h, w] 0/1, masked latents raw (the mean)

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from . import families
 from . import masks as M
 from . import posterior as P
-from .components import ModelBundle, VAEBundle
+from .components import CONTROL, ModelBundle, VAEBundle
 from .hooks import RunContext, SamplingHook, StepContext
 from .noise import generators_for, initial_noise
 
@@ -78,6 +78,8 @@ def model_kind(model: ModelBundle, vae: VAEBundle) -> str:
     lat = vae.latent_channels
     if unet_in == lat:
         return "ordinary"
+    if unet_in == 2 * lat and getattr(family, "variant", None) == CONTROL:
+        return "ordinary"  # FLUX.1 Canny/Depth dev: the extra half is the control image (flux_control.py)
     if unet_in == 2 * lat + 1 and not input_channels:
         return "inpainting"
     if unet_in == 2 * lat + vae.downscale**2 and input_channels:
@@ -178,15 +180,23 @@ class InpaintModelInputs(SamplingHook):
         self._run = (mask, masked)
 
     def before_unet(self, step: StepContext, run: RunContext, role: str) -> None:
-        extras = self._run  # the per-image tensors to append, in the model's channel order
-        rows = int(step.x_in.shape[0])
-        if rows % run.batch:
-            raise RuntimeError(f"UNet batch of {rows} rows is not a multiple of the image batch {run.batch}")
-        idx = torch.arange(rows, device=extras[0].device) % run.batch
-        step.x_in = torch.cat([step.x_in, *(extra[idx].to(step.x_in.dtype) for extra in extras)], dim=1)
+        step.x_in = append_per_image(step.x_in, run.batch, self._run)
 
     def end(self) -> None:
         self._run = None
+
+
+def append_per_image(x_in: torch.Tensor, batch: int, extras: tuple) -> torch.Tensor:
+    """x_in with per-image tensors ([batch, C, h, w] each, in the model's channel order) appended.
+
+    Row r of the denoiser batch belongs to image r % batch (CFG and regional rows
+    repeat the batch), so every row gets its own image's extras.
+    """
+    rows = int(x_in.shape[0])
+    if rows % batch:
+        raise RuntimeError(f"denoiser batch of {rows} rows is not a multiple of the image batch {batch}")
+    idx = torch.arange(rows, device=extras[0].device) % batch
+    return torch.cat([x_in, *(extra[idx].to(x_in.dtype) for extra in extras)], dim=1)
 
 
 def _repeat_rows(x: torch.Tensor, batch: int) -> torch.Tensor:

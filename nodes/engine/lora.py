@@ -388,6 +388,27 @@ def apply_lora(
                     strength_model, strength_text_encoder)
 
 
+def _widening_lora_refusal(lora: LoadedLora, model) -> Optional[str]:
+    """Why a LoRA that widens the transformer's input cannot apply (None when it does not widen it).
+
+    BFL's FLUX.1 Canny/Depth dev *LoRAs* train a 2x wider x_embedder (latents + control latents):
+    diffusers grows the model's input layer to take them. The pack merges LoRAs into the weights
+    it has, per run, so it refuses these by name and points to the full Canny/Depth dev model.
+    """
+    layer = lora.parsed.layers.get(fmt.TRANSFORMER, {}).get(fmt.layer_key("x_embedder"))
+    embedder = getattr(model.unet, "x_embedder", None)
+    if layer is None or embedder is None:
+        return None
+    lora_in, model_in = layer.in_out()[0], int(embedder.weight.shape[1])
+    if lora_in <= model_in:
+        return None
+    return (
+        f"lora_name: {lora.name!r} widens the transformer's input from {model_in} to {lora_in} channels: it is a "
+        "FLUX.1 control LoRA (Canny / Depth dev LoRA), which Diffusers Studio does not merge. Load the full "
+        "FLUX.1 Canny dev or Depth dev model instead and give it the map with Diffusers Flux Control Image."
+    )
+
+
 def _apply_dit(model, text_encoder, lora: LoadedLora, strength_model: float, strength_text_encoder: float):
     """apply_lora for SD3 / Flux: the file read through diffusers' converters, every transformer layer matched.
 
@@ -401,6 +422,9 @@ def _apply_dit(model, text_encoder, lora: LoadedLora, strength_model: float, str
     state = dit_state_dict(lora.state_dict or {}, lora.name, family, model.name)
     lora = replace(lora, parsed=fmt.parse_state_dict(state, lora.metadata))
     strays = [f"{c}:{k}" for c in (fmt.UNET,) for k in lora.parsed.layers.get(c, {})]
+    refusal = _widening_lora_refusal(lora, model)
+    if refusal:
+        raise ValueError(refusal)
     try:
         targets, unmatched = match_layers(lora, fmt.TRANSFORMER, model.unet)
         te_targets, te_unmatched = [], []

@@ -104,6 +104,15 @@ def _deviation(posterior: Posterior, batch: int, generators: Sequence[torch.Gene
     return std * eps
 
 
+def sample(posterior: Posterior, batch: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """mean + std * eps for `batch` pictures: diffusers' retrieve_latents(..., generator) with one
+    generator per picture (unscaled, float32, CPU). The batch must be a multiple of the means."""
+    mean = _repeat_to(posterior.mean, batch)
+    if mean is None:
+        raise ValueError(f"{int(posterior.mean.shape[0])} encoded images do not divide a batch of {batch}")
+    return mean + _deviation(posterior, batch, generators)
+
+
 def _usable(posterior, like: torch.Tensor) -> bool:
     return (
         isinstance(posterior, Posterior)
@@ -129,7 +138,7 @@ def image_draw(latent: dict, generators: Sequence[torch.Generator]) -> Optional[
     if not torch.equal(samples.float().cpu(), mean):
         logger.info("latent samples were changed after encoding: using them as they are (the mode)")
         return None
-    return mean + _deviation(posterior, int(samples.shape[0]), generators)
+    return sample(posterior, int(samples.shape[0]), generators)
 
 
 def masked_image_deviation(latent: dict, generators: Sequence[torch.Generator]) -> Optional[torch.Tensor]:

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-import ldm_export
+import dit_graph
+from dit_graph import encode, load
 import pil_inputs
 import tiny_dit
 
@@ -28,30 +29,11 @@ SIZE = 64  # an 8x8 latent: 4x4 packed Flux tokens
 
 @pytest.fixture(scope="module")
 def dit_models(models_dir):
-    import folder_paths
-
-    folder = models_dir / "diffusers"
-    for name, make in (
-        ("tiny-sd3", lambda: tiny_dit.sd3_pipeline(0)),
-        ("tiny-flux-dev", lambda: tiny_dit.flux_pipeline(0, dev=True)),
-        ("tiny-flux-fill", lambda: tiny_dit.flux_fill_pipeline(0)),
-    ):
-        if not (folder / name).exists():
-            ldm_export.save_diffusers_folder(make(), folder / name)
-    folder_paths.filename_list_cache.clear()
-    return folder
-
-
-def _load(name):
-    from diffusers_studio.nodes.loaders import DSLoadModel
-
-    return DSLoadModel.execute(name, "float32").args
-
-
-def _encode(text_encoder, text):
-    from diffusers_studio.nodes.encode import DSTextEncode
-
-    return DSTextEncode.execute(text_encoder, text, 1, 0, False, 0).args[0]
+    return dit_graph.save_folders(models_dir, {
+        "tiny-sd3": lambda: tiny_dit.sd3_pipeline(0),
+        "tiny-flux-dev": lambda: tiny_dit.flux_pipeline(0, dev=True),
+        "tiny-flux-fill": lambda: tiny_dit.flux_fill_pipeline(0),
+    })
 
 
 def _inputs():
@@ -66,14 +48,14 @@ def _graph(name, *, seed, steps, cfg, denoise, negative="", guidance=None, **inp
     from diffusers_studio.nodes.sample import DSSampler
     from diffusers_studio.nodes.vae import DSVAEDecode
 
-    model, text_encoder, vae = _load(name)
+    model, text_encoder, vae = load(name)
     _, _, image, mask = _inputs()
     inpaint_kwargs = {"grow": 0, "blur": 0.0, **inpaint_kwargs}
     latent, used_mask = DSInpaint.execute(image, mask, vae, model, **inpaint_kwargs).args
-    positive = _encode(text_encoder, "a red door")
+    positive = encode(text_encoder, "a red door")
     if guidance is not None:
         positive = DSFluxGuidance.execute(positive, guidance).args[0]
-    out = DSSampler.execute(model, positive, _encode(text_encoder, negative), latent, seed, steps, cfg, "Euler",
+    out = DSSampler.execute(model, positive, encode(text_encoder, negative), latent, seed, steps, cfg, "Euler",
                             "normal", denoise).args[0]
     decoded = DSVAEDecode.execute(vae, out).args[0]
     composite = DSInpaintComposite.execute(image, decoded, used_mask).args[0]
@@ -153,11 +135,11 @@ def test_crop_and_paste_back_work_unchanged(dit_models, name):
     from diffusers_studio.nodes.sample import DSSampler
     from diffusers_studio.nodes.vae import DSVAEDecode
 
-    model, text_encoder, vae = _load(name)
+    model, text_encoder, vae = load(name)
     _, _, image, mask = _inputs()
     crop_image, crop_mask, crop = DSInpaintCropToMask.execute(image, mask, 4, 32, 32, None).args
     latent, used_mask = DSInpaint.execute(crop_image, crop_mask, vae, model, blur=1.0).args
-    out = DSSampler.execute(model, _encode(text_encoder, "a door"), _encode(text_encoder, ""), latent, 1, 2, 1.0,
+    out = DSSampler.execute(model, encode(text_encoder, "a door"), encode(text_encoder, ""), latent, 1, 2, 1.0,
                             "Euler", "normal", 1.0).args[0]
     back = DSInpaintPasteBack.execute(crop, DSVAEDecode.execute(vae, out).args[0], used_mask).args[0]
     assert back.shape == image.shape
@@ -189,7 +171,7 @@ def test_flux_fill_matches_flux_fill_pipeline(dit_models, strength, guidance):
 def test_flux_fill_is_detected_from_the_transformer_config(dit_models):
     from diffusers_studio.nodes.engine import families
 
-    model, text_encoder, _ = _load("tiny-flux-fill")
+    model, text_encoder, _ = load("tiny-flux-fill")
     family = families.of(model)
     assert family.variant == "fill" and family.default_guidance == 30.0
     assert family.expected_channels(model) == 16 and family.input_channels(model) * 4 == tiny_dit.FILL_IN_CHANNELS
@@ -202,14 +184,14 @@ def test_flux_fill_takes_dev_prompts_and_blends_by_default(dit_models):
     from diffusers_studio.nodes.inpaint import DSInpaint
     from diffusers_studio.nodes.sample import DSSampler
 
-    model, _, vae = _load("tiny-flux-fill")
-    _, dev_text, _ = _load("tiny-flux-dev")
+    model, _, vae = load("tiny-flux-fill")
+    _, dev_text, _ = load("tiny-flux-dev")
     _, _, image, mask = _inputs()
     outside = {}
     for blend in (True, False):
         latent, _ = DSInpaint.execute(image, mask, vae, model, blur=0.0, blend_unmasked=blend,
                                       latent_sampling="mode").args
-        out = DSSampler.execute(model, _encode(dev_text, "a door"), _encode(dev_text, ""), latent, 2, 3, 1.0,
+        out = DSSampler.execute(model, encode(dev_text, "a door"), encode(dev_text, ""), latent, 2, 3, 1.0,
                                 "Euler", "normal", 1.0).args[0]["samples"]
         keep = (pil_inputs.as_mask(pil_inputs.mask_picture())[:, None, ::8, ::8] == 0).expand_as(out)
         outside[blend] = float((out - latent["samples"]).abs()[keep].max())
@@ -220,22 +202,22 @@ def test_flux_fill_takes_dev_prompts_and_blends_by_default(dit_models):
 def test_fill_model_without_inpaint_latent_is_a_clear_error(dit_models):
     from diffusers_studio.nodes.sample import DSSampler
 
-    model, text_encoder, _ = _load("tiny-flux-fill")
+    model, text_encoder, _ = load("tiny-flux-fill")
     latent = {"samples": torch.zeros(1, 16, 8, 8)}
     with pytest.raises(ValueError, match="FLUX.1 Fill.*Diffusers Inpaint"):
-        DSSampler.execute(model, _encode(text_encoder, "a door"), None, latent, 2, 3, 1.0, "Euler", "normal", 1.0)
+        DSSampler.execute(model, encode(text_encoder, "a door"), None, latent, 2, 3, 1.0, "Euler", "normal", 1.0)
 
 
 def test_fill_latent_on_a_dev_model_is_a_clear_error(dit_models):
     from diffusers_studio.nodes.inpaint import DSInpaint
     from diffusers_studio.nodes.sample import DSSampler
 
-    fill_model, _, vae = _load("tiny-flux-fill")
-    model, text_encoder, _ = _load("tiny-flux-dev")
+    fill_model, _, vae = load("tiny-flux-fill")
+    model, text_encoder, _ = load("tiny-flux-dev")
     _, _, image, mask = _inputs()
     latent, _ = DSInpaint.execute(image, mask, vae, fill_model).args
     with pytest.raises(ValueError, match="made by Diffusers Inpaint for FLUX.1 Fill"):
-        DSSampler.execute(model, _encode(text_encoder, "a door"), None, latent, 2, 3, 1.0, "Euler", "normal", 1.0)
+        DSSampler.execute(model, encode(text_encoder, "a door"), None, latent, 2, 3, 1.0, "Euler", "normal", 1.0)
 
 
 @pytest.mark.parametrize("name", ["tiny-flux-dev", "tiny-flux-fill"])
@@ -249,11 +231,11 @@ def test_batch_of_two_pictures_matches_the_pipeline(dit_models, name):
     from diffusers_studio.nodes.vae import DSVAEDecode
 
     fill = name == "tiny-flux-fill"
-    model, text_encoder, vae = bundles = _load(name)
+    model, text_encoder, vae = bundles = load(name)
     photos, mask_photo = [pil_inputs.picture(5), pil_inputs.picture(6)], pil_inputs.mask_picture()
     latent, _ = DSInpaint.execute(pil_inputs.as_image(*photos), pil_inputs.as_mask(mask_photo), vae, model, grow=0,
                                   blur=0.0, blend_unmasked=not fill).args
-    out = DSSampler.execute(model, _encode(text_encoder, "a red door"), _encode(text_encoder, ""), latent, 7, 3,
+    out = DSSampler.execute(model, encode(text_encoder, "a red door"), encode(text_encoder, ""), latent, 7, 3,
                             1.0, "Euler", "normal", 0.8).args[0]
     decoded = DSVAEDecode.execute(vae, out).args[0]
     pipe = _pipeline(FluxFillPipeline if fill else FluxInpaintPipeline, bundles)

@@ -160,6 +160,17 @@ def test_kohya_sd3_file_is_refused_by_name(folders):
         lora_mod.apply_lora(model, text_encoder, lora_mod.lora_from_state_dict(state, "sd3-kohya.safetensors"))
 
 
+def test_a_flux_control_lora_is_refused_by_name(folders):
+    """BFL's Canny/Depth dev LoRAs widen x_embedder to latents + control latents: named, not half-applied."""
+    model, text_encoder, _ = _load(folders, "flux")
+    inner = int(model.unet.x_embedder.weight.shape[0])
+    state = {"transformer.x_embedder.lora_A.weight": torch.zeros(4, 128),
+             "transformer.x_embedder.lora_B.weight": torch.zeros(inner, 4)}
+    with pytest.raises(ValueError, match=r"'canny-lora.safetensors' widens the transformer's input from 64 to 128 "
+                                         r"channels.*FLUX.1 Canny dev or Depth dev.*Diffusers Flux Control Image"):
+        lora_mod.apply_lora(model, text_encoder, lora_mod.lora_from_state_dict(state, "canny-lora.safetensors"))
+
+
 def test_other_model_patches_still_refused_on_dit(folders):
     """Only LoRA patches pass the flow families' sampler check; attention options and the like do not."""
     from diffusers_studio.nodes.engine import families

@@ -29,7 +29,7 @@ from .facts import (
     vae_facts,
 )
 from .flow import FlowFamily
-from .flux import FLUX_DEV_FAMILY, FLUX_FILL_FAMILY, FLUX_SCHNELL_FAMILY
+from .flux import FLUX_CONTROL_FAMILY, FLUX_DEV_FAMILY, FLUX_FILL_FAMILY, FLUX_SCHNELL_FAMILY
 from .sd1 import SD1_FAMILY
 from .sd3 import SD3_FAMILY
 from .sdxl import SDXL_FAMILY
@@ -40,6 +40,7 @@ REGISTRY: dict[tuple[str, str], Family] = {
     (f.family, f.variant): f
     for f in (
         SD1_FAMILY, SDXL_FAMILY, SDXL_REFINER_FAMILY, SD3_FAMILY, FLUX_DEV_FAMILY, FLUX_SCHNELL_FAMILY, FLUX_FILL_FAMILY,
+        FLUX_CONTROL_FAMILY,
     )
 }
 ALL: tuple[Family, ...] = tuple(REGISTRY.values())

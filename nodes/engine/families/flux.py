@@ -30,7 +30,7 @@ import os
 import numpy as np
 import torch
 
-from ..components import DEV, FILL, FLUX, SCHNELL, ModelBundle, compute_dtype
+from ..components import CONTROL, DEV, FILL, FLUX, SCHNELL, ModelBundle, compute_dtype
 from .base import IP_ADAPTER, DenoiserInputs, EncoderSlot, LatentFormat
 from ..window_prompt import window_ids, window_prompt
 from .flow import FlowFamily, calculate_shift
@@ -42,6 +42,9 @@ T5 = EncoderSlot("text_encoder_2", "tokenizer_2", "T5EncoderModel", tokenizer_cl
                  window=512, embedding_key="t5")
 DEFAULT_GUIDANCE = 3.5
 FILL_GUIDANCE = 30.0  # FluxFillPipeline's default guidance_scale
+# FLUX.1 Canny/Depth dev: BFL's examples use 30 (Canny) and 10 (Depth); FluxControlPipeline's
+# own default is dev's 3.5, which gives washed-out pictures with these models. 10 is the middle.
+CONTROL_GUIDANCE = 10.0
 
 
 def pack(latents: torch.Tensor) -> torch.Tensor:
@@ -69,7 +72,8 @@ def latent_image_ids(h2: int, w2: int, device, dtype) -> torch.Tensor:
 class FluxFamily(FlowFamily):
     family = FLUX
     short_label = "Flux"
-    pipeline_classes = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxFillPipeline")
+    pipeline_classes = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxFillPipeline",
+                        "FluxControlPipeline", "FluxControlImg2ImgPipeline", "FluxControlInpaintPipeline")
     denoiser_class = "FluxTransformer2DModel"
     text_encoders = (CLIP_L, T5)
     latent_format = LatentFormat(
@@ -96,7 +100,9 @@ class FluxFamily(FlowFamily):
 
         Fill (FLUX.1-Fill-dev) is told by its input width: in_channels =
         2 * out_channels (latents + masked image) + 4 * 64 (8x8 pixel mask
-        patches of the 2x2 packed latent pixels), 384 for the real model.
+        patches of the 2x2 packed latent pixels), 384 for the real model;
+        Canny/Depth dev by in_channels = 2 * out_channels (latents + control
+        image latents), 128.
         """
         try:
             with open(os.path.join(path, "transformer", "config.json"), encoding="utf-8") as fh:
@@ -105,6 +111,8 @@ class FluxFamily(FlowFamily):
             return DEV  # the loader reports the missing transformer itself
         if is_fill_config(config):
             return FILL
+        if is_control_config(config):
+            return CONTROL
         return DEV if bool(config.get("guidance_embeds", False)) else SCHNELL
 
     # ---- encode
@@ -142,18 +150,33 @@ class FluxFamily(FlowFamily):
         return int(model.denoiser.config.in_channels) // 4
 
     def check_latent(self, model: ModelBundle, latent: dict, samples: torch.Tensor, model_label: str) -> None:
+        """The extra input channels the hooks on the latent add must be what the transformer takes more."""
         super().check_latent(model, latent, samples, model_label)
-        extra = sum(int(getattr(h, "fill_channels", 0)) for h in latent.get("ds_hooks") or ())
+        hooks = latent.get("ds_hooks") or ()
+        extra = sum(int(getattr(h, "fill_channels", 0)) for h in hooks)
         wanted = self.input_channels(model) - self.expected_channels(model)
-        if extra != wanted:
+        if extra == wanted:
+            return
+        packed = self.input_channels(model) * 4
+        if self.variant == FILL and not extra:
             raise ValueError(
-                f"{model_label} is FLUX.1 Fill ({self.input_channels(model) * 4} packed input channels): it needs "
-                "a mask and the masked image: make its latent with Diffusers Inpaint (DSInpaint) from the image "
-                "and the mask, or use FLUX.1 dev / schnell for text-to-image and image-to-image"
-                if wanted else
-                f"the latent was made by Diffusers Inpaint for FLUX.1 Fill, but {model_label} is not a Fill "
-                "model: run Diffusers Inpaint with the model you sample with"
+                f"{model_label} is FLUX.1 Fill ({packed} packed input channels): it needs a mask and the masked "
+                "image: make its latent with Diffusers Inpaint (DSInpaint) from the image and the mask, or use "
+                "FLUX.1 dev / schnell for text-to-image and image-to-image"
             )
+        if self.variant == CONTROL and not extra:
+            raise ValueError(
+                f"{model_label} is FLUX.1 Canny/Depth dev ({packed} packed input channels): it needs a control "
+                "image: pass the latent through Diffusers Flux Control Image (DSFluxControlImage) with your "
+                "canny or depth map, or use FLUX.1 dev / schnell without one"
+            )
+        makers = [h for h in hooks if getattr(h, "fill_channels", 0)]
+        made_by = " and ".join(sorted({h.made_by for h in makers}))
+        made_for = " and ".join(sorted({h.made_for for h in makers}))
+        raise ValueError(
+            f"the latent was made by {made_by} for {made_for}, but {model_label} is {self.label}: "
+            f"run {made_by} with the model you sample with"
+        )
 
     def latent_multiple(self, model: ModelBundle) -> int:
         return 2
@@ -214,6 +237,13 @@ class FluxFamily(FlowFamily):
         return calculate_shift(seq_len, dict(model.scheduler_config), self.default_max_shift)
 
 
+def is_control_config(config: dict) -> bool:
+    """A FLUX.1 Canny/Depth dev transformer config: in = 2 * out (packed latents, control latents)."""
+    in_channels = int(config.get("in_channels", 64))
+    out_channels = int(config.get("out_channels") or in_channels)
+    return in_channels == 2 * out_channels
+
+
 def is_fill_config(config: dict) -> bool:
     """A FLUX.1 Fill transformer config: in = 2 * out + 256 (packed latents, masked image, 8x8 mask)."""
     in_channels = int(config.get("in_channels", 64))
@@ -221,7 +251,11 @@ def is_fill_config(config: dict) -> bool:
     return in_channels == 2 * out_channels + 4 * 64
 
 
-FLUX_DEV_FAMILY = FluxFamily(DEV, guidance=True, max_sequence_length=512, steps=28, shared_text_variants=(FILL,))
+FLUX_DEV_FAMILY = FluxFamily(DEV, guidance=True, max_sequence_length=512, steps=28,
+                             shared_text_variants=(FILL, CONTROL))
 FLUX_FILL_FAMILY = FluxFamily(FILL, guidance=True, max_sequence_length=512, steps=50,
-                              default_guidance=FILL_GUIDANCE, shared_text_variants=(DEV,))
+                              default_guidance=FILL_GUIDANCE, shared_text_variants=(DEV, CONTROL))
+# Canny/Depth dev: dev's text encoders and guidance embedding; 50 steps as BFL's examples.
+FLUX_CONTROL_FAMILY = FluxFamily(CONTROL, guidance=True, max_sequence_length=512, steps=50,
+                                 default_guidance=CONTROL_GUIDANCE, shared_text_variants=(DEV, FILL))
 FLUX_SCHNELL_FAMILY = FluxFamily(SCHNELL, guidance=False, max_sequence_length=256, steps=4)
