@@ -69,23 +69,23 @@ def _evaluating(components: dict) -> dict:
 
 
 def tiny_flux_components(variant: str = "dev", seed: int = 0, latent: int = LATENT) -> dict:
-    """FluxPipeline components; variant dev, schnell or fill. latent: VAE channels (16 as the real
-    FLUX.1 for graphs that start from ComfyUI's EmptySD3LatentImage)."""
+    """FluxPipeline components; variant dev, schnell, fill or control (Canny/Depth dev). latent: VAE
+    channels (16 as the real FLUX.1 for graphs that start from ComfyUI's EmptySD3LatentImage)."""
     from diffusers import FluxTransformer2DModel
     from transformers import CLIPTextModel
 
     packed = latent * 4
-    in_channels = {"dev": packed, "schnell": packed, "fill": 2 * packed + 256}[variant]
+    in_channels = {"dev": packed, "schnell": packed, "fill": 2 * packed + 256, "control": 2 * packed}[variant]
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=in_channels, out_channels=None if variant != "fill" else packed,
+        patch_size=1, in_channels=in_channels, out_channels=packed if variant in ("fill", "control") else None,
         num_layers=1, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
         joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=variant != "schnell",
         axes_dims_rope=[4, 4, 8],
     )
     torch.manual_seed(seed)
     clip = CLIPTextModel(_text_config(32, 32))
-    shift = {"dev": (3.0, True), "fill": (3.0, True), "schnell": (1.0, False)}[variant]
+    shift = {"dev": (3.0, True), "fill": (3.0, True), "control": (3.0, True), "schnell": (1.0, False)}[variant]
     return _evaluating({
         "scheduler": _scheduler(
             base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15,

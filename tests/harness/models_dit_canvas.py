@@ -1,4 +1,4 @@
-"""Tiny FLUX.1 Fill split files and Flux / SD3.5 ControlNet folders for the DiT canvas workflows.
+"""Tiny FLUX.1 Fill and Canny dev split files, Flux / SD3.5 ControlNet folders for the DiT canvas workflows.
 
 `write()` (called by `harness.models.write_concept_models`) puts, under the
 real names users download:
@@ -7,6 +7,8 @@ real names users download:
   Fill dev file, original key layout) with `text_encoders/clip_l.safetensors`,
   `text_encoders/t5xxl_fp16.safetensors` and `vae/ae.safetensors`: how BFL and
   ComfyUI ship FLUX.1 split, read by Load Diffusers Split Model;
+* `diffusion_models/flux1-canny-dev.safetensors` (BFL's FLUX.1 Canny dev, the
+  same layout with a 2x wide input), sharing those encoders and that VAE;
 * `controlnet/FLUX.1-dev-Controlnet-Union/`: InstantX's Flux Union ControlNet
   (a diffusers folder, 10 control modes), fitting the tiny `flux1-dev-fp8`
   checkpoint of `models_dit`;
@@ -31,6 +33,7 @@ from .models_dit import LATENT
 from .tests_modules import tests_module
 
 FLUX_FILL = "flux1-fill-dev.safetensors"
+FLUX_CANNY = "flux1-canny-dev.safetensors"
 CLIP_L = "clip_l.safetensors"
 T5XXL = "t5xxl_fp16.safetensors"
 FLUX_VAE = "ae.safetensors"
@@ -80,10 +83,12 @@ def write(models_dir: Path, seed: int = 0) -> list[Path]:
     for kind in ("diffusion_models", "text_encoders", "vae", "controlnet", "ipadapter", "clip_vision"):
         (models_dir / kind).mkdir(parents=True, exist_ok=True)
     fill = dit_tiny.tiny_flux_components("fill", seed, latent=LATENT)
+    canny = dit_tiny.tiny_flux_components("control", seed, latent=LATENT)  # same seed: the same encoders and VAE
     dev = dit_tiny.tiny_flux_components("dev", seed, latent=LATENT)
     sd35 = dit_tiny.tiny_sd3_components("sd35_medium", seed, latent=LATENT)
     written = [
         dit_export.save_transformer(fill["transformer"], models_dir / "diffusion_models" / FLUX_FILL),
+        dit_export.save_transformer(canny["transformer"], models_dir / "diffusion_models" / FLUX_CANNY),
         dit_export.save_clip(fill["text_encoder"], models_dir / "text_encoders" / CLIP_L),
         dit_export.save_t5(fill["text_encoder_2"], models_dir / "text_encoders" / T5XXL),
         dit_export.save_ae(fill["vae"], models_dir / "vae" / FLUX_VAE),
