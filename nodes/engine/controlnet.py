@@ -50,6 +50,10 @@ class ControlNetBundle:
     name: str
     module: Any  # diffusers ControlNetModel
     dtype: torch.dtype
+    # Transformer ControlNets that VAE-encode their hint: the VAE input is pixels * a + b
+    # (controlnet_dit_files.hint_affine): (2, -1) as the pipelines' image processor, (127.5, 0.5)
+    # for Stability's SD3.5 canny ControlNet.
+    hint_affine: tuple = (2.0, -1.0)
 
 
 @dataclass(frozen=True, eq=False)

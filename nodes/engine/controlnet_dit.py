@@ -195,7 +195,7 @@ class DitControlNetHook(hooks.SamplingHook):
         if takes_pixels(cn.module):  # XLabs: normalised pixels, embedded by the ControlNet
             self._drawn = pixels.movedim(-1, 1) * 2.0 - 1.0
             return
-        mean, std = vae_codec.encode(unit.vae, pixels, with_std=True)
+        mean, std = vae_codec.encode(unit.vae, pixels, with_std=True, affine=cn.hint_affine)
         if cn.family == FLUX:  # retrieve_latents(..., generator): mean + std * eps, per sample
             latents = posterior.sample(posterior.Posterior(mean, std), int(mean.shape[0]), generators)
             shift = unit.vae.shift_factor

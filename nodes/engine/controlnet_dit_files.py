@@ -258,6 +258,23 @@ def sd3_config(state: dict, name: str) -> dict:
 # ------------------------------------------------------------------ entry
 
 
+SIGNED_HINT = (2.0, -1.0)  # VaeImageProcessor's normalisation: 0..1 pixels -> -1..1
+SD35_CANNY_HINT = (127.5, 0.5)  # Stability's sd3_infer for control_type 1: pixels * 255 * 0.5 + 0.5
+
+
+def hint_affine(state: dict, kind: str) -> tuple:
+    """(a, b): the VAE encodes pixels * a + b as this ControlNet's hint.
+
+    Stability's SD3.5 files carry a `control_type` scalar (0 blur, 1 canny, 2 depth). Their
+    reference inference (sd3_infer.py) feeds a canny map to the VAE as pixels * 127.5 + 0.5,
+    not rescaled to -1..1 (the SD3.5-Large canny model card does the same with an image processor
+    without normalisation); blur and depth maps go in as 2 * pixels - 1, like every other hint.
+    """
+    if kind == SD35_STABILITY and "control_type" in state and round(float(state["control_type"].item())) == 1:
+        return SD35_CANNY_HINT
+    return SIGNED_HINT
+
+
 def load_file(state: dict, kind: str, name: str):
     """(family, module) for a transformer-ControlNet state dict of layout `kind` (from `kind_of`)."""
     from diffusers import FluxControlNetModel, SD3ControlNetModel

@@ -286,6 +286,7 @@ def load_controlnet(
             return cached[0]
 
     started = time.perf_counter()
+    affine = controlnet_dit_files.SIGNED_HINT  # how the hint enters the VAE; SD3.5 canny files differ
     if os.path.isdir(path):
         if not is_controlnet_folder(path):
             raise ModelLoadError(
@@ -306,6 +307,7 @@ def load_controlnet(
         state = _read_state_dict(path)
         kind = controlnet_dit_files.kind_of(state, name)
         if kind is not None:  # a Flux / SD3 ControlNet file
+            affine = controlnet_dit_files.hint_affine(state, kind)
             state = {k: (v.to(torch_dtype) if v.is_floating_point() else v) for k, v in state.items()}
             family, module = controlnet_dit_files.load_file(state, kind, name)
         elif _layout(state, name) == "ldm":
@@ -320,7 +322,7 @@ def load_controlnet(
     module.to(device)
     module.eval()
     module.requires_grad_(False)
-    bundle = ControlNetBundle(family=family, name=name, module=module, dtype=torch_dtype)
+    bundle = ControlNetBundle(family=family, name=name, module=module, dtype=torch_dtype, hint_affine=affine)
     logger.info("Loaded %s ControlNet %s (%s) in %.1f s", family, name, torch_dtype, time.perf_counter() - started)
     if key is not None:
         controlnet_cache.put(key, (bundle,))

@@ -167,12 +167,15 @@ def encode(
     tile_size: int = DEFAULT_TILE_SIZE,
     batch_per_call: int = DEFAULT_BATCH_PER_CALL,
     with_std: bool = False,
+    affine: tuple = (2.0, -1.0),
 ):
     """IMAGE [B,H,W,C] in 0..1 -> unscaled latents [B, C, H/f, W/f] (float32, CPU).
 
     latents = vae.encode(2 * x - 1).latent_dist.mode(): deterministic (see the
     module docstring). H and W must be multiples of the VAE's downscale f.
     with_std: return (mean, std) of the posterior instead, both [B, C, H/f, W/f].
+    affine: (a, b) for a ControlNet hint the VAE takes as a * x + b instead of 2 * x - 1
+    (Stability's SD3.5 canny ControlNet).
     """
     f = vae.downscale
     pixels = _to_pixels(images)
@@ -189,7 +192,7 @@ def encode(
     device, dtype = _module_device_dtype(module)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device=device, dtype=dtype) * 2.0 - 1.0
+        x = x.to(device=device, dtype=dtype) * affine[0] + affine[1]
         dist = module.encode(x).latent_dist
         return torch.cat([dist.mode(), dist.std], dim=1) if with_std else dist.mode()
 

@@ -2,9 +2,11 @@
 
 The files are what people download: an InstantX-style Flux Union ControlNet's
 weights alone (diffusers names, no config.json) and Stability's
-sd3.5_large_controlnet_canny.safetensors layout. DSLoadModel (diffusers folder)
--> DSTextEncode -> DSLoadControlNet (the file) -> DSApplyControlNet (with the
-VAE) -> DSSampler -> DSVAEDecode; the reference is FluxControlNetPipeline /
+sd3.5_large_controlnet_canny / depth.safetensors layout (control_type 1, canny,
+feeds the VAE pixels * 127.5 + 0.5, as Stability's reference and the model
+card's image processor do). DSLoadModel (diffusers folder) -> DSTextEncode ->
+DSLoadControlNet (the file) -> DSApplyControlNet (with the VAE) -> DSSampler ->
+DSVAEDecode; the reference is FluxControlNetPipeline /
 StableDiffusion3ControlNetPipeline on the very same loaded modules, PIL
 control image, same seed. Float32, decoded images within 1e-4. XLabs' original
 format is refused by the node with the file named.
@@ -49,6 +51,8 @@ def cn_files(models_dir):
     dit_export.save_controlnet_file(tiny_dit.tiny_flux_controlnet(2, num_mode=4),
                                     cn / "FLUX.1-dev-Controlnet-Union-tiny.safetensors")
     dit_export.save_sd35_controlnet_original(_sd35_controlnet(4), cn / "sd3.5_large_controlnet_canny-tiny.safetensors")
+    dit_export.save_sd35_controlnet_original(_sd35_controlnet(4), cn / "sd3.5_large_controlnet_depth-tiny.safetensors",
+                                             control_type=2)
     ldm_export._save({"double_blocks.0.img_attn.qkv.weight": torch.zeros(6, 2),
                       "controlnet_blocks.0.weight": torch.zeros(2, 2),
                       "input_hint_block.0.weight": torch.zeros(16, 3, 3, 3)},
@@ -88,8 +92,26 @@ def _graph(model_name, cn_name, negative, *, seed, cfg, mode, channels):
     return images, (model, text_encoder, vae), control_net
 
 
-def _reference(pipe_cls, bundles, control_net, **kwargs):
+def _canny_processor(vae_scale_factor: int):
+    """The image processor the SD3.5-Large canny model card gives the pipeline: no -1..1
+    normalisation, then pixels * 255 * 0.5 + 0.5 (Stability's sd3_infer for control_type 1);
+    pictures are denormalised as usual on the way out."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    class CannyProcessor(VaeImageProcessor):
+        def preprocess(self, image, **kwargs):
+            return super().preprocess(image, **kwargs) * 255 * 0.5 + 0.5
+
+        def postprocess(self, image, output_type="pil", do_denormalize=None):
+            return super().postprocess(image, output_type=output_type, do_denormalize=[True] * image.shape[0])
+
+    return CannyProcessor(vae_scale_factor=vae_scale_factor, do_normalize=False)
+
+
+def _reference(pipe_cls, bundles, control_net, canny=False, **kwargs):
     pipe = tiny_dit.pipeline_of(pipe_cls, bundles, controlnet=control_net.module)
+    if canny:
+        pipe.image_processor = _canny_processor(pipe.vae_scale_factor)
     return pipe(prompt="a cat", control_image=_pil(_hint()), controlnet_conditioning_scale=0.8,
                 control_guidance_end=0.75, num_inference_steps=3, height=SIZE, width=SIZE, output_type="np",
                 **kwargs).images
@@ -112,15 +134,22 @@ def test_flux_union_file_graph_matches_flux_controlnet_pipeline(cn_files):
     _close(images, expected)
 
 
-def test_stability_sd35_file_graph_matches_sd3_controlnet_pipeline(cn_files):
+@pytest.mark.parametrize("kind", ["canny", "depth"])
+def test_stability_sd35_file_graph_matches_sd3_controlnet_pipeline(cn_files, kind):
+    """control_type 1 (canny) takes the model card's canny processor, 2 (depth) the pipeline's own."""
     from diffusers import StableDiffusion3ControlNetPipeline
 
-    images, bundles, control_net = _graph("tiny-sd35-large-cnfile", "sd3.5_large_controlnet_canny-tiny.safetensors",
+    images, bundles, control_net = _graph("tiny-sd35-large-cnfile", f"sd3.5_large_controlnet_{kind}-tiny.safetensors",
                                           "blurry", seed=4, cfg=4.0, mode=-1, channels=dit_tiny.LATENT)
     assert control_net.family == "sd3" and control_net.module.config.use_pos_embed is False
-    expected = _reference(StableDiffusion3ControlNetPipeline, bundles, control_net, negative_prompt="blurry",
-                          guidance_scale=4.0, generator=torch.Generator().manual_seed(4))
+    assert control_net.hint_affine == ((127.5, 0.5) if kind == "canny" else (2.0, -1.0))
+    expected = _reference(StableDiffusion3ControlNetPipeline, bundles, control_net, canny=kind == "canny",
+                          negative_prompt="blurry", guidance_scale=4.0, generator=torch.Generator().manual_seed(4))
     _close(images, expected)
+    if kind == "canny":  # without the canny input scaling the picture is another one
+        plain = _reference(StableDiffusion3ControlNetPipeline, bundles, control_net, negative_prompt="blurry",
+                           guidance_scale=4.0, generator=torch.Generator().manual_seed(4))
+        assert float(np.abs(images - plain).max()) > 1e-3
 
 
 def test_xlabs_original_file_is_refused_by_the_node(cn_files):
