@@ -202,6 +202,22 @@ def flux_control_pipeline(seed: int = 0):
     return FluxControlPipeline(**tiny_flux_components(seed, control=True))
 
 
+def sd35_canny_image_processor(vae_scale_factor: int):
+    """The image processor the SD3.5-Large canny model card gives the pipeline: no -1..1
+    normalisation, then pixels * 255 * 0.5 + 0.5 (Stability's sd3_infer for control_type 1);
+    pictures are denormalised as usual on the way out."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    class CannyProcessor(VaeImageProcessor):
+        def preprocess(self, image, **kwargs):
+            return super().preprocess(image, **kwargs) * 255 * 0.5 + 0.5
+
+        def postprocess(self, image, output_type="pil", do_denormalize=None):
+            return super().postprocess(image, output_type=output_type, do_denormalize=[True] * image.shape[0])
+
+    return CannyProcessor(vae_scale_factor=vae_scale_factor, do_normalize=False)
+
+
 def pipeline_of(pipe_cls, bundles, controlnet=None):
     """A diffusers flow pipeline over the pack's loaded (model, text encoder, vae) bundles: the same modules.
 

@@ -92,26 +92,10 @@ def _graph(model_name, cn_name, negative, *, seed, cfg, mode, channels):
     return images, (model, text_encoder, vae), control_net
 
 
-def _canny_processor(vae_scale_factor: int):
-    """The image processor the SD3.5-Large canny model card gives the pipeline: no -1..1
-    normalisation, then pixels * 255 * 0.5 + 0.5 (Stability's sd3_infer for control_type 1);
-    pictures are denormalised as usual on the way out."""
-    from diffusers.image_processor import VaeImageProcessor
-
-    class CannyProcessor(VaeImageProcessor):
-        def preprocess(self, image, **kwargs):
-            return super().preprocess(image, **kwargs) * 255 * 0.5 + 0.5
-
-        def postprocess(self, image, output_type="pil", do_denormalize=None):
-            return super().postprocess(image, output_type=output_type, do_denormalize=[True] * image.shape[0])
-
-    return CannyProcessor(vae_scale_factor=vae_scale_factor, do_normalize=False)
-
-
 def _reference(pipe_cls, bundles, control_net, canny=False, **kwargs):
     pipe = tiny_dit.pipeline_of(pipe_cls, bundles, controlnet=control_net.module)
     if canny:
-        pipe.image_processor = _canny_processor(pipe.vae_scale_factor)
+        pipe.image_processor = tiny_dit.sd35_canny_image_processor(pipe.vae_scale_factor)
     return pipe(prompt="a cat", control_image=_pil(_hint()), controlnet_conditioning_scale=0.8,
                 control_guidance_end=0.75, num_inference_steps=3, height=SIZE, width=SIZE, output_type="np",
                 **kwargs).images
