@@ -13,6 +13,7 @@ from comfy_api.latest import io
 
 from . import comfy_bridge
 from .engine import vae_codec
+from .engine.components import FLUX
 from .engine.controlnet_dit import hint_pixels
 from .engine.flux_control import MADE_BY, FluxControlInputs
 from .types import DSVAE, category
@@ -26,7 +27,7 @@ def control_latent(latent: dict, vae, image: torch.Tensor) -> dict:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
         raise ValueError(f"image: expected an IMAGE [batch, height, width, channels], got {shape}")
     samples = latent["samples"]
-    if vae.family != "flux":
+    if vae.family != FLUX:
         raise ValueError(
             f"vae: {vae.name!r} is a {vae.family} VAE; FLUX.1 Canny/Depth dev encode their control image with "
             "the Flux VAE (ae.safetensors): connect the VAE output of the Canny/Depth dev model's loader"

@@ -47,11 +47,15 @@ class FluxControlInputs(SamplingHook):
         if mean.shape != std.shape or mean.ndim != 4:
             raise ValueError(f"control latents must be [n, C, h, w] mean and std, got {tuple(mean.shape)} "
                              f"and {tuple(std.shape)}")
-        self.mean = mean  # [n, C, h, w] raw VAE latents of the control image (float32, CPU)
-        self.posterior = posterior.Posterior(mean, std)
+        self.posterior = posterior.Posterior(mean, std)  # [n, C, h, w] raw VAE latents (float32, CPU)
         self.fill_channels = int(mean.shape[1])  # read by the Flux latent check
         self._drawn: Optional[torch.Tensor] = None
         self._run: Optional[tuple] = None
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """The control image's mean latents (what a run without `draw` uses)."""
+        return self.posterior.mean
 
     def draw(self, model, batch: int, pixel_size: tuple, generators: Sequence[torch.Generator]) -> None:
         """The posterior sample, per image with its own generator, before the starting noise."""
