@@ -31,10 +31,10 @@ class DSLoadControlNet(io.ComfyNode):
             category=category("controlnet"),
             description=(
                 "Loads a ControlNet from models/controlnet, as a single file or a diffusers folder: SD1.x / "
-                "SDXL (lllyasviel's control_v11* releases, diffusers weights), Flux.1 (InstantX, Union, XLabs "
-                "-diffusers: FluxControlNetModel) and SD3 / SD3.5 (InstantX SD3ControlNetModel, Stability's "
-                "sd3.5_large_controlnet_* files). Works offline; the family and size are read from the weights "
-                "or the folder's config. XLabs' original Flux format has no diffusers model and is refused."
+                "SDXL (lllyasviel's control_v11* releases, diffusers weights), Flux.1 (InstantX, Union, XLabs' "
+                "own flux-*-controlnet files and their -diffusers releases: FluxControlNetModel) and SD3 / "
+                "SD3.5 (InstantX SD3ControlNetModel, Stability's sd3.5_large_controlnet_* files). Works "
+                "offline; the family and size are read from the weights or the folder's config."
             ),
             inputs=[
                 io.Combo.Input(

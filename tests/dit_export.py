@@ -180,6 +180,28 @@ def save_controlnet_file(controlnet, path) -> Path:
     return _save(dict(controlnet.state_dict()), path)
 
 
+def save_xlabs_controlnet_original(controlnet, path) -> Path:
+    """An XLabs-style FluxControlNetModel (pixel hint, double blocks only) in the names of XLabs' own
+    flux-*-controlnet*.safetensors: the blocks and embedders through ComfyUI's BFL map, `pos_embed_input`,
+    `controlnet_blocks.N`, and the hint embedder as XLabs' Sequential (convs at even indices 0..14)."""
+    config = controlnet.config
+    assert config.num_single_layers == 0 and config.conditioning_embedding_channels, "XLabs files have neither"
+    utils, _ = _comfy()
+    key_map = utils.flux_to_diffusers({
+        "depth": config.num_layers, "depth_single_blocks": 0,
+        "hidden_size": config.num_attention_heads * config.attention_head_dim,
+    })
+    convs = ["conv_in"] + [f"blocks.{i}" for i in range(len(controlnet.input_hint_block.blocks))] + ["conv_out"]
+    for index, conv in enumerate(convs):
+        for end in ("weight", "bias"):
+            key_map[f"input_hint_block.{conv}.{end}"] = f"input_hint_block.{2 * index}.{end}"
+    for end in ("weight", "bias"):
+        key_map[f"controlnet_x_embedder.{end}"] = f"pos_embed_input.{end}"
+        for i in range(config.num_layers):
+            key_map[f"controlnet_blocks.{i}.{end}"] = f"controlnet_blocks.{i}.{end}"
+    return _save(_apply_map(controlnet.state_dict(), key_map), path)
+
+
 def save_sd35_controlnet_original(controlnet, path, control_type: int = 1) -> Path:
     """An SD3.5 ControlNet (single-stream blocks) in Stability's sd3.5_large_controlnet_*.safetensors names:
     the inverse of diffusers' scripts/convert_sd3_controlnet_to_diffusers.py (fused qkv, MMDiT block names,

@@ -150,12 +150,14 @@ def tiny_flux_controlnet(seed: int = 0, dev: bool = True, num_mode=None, xlabs: 
     """A FluxControlNetModel fitting tiny_flux_components (InstantX layout; Union with num_mode).
 
     xlabs: XLabs' layout, a pixel hint through an input_hint_block; its patch_size 2
-    unfolds that block's 16 channels into the 64 of a packed token, as in XLabs' config.
+    unfolds that block's 16 channels into the 64 of a packed token, and double blocks
+    only, as in XLabs' config.
     """
     from diffusers import FluxControlNetModel
 
     model = FluxControlNetModel(
-        patch_size=2 if xlabs else 1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        patch_size=2 if xlabs else 1, in_channels=64, num_layers=1, num_single_layers=0 if xlabs else 1,
+        attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=48, pooled_projection_dim=32, guidance_embeds=dev,
         axes_dims_rope=[4, 4, 8], num_mode=num_mode, conditioning_embedding_channels=16 if xlabs else None,
     )

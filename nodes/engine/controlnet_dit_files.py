@@ -9,6 +9,17 @@ the diffusers model the folder route builds (`controlnet_dit_loading`):
   (`controlnet_mode_embedder`: one row per control mode), XLabs'
   "-diffusers" releases (`input_hint_block.conv_in/blocks/conv_out`: a pixel
   hint). Told by `controlnet_x_embedder.weight`.
+* XLabs' original Flux files (flux-canny-controlnet-v3.safetensors and the
+  depth / hed ones): BFL block names (`double_blocks.N.img_attn.qkv`, `img_in`,
+  `time_in`, ...), a `pos_embed_input` linear and the pixel-hint embedder as
+  one `input_hint_block.0..14` Sequential (eight 3x3 convs, SiLU between, the
+  3rd, 5th and 7th with stride 2). The same network as the "-diffusers"
+  release: the blocks go through `dit_convert.flux_to_diffusers` (the Flux
+  transformer's own BFL mapping), `pos_embed_input` is
+  `controlnet_x_embedder`, and the Sequential's convs are, in order,
+  `conv_in`, `blocks.0..5`, `conv_out` of diffusers' conditioning embedding
+  (the same strides). Told by `double_blocks.*` beside `controlnet_blocks.*`
+  and `input_hint_block.0.weight`.
 * SD3, diffusers names (`SD3ControlNetModel`): InstantX's SD3-Controlnet-*
   (joint blocks with a `context_embedder`, their own `pos_embed`), or a
   converted SD3.5 one (no context embedder). Told by
@@ -38,8 +49,8 @@ What shapes cannot tell, and the rule taken:
   packed token, so patch = sqrt(in_channels / hint channels) (2 for XLabs).
 
 Layouts diffusers has no model for are refused naming the file, what it is
-and the fix: XLabs' original Flux format (`double_blocks.*` with an
-`input_hint_block.0..14` Sequential), TheMisto.ai's MistoLine, and inpainting
+and the fix: other BFL-named Flux ControlNets (no XLabs hint embedder),
+TheMisto.ai's MistoLine, and inpainting
 ControlNets whose hint embedder takes extra mask channels (the pack's hook
 gives the hint latents only).
 """
@@ -52,12 +63,14 @@ from typing import Optional
 
 from .components import FLUX, SD3
 from .dit_configs import flux_rope_axes
+from .dit_convert import flux_to_diffusers
 from .families import ModelLoadError
 from .single_file import _assign
 
 logger = logging.getLogger(__name__)
 
 FLUX_DIFFUSERS = "flux-diffusers"
+FLUX_XLABS = "flux-xlabs"
 SD3_DIFFUSERS = "sd3-diffusers"
 SD35_STABILITY = "sd35-stability"
 
@@ -88,11 +101,12 @@ def kind_of(keys, name: str) -> Optional[str]:
             f"{_FIX}, e.g. InstantX/FLUX.1-dev-Controlnet-Union or Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro."
         )
     if any(k.startswith("double_blocks.") for k in keys) and any(k.startswith("controlnet_blocks.") for k in keys):
+        if "input_hint_block.0.weight" in keys and "pos_embed_input.weight" in keys:
+            return FLUX_XLABS
         raise ModelLoadError(
-            f"ControlNet {name!r} is an XLabs-AI Flux ControlNet in XLabs' original format (double_blocks.*, "
-            "input_hint_block.0..14), for which diffusers has no model, so Diffusers Studio cannot load it. "
-            f"{_FIX}: XLabs publishes the same ControlNets in diffusers format (e.g. "
-            "XLabs-AI/flux-controlnet-canny-diffusers), or take InstantX/FLUX.1-dev-Controlnet-Union."
+            f"ControlNet {name!r} has Flux blocks in BFL's names (double_blocks.*) but no XLabs pixel-hint "
+            "embedder (input_hint_block.0 and pos_embed_input), so it is no layout Diffusers Studio knows. "
+            f"{_FIX}, or XLabs' own files (e.g. XLabs-AI/flux-controlnet-collections flux-canny-controlnet-v3)."
         )
     if "controlnet_x_embedder.weight" in keys:
         if any(".img_mlp." in k for k in keys):
@@ -145,6 +159,53 @@ def sd35_to_diffusers(state: dict, name: str) -> dict:
         logger.warning("ControlNet %s: %d tensors not used by SD3ControlNetModel (as in diffusers' converter): %s",
                        name, len(unread), ", ".join(sorted(unread)[:8]))
     return out
+
+
+# ------------------------------------------------------------------ XLabs original -> diffusers
+
+_XLABS_HINT = re.compile(r"input_hint_block\.(\d+)\.(weight|bias)$")
+_XLABS_OWN = re.compile(r"controlnet_blocks\.\d+\.(weight|bias)$")
+
+
+def _xlabs_hint_names(state: dict, name: str) -> dict:
+    """Sequential index -> diffusers name: the convs in order are conv_in, blocks.0.., conv_out."""
+    convs = sorted({int(m.group(1)) for k in state if (m := _XLABS_HINT.match(k))})
+    if len(convs) < 2:
+        raise ModelLoadError(
+            f"ControlNet {name!r} is an XLabs Flux ControlNet whose hint embedder (input_hint_block) has "
+            f"{len(convs)} convolution(s), not XLabs' eight: the file is incomplete or damaged. Download it again."
+        )
+    names = {convs[0]: "conv_in", convs[-1]: "conv_out"}
+    names.update({index: f"blocks.{i}" for i, index in enumerate(convs[1:-1])})
+    return names
+
+
+def xlabs_to_diffusers(state: dict, name: str) -> dict:
+    """XLabs' original Flux ControlNet names -> FluxControlNetModel's (an XLabs "-diffusers" model)."""
+    hint_names = _xlabs_hint_names(state, name)
+    own, blocks = {}, {}
+    for key, value in state.items():
+        if (match := _XLABS_HINT.match(key)) is not None:
+            own[f"input_hint_block.{hint_names[int(match.group(1))]}.{match.group(2)}"] = value
+        elif key.startswith("pos_embed_input."):
+            own["controlnet_x_embedder." + key.split(".", 1)[1]] = value
+        elif _XLABS_OWN.match(key):
+            own[key] = value
+        else:
+            blocks[key] = value
+    if "img_in.weight" not in blocks:
+        raise ModelLoadError(
+            f"ControlNet {name!r} looks like an XLabs Flux ControlNet but has no 'img_in.weight': the file is "
+            "incomplete or damaged. Download it again."
+        )
+    try:
+        converted = flux_to_diffusers(blocks)
+    except KeyError as exc:
+        raise ModelLoadError(
+            f"ControlNet {name!r} is an XLabs Flux ControlNet, but its tensor {exc.args[0]!r} has no place in "
+            f"one: the file is damaged or a variant Diffusers Studio does not support. {_FIX}."
+        ) from None
+    return {**converted, **own}
 
 
 # ------------------------------------------------------------------ configs from shapes
@@ -279,7 +340,9 @@ def load_file(state: dict, kind: str, name: str):
     """(family, module) for a transformer-ControlNet state dict of layout `kind` (from `kind_of`)."""
     from diffusers import FluxControlNetModel, SD3ControlNetModel
 
-    if kind == FLUX_DIFFUSERS:
+    if kind in (FLUX_DIFFUSERS, FLUX_XLABS):
+        if kind == FLUX_XLABS:
+            state = xlabs_to_diffusers(state, name)
         config = flux_config(state, name)
         module = _assign(lambda: FluxControlNetModel(**config), state, "Flux ControlNet", name)
         return FLUX, module

@@ -111,7 +111,7 @@ def _layout(state: dict, name: str) -> str:
     raise ModelLoadError(
         f"ControlNet {name!r} is {what}; Diffusers Studio loads SD1.x and SDXL ControlNets "
         "(lllyasviel's control_v11* files, diffusers ControlNetModel weights), Flux.1 ControlNets in "
-        "diffusers format (InstantX, Union, XLabs -diffusers) and SD3 / SD3.5 ControlNets (InstantX, "
+        "diffusers format (InstantX, Union, XLabs -diffusers), XLabs' own Flux files and SD3 / SD3.5 ControlNets (InstantX, "
         "Stability's sd3.5_large_controlnet_*) as single files, or any of them as a diffusers folder. "
         "Put checkpoints in models/checkpoints and select a ControlNet here."
     )

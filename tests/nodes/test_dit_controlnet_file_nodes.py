@@ -9,7 +9,10 @@ DSLoadControlNet (the file) -> DSApplyControlNet (with the VAE) -> DSSampler ->
 DSVAEDecode; the reference is FluxControlNetPipeline /
 StableDiffusion3ControlNetPipeline on the very same loaded modules, PIL
 control image, same seed. Float32, decoded images within 1e-4. XLabs' original
-format is refused by the node with the file named.
+file (flux-canny-controlnet-v3: BFL block names, a pixel-hint Sequential) runs
+as the "-diffusers" release of the same weights does in FluxControlNetPipeline;
+a BFL-named ControlNet without XLabs' hint embedder is refused by the node with
+the file named.
 """
 from __future__ import annotations
 
@@ -53,10 +56,11 @@ def cn_files(models_dir):
     dit_export.save_sd35_controlnet_original(_sd35_controlnet(4), cn / "sd3.5_large_controlnet_canny-tiny.safetensors")
     dit_export.save_sd35_controlnet_original(_sd35_controlnet(4), cn / "sd3.5_large_controlnet_depth-tiny.safetensors",
                                              control_type=2)
+    dit_export.save_xlabs_controlnet_original(tiny_dit.tiny_flux_controlnet(6, xlabs=True),
+                                              cn / "flux-canny-controlnet-v3-tiny.safetensors")
     ldm_export._save({"double_blocks.0.img_attn.qkv.weight": torch.zeros(6, 2),
-                      "controlnet_blocks.0.weight": torch.zeros(2, 2),
-                      "input_hint_block.0.weight": torch.zeros(16, 3, 3, 3)},
-                     cn / "flux-canny-controlnet-v3-tiny.safetensors")
+                      "controlnet_blocks.0.weight": torch.zeros(2, 2)},
+                     cn / "flux-controlnet-odd-tiny.safetensors")
     folder_paths.add_model_folder_path("controlnet", str(cn), is_default=True)
     folder_paths.filename_list_cache.clear()
     return cn
@@ -136,9 +140,20 @@ def test_stability_sd35_file_graph_matches_sd3_controlnet_pipeline(cn_files, kin
         assert float(np.abs(images - plain).max()) > 1e-3
 
 
-def test_xlabs_original_file_is_refused_by_the_node(cn_files):
+def test_xlabs_original_file_graph_matches_flux_controlnet_pipeline(cn_files):
+    from diffusers import FluxControlNetPipeline
+
+    images, bundles, control_net = _graph("tiny-flux-dev-cnfile", "flux-canny-controlnet-v3-tiny.safetensors",
+                                          "", seed=5, cfg=1.0, mode=-1, channels=16)
+    assert control_net.family == "flux" and control_net.module.input_hint_block is not None
+    expected = _reference(FluxControlNetPipeline, bundles, control_net, guidance_scale=3.5,
+                          generator=torch.Generator().manual_seed(5))
+    _close(images, expected)
+
+
+def test_bfl_named_file_without_xlabs_hint_embedder_is_refused_by_the_node(cn_files):
     from diffusers_studio.nodes.controlnet import DSLoadControlNet
 
-    with pytest.raises(ValueError, match=r"'flux-canny-controlnet-v3-tiny.safetensors' is an XLabs-AI Flux "
-                                         r"ControlNet in XLabs' original format.*-diffusers"):
-        DSLoadControlNet.execute("flux-canny-controlnet-v3-tiny.safetensors", "float32")
+    with pytest.raises(ValueError, match=r"'flux-controlnet-odd-tiny.safetensors' has Flux blocks in BFL's names.*"
+                                         r"XLabs' own files"):
+        DSLoadControlNet.execute("flux-controlnet-odd-tiny.safetensors", "float32")

@@ -74,6 +74,8 @@ def cn_models(tmp_path_factory):
         module.save_pretrained(str(root / f"folder-{name}"))
         dit_export.save_controlnet_file(module, root / f"{name}.safetensors")
     dit_export.save_sd35_controlnet_original(controlnets["sd35"], root / "sd3.5_large_controlnet_canny.safetensors")
+    dit_export.save_xlabs_controlnet_original(controlnets["flux-xlabs-diffusers"],
+                                              root / "flux-canny-controlnet-v3.safetensors")
     return root
 
 
@@ -99,6 +101,7 @@ CASES = [  # (file, folder, model, control_mode, cfg, negative)
     ("flux-instantx.safetensors", "folder-flux-instantx", "flux-dev", -1, 1.0, None),
     ("flux-union.safetensors", "folder-flux-union", "flux-dev", 2, 1.0, None),
     ("flux-xlabs-diffusers.safetensors", "folder-flux-xlabs-diffusers", "flux-dev", -1, 1.0, None),
+    ("flux-canny-controlnet-v3.safetensors", "folder-flux-xlabs-diffusers", "flux-dev", -1, 1.0, None),
     ("sd3-instantx.safetensors", "folder-sd3-instantx", "sd3-medium", -1, 4.0, "blurry"),
     ("sd35.safetensors", "folder-sd35", "sd35-large", -1, 4.0, "blurry"),
     ("sd3.5_large_controlnet_canny.safetensors", "folder-sd35", "sd35-large", -1, 4.0, "blurry"),
@@ -129,7 +132,6 @@ def test_stability_sd35_file_matches_the_pipeline(cn_models):
     """The SD3.5 path (no own position embedding: the transformer's, lent per run) against
     StableDiffusion3ControlNetPipeline on the same modules."""
     from diffusers import StableDiffusion3ControlNetPipeline
-    from PIL import Image
 
     cn = _cn(cn_models, "sd3.5_large_controlnet_canny.safetensors")
     assert cn.module.config.use_pos_embed is False and cn.module.config.joint_attention_dim is None
@@ -138,7 +140,7 @@ def test_stability_sd35_file_matches_the_pipeline(cn_models):
     pipe = tiny_dit.pipeline_of(StableDiffusion3ControlNetPipeline, (model, text, vae), controlnet=cn.module)
     pipe.image_processor = tiny_dit.sd35_canny_image_processor(pipe.vae_scale_factor)  # control_type 1: canny
     latents = pipe(prompt="a cat", negative_prompt="blurry",
-                   control_image=Image.fromarray((hint[0].numpy() * 255).round().astype(np.uint8)),
+                   control_image=_pil(hint),
                    controlnet_conditioning_scale=0.8, control_guidance_end=0.75, num_inference_steps=3,
                    guidance_scale=4.0, height=SIZE, width=SIZE, generator=torch.Generator().manual_seed(7),
                    output_type="latent").images
@@ -146,17 +148,74 @@ def test_stability_sd35_file_matches_the_pipeline(cn_models):
     assert float((out - expected).abs().max()) <= TOL
 
 
+def _pil(image):
+    from PIL import Image
+
+    return Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8))
+
+
 def _save(tmp_path, name, tensors):
     return ldm_export._save(tensors, tmp_path / name)
 
 
-def test_xlabs_original_format_is_refused_naming_the_file_and_fix(tmp_path):
-    path = _save(tmp_path, "flux-canny-controlnet-v3.safetensors", {
+def test_xlabs_original_file_holds_the_diffusers_release_weights(cn_models):
+    """XLabs' own file: every tensor lands in the FluxControlNetModel the "-diffusers" release builds,
+    bit for bit (the qkv split included), and the hint embedder keeps its convs in order."""
+    from_file = _cn(cn_models, "flux-canny-controlnet-v3.safetensors")
+    from_folder = _cn(cn_models, "folder-flux-xlabs-diffusers")
+    got, want = from_file.module.state_dict(), from_folder.module.state_dict()
+    assert sorted(got) == sorted(want)
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+    assert from_file.module.config.num_single_layers == 0
+    assert from_file.module.config.conditioning_embedding_channels == 16
+
+
+def test_xlabs_original_file_on_a_deeper_transformer_matches_the_pipeline(tmp_path):
+    """XLabs' two ControlNet blocks feed a deeper transformer in turn (block i takes residual i % 2, as XLabs'
+    own sampler and FluxControlNetPipeline's controlnet_blocks_repeat do), not in halves as InstantX's."""
+    from diffusers import FluxControlNetModel, FluxControlNetPipeline, FluxPipeline, FluxTransformer2DModel
+
+    parts = tiny_dit.tiny_flux_components(0, dev=True)
+    torch.manual_seed(11)
+    parts["transformer"] = FluxTransformer2DModel.from_config({**parts["transformer"].config, "num_layers": 3})
+    FluxPipeline(**parts, image_encoder=None, feature_extractor=None).save_pretrained(str(tmp_path / "flux-deep"))
+    two = {**tiny_dit.tiny_flux_controlnet(7, xlabs=True).config, "num_layers": 2}
+    dit_export.save_xlabs_controlnet_original(tiny_dit._randomize(FluxControlNetModel.from_config(two), 7),
+                                              tmp_path / "flux-hed-controlnet-v3.safetensors")
+    cn = _cn(tmp_path, "flux-hed-controlnet-v3.safetensors")
+    assert cn.module.config.num_layers == 2
+    out, (model, text, vae), hint = _run(tmp_path, "flux-deep", cn)
+    pipe = tiny_dit.pipeline_of(FluxControlNetPipeline, (model, text, vae), controlnet=cn.module)
+    latents = pipe(prompt="a cat", control_image=_pil(hint), controlnet_conditioning_scale=0.8,
+                   control_guidance_end=0.75, num_inference_steps=3, guidance_scale=3.5, height=SIZE, width=SIZE,
+                   generator=torch.Generator().manual_seed(7), output_type="latent").images
+    expected = pipe._unpack_latents(latents, SIZE, SIZE, 8) / model.latent_scaling_factor + model.latent_shift_factor
+    assert float((out - expected).abs().max()) <= TOL
+
+
+def test_bfl_named_controlnet_without_the_xlabs_hint_embedder_is_refused(tmp_path):
+    path = _save(tmp_path, "flux-controlnet-odd.safetensors", {
         "double_blocks.0.img_attn.qkv.weight": torch.zeros(6, 2), "controlnet_blocks.0.weight": torch.zeros(2, 2),
-        "input_hint_block.0.weight": torch.zeros(16, 3, 3, 3), "pos_embed_input.weight": torch.zeros(2, 64),
     })
-    with pytest.raises(ModelLoadError, match=r"'flux-canny-controlnet-v3.safetensors' is an XLabs-AI Flux "
-                                             r"ControlNet in XLabs' original format.*flux-controlnet-canny-diffusers"):
+    with pytest.raises(ModelLoadError, match=r"'flux-controlnet-odd.safetensors' has Flux blocks in BFL's names "
+                                             r"\(double_blocks.\*\) but no XLabs pixel-hint embedder"):
+        controlnet_loading.load_controlnet(path, dtype="float32", use_cache=False)
+
+
+@pytest.mark.parametrize("drop,message", [
+    ("img_in.weight", r"has no 'img_in.weight': the file is incomplete or damaged"),
+    ("input_hint_block.", r"hint embedder \(input_hint_block\) has 1 convolution\(s\), not XLabs' eight"),
+])
+def test_damaged_xlabs_file_is_refused_naming_what_is_missing(cn_models, tmp_path, drop, message):
+    from safetensors.torch import load_file
+
+    state = load_file(cn_models / "flux-canny-controlnet-v3.safetensors")
+    kept = {k: v for k, v in state.items() if not k.startswith(drop)}
+    if drop.endswith("."):  # the Sequential cut to its first conv, the one the layout is told by
+        kept["input_hint_block.0.weight"] = state["input_hint_block.0.weight"]
+    path = _save(tmp_path, "flux-depth-controlnet-v3.safetensors", kept)
+    with pytest.raises(ModelLoadError, match=r"'flux-depth-controlnet-v3.safetensors' .*" + message):
         controlnet_loading.load_controlnet(path, dtype="float32", use_cache=False)
 
 
