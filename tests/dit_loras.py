@@ -115,3 +115,25 @@ def xlabs_flux_from_peft(peft: dict) -> tuple[dict, dict]:
     for i in singles:
         put(f"single_blocks.{i}.processor.proj_lora", f"single_transformer_blocks.{i}.proj_out")
     return {k: v.contiguous() for k, v in out.items() if not k.startswith("unused.")}, covered
+
+
+def control_lora(transformer, seed=0, rank=4, magnitude=0.3, bias=True) -> dict:
+    """A FLUX.1 control LoRA (as BFL's Canny / Depth dev LoRAs, in diffusers' names) for a dev transformer.
+
+    The usual layers' updates, an x_embedder update taking twice the packed
+    input (latents + control latents), lora_B biases on every layer (bias: as
+    BFL trained them; peft gives all of a LoRA's layers a bias or none), and
+    whole q/k RMSNorm weights for every block, which replace the model's.
+    """
+    gen = torch.Generator().manual_seed(seed + 1900)
+    out = peft_lora(transformer, seed=seed, rank=rank, magnitude=magnitude)
+    embedder = transformer.x_embedder.weight
+    wide = torch.empty(embedder.shape[0], 2 * embedder.shape[1])
+    _pair(gen, wide, rank, magnitude, out, "transformer.x_embedder")
+    if bias:
+        for key in [k for k in out if k.endswith("lora_B.weight")]:
+            out[key[: -len("weight")] + "bias"] = torch.randn(out[key].shape[0], generator=gen) * magnitude
+    for name, param in transformer.named_parameters():
+        if name.rsplit(".", 2)[-2] in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"):
+            out[f"transformer.{name}"] = (1.0 + torch.randn(param.shape, generator=gen) * magnitude).contiguous()
+    return out

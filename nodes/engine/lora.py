@@ -29,7 +29,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from . import families
+from . import families, lora_control
 from . import lora_formats as fmt
 from .components import BASE, REFINER, ModelBundle, TextEncoderBundle, model_kind_label
 from .model_options import refuse_quantized_lora
@@ -139,11 +139,13 @@ def _te_key(key: str) -> str:
     return key
 
 
-def _check_shape(name: str, layer: fmt.LoraLayer, weight: torch.Tensor) -> None:
+def _check_shape(name: str, layer: fmt.LoraLayer, weight: torch.Tensor, wider_input: bool = False) -> None:
+    """The LoRA's update must have the weight's shape; `wider_input`: more inputs too (a control LoRA's)."""
     lora_in, lora_out = layer.in_out()
     model_out, model_in = int(weight.shape[0]), int(weight.shape[1])
     kernel_ok = weight.ndim == 2 or layer.kernel() in ((), tuple(weight.shape[2:]))
-    if (lora_in, lora_out) != (model_in, model_out) or not kernel_ok:
+    inputs_ok = lora_in == model_in or (wider_input and lora_in > model_in and weight.ndim == 2)
+    if lora_out != model_out or not inputs_ok or not kernel_ok:
         raise LoraMismatch(
             f"layer {name}: the LoRA has {lora_in} inputs x {lora_out} outputs"
             f"{' (kernel ' + str(layer.kernel()) + ')' if layer.kernel() else ''}, the model's weight is "
@@ -151,8 +153,13 @@ def _check_shape(name: str, layer: fmt.LoraLayer, weight: torch.Tensor) -> None:
         )
 
 
-def match_layers(lora: LoadedLora, component: str, module: torch.nn.Module) -> tuple[dict, list]:
-    """({dotted module name: LoraLayer}, [unmatched layer keys]) for one component."""
+def match_layers(
+    lora: LoadedLora, component: str, module: torch.nn.Module, wider_input: tuple = ()
+) -> tuple[dict, list]:
+    """({dotted module name: LoraLayer}, [unmatched layer keys]) for one component.
+
+    wider_input: module names whose LoRA update may take more inputs than the weight has (widened per run).
+    """
     layers = lora.parsed.layers.get(component, {})
     if not layers:
         return {}, []
@@ -183,7 +190,7 @@ def match_layers(lora: LoadedLora, component: str, module: torch.nn.Module) -> t
         if name is None:
             unmatched.append(key)
             continue
-        _check_shape(name, layer, named[name].weight)
+        _check_shape(name, layer, named[name].weight, name in wider_input)
         matched[name] = layer
     return matched, unmatched
 
@@ -232,7 +239,10 @@ def _merge(module: torch.nn.Module, stack: list[tuple[dict, float]]) -> list[tup
 
     The sum is taken in float32 and cast once (the model may be float16). The
     Parameter objects stay, only their tensors change, so the module tree,
-    state_dict keys and anything holding the Parameters are unaffected.
+    state_dict keys and anything holding the Parameters are unaffected. A
+    LoRA with more inputs than the weight (a control LoRA's x_embedder) gets
+    the weight widened with zero columns first, as diffusers grows the layer;
+    narrower updates of the same layer land on its first columns.
     """
     per_layer: dict[str, list] = {}
     for targets, strength in stack:
@@ -245,8 +255,13 @@ def _merge(module: torch.nn.Module, stack: list[tuple[dict, float]]) -> list[tup
             child = named[name]
             weight = child.weight
             total = weight.detach().to(torch.float32, copy=True)
+            widest = max(layer.in_out()[0] for layer, _ in items)
+            if weight.ndim == 2 and widest > total.shape[1]:
+                total = torch.nn.functional.pad(total, (0, widest - total.shape[1]))
             for layer, strength in items:
-                total += layer.delta(weight.shape, weight.device, strength)
+                inputs = layer.in_out()[0]
+                shape = (total.shape[0], inputs, *total.shape[2:])
+                total[:, :inputs] += layer.delta(shape, weight.device, strength)
             saved.append((weight, weight.data))
             weight.data = total.to(weight.dtype)
             with_bias = [(layer, strength) for layer, strength in items if layer.up_bias is not None]
@@ -283,8 +298,9 @@ class UNetLora(SamplingHook):
     order = -100  # before other hooks: they see the patched UNet from the start
     transformer_ready = True  # merges into any denoiser's weights: SD3 / Flux accept it (flow.check_latent)
 
-    def __init__(self, name: str, targets: dict, strength: float):
+    def __init__(self, name: str, targets: dict, strength: float, norms: Optional[dict] = None):
         self.name, self.targets, self.strength = name, targets, float(strength)
+        self.norms = dict(norms or {})  # whole weights that replace the model's (Flux control LoRAs' norms)
         self._saved: list = []
 
     def begin(self, run, role) -> None:
@@ -292,6 +308,11 @@ class UNetLora(SamplingHook):
         if not stack or stack[0] is not self:
             return
         self._saved = _merge(run.model.unet, [(p.targets, p.strength) for p in stack])
+        try:
+            self._saved += lora_control.replace_norms(run.model.unet, [p.norms for p in stack if p.norms])
+        except BaseException:
+            _restore(self._saved)
+            raise
 
     def end(self) -> None:
         _restore(self._saved)
@@ -388,25 +409,20 @@ def apply_lora(
                     strength_model, strength_text_encoder)
 
 
-def _widening_lora_refusal(lora: LoadedLora, model) -> Optional[str]:
-    """Why a LoRA that widens the transformer's input cannot apply (None when it does not widen it).
-
-    BFL's FLUX.1 Canny/Depth dev *LoRAs* train a 2x wider x_embedder (latents + control latents):
-    diffusers grows the model's input layer to take them. The pack merges LoRAs into the weights
-    it has, per run, so it refuses these by name and points to the full Canny/Depth dev model.
-    """
-    layer = lora.parsed.layers.get(fmt.TRANSFORMER, {}).get(fmt.layer_key("x_embedder"))
-    embedder = getattr(model.unet, "x_embedder", None)
-    if layer is None or embedder is None:
-        return None
-    lora_in, model_in = layer.in_out()[0], int(embedder.weight.shape[1])
-    if lora_in <= model_in:
-        return None
-    return (
-        f"lora_name: {lora.name!r} widens the transformer's input from {model_in} to {lora_in} channels: it is a "
-        "FLUX.1 control LoRA (Canny / Depth dev LoRA), which Diffusers Studio does not merge. Load the full "
-        "FLUX.1 Canny dev or Depth dev model instead and give it the map with Diffusers Flux Control Image."
-    )
+def _widens_input(lora: LoadedLora, model) -> bool:
+    """True for a LoRA whose input layer is wider than the model's that may widen it (a FLUX.1 control LoRA
+    on FLUX.1 dev, lora_control.py); a ValueError naming both for any other widening LoRA."""
+    layer = lora.parsed.layers.get(fmt.TRANSFORMER, {}).get(fmt.layer_key(lora_control.INPUT_LAYER))
+    embedder = getattr(model.unet, lora_control.INPUT_LAYER, None)
+    if layer is None or embedder is None or layer.in_out()[0] <= int(embedder.weight.shape[1]):
+        return False
+    why = lora_control.input_widening(layer.in_out()[0], model)
+    if why:
+        raise ValueError(
+            f"lora_name: {lora.name!r} {why}. Apply a Canny/Depth dev LoRA to FLUX.1 dev (then give the map "
+            "to Diffusers Flux Control Image), or load the full FLUX.1 Canny dev / Depth dev model without it."
+        )
+    return True
 
 
 def _apply_dit(model, text_encoder, lora: LoadedLora, strength_model: float, strength_text_encoder: float):
@@ -420,13 +436,14 @@ def _apply_dit(model, text_encoder, lora: LoadedLora, strength_model: float, str
 
     family = families.of(model)
     state = dit_state_dict(lora.state_dict or {}, lora.name, family, model.name)
+    state, norms = lora_control.split_norms(state)
+    lora_control.check_norms(norms, model.unet, lora.name, model.name)
     lora = replace(lora, parsed=fmt.parse_state_dict(state, lora.metadata))
     strays = [f"{c}:{k}" for c in (fmt.UNET,) for k in lora.parsed.layers.get(c, {})]
-    refusal = _widening_lora_refusal(lora, model)
-    if refusal:
-        raise ValueError(refusal)
+    control = _widens_input(lora, model)
     try:
-        targets, unmatched = match_layers(lora, fmt.TRANSFORMER, model.unet)
+        wider = (lora_control.INPUT_LAYER,) if control else ()
+        targets, unmatched = match_layers(lora, fmt.TRANSFORMER, model.unet, wider)
         te_targets, te_unmatched = [], []
         encoders = tuple(text_encoder.text_encoders) if text_encoder is not None else ()
         slots = families.of(text_encoder).text_encoders if text_encoder is not None else family.text_encoders
@@ -452,11 +469,16 @@ def _apply_dit(model, text_encoder, lora: LoadedLora, strength_model: float, str
             f"Pick a LoRA trained for {family.label}, or load a checkpoint of the LoRA's family."
         )
     return _patched(model, text_encoder, lora, targets, te_targets, te_unmatched,
-                    strength_model, strength_text_encoder)
+                    strength_model, strength_text_encoder, norms=norms, control=control)
 
 
-def _patched(model, text_encoder, lora, unet_targets, te_targets, unmatched, strength_model, strength_text_encoder):
-    """The new socket values once the layers are matched (or the error when none is)."""
+def _patched(model, text_encoder, lora, unet_targets, te_targets, unmatched, strength_model, strength_text_encoder,
+             norms: Optional[dict] = None, control: bool = False):
+    """The new socket values once the layers are matched (or the error when none is).
+
+    norms: whole weights the LoRA replaces (Flux control LoRAs); control: the LoRA widens the input
+    layer, so the model it returns is the Canny/Depth dev variant.
+    """
     te_total = sum(len(t) for t in te_targets)
     ignored = len(lora.parsed.ignored) + len(unmatched)
     if not unet_targets and not te_total:
@@ -479,8 +501,10 @@ def _patched(model, text_encoder, lora, unet_targets, te_targets, unmatched, str
     )
 
     new_model = model
-    if unet_targets and strength_model != 0:
-        new_model = model.with_patch(UNetLora(lora.name, unet_targets, strength_model))
+    if (unet_targets or norms) and strength_model != 0:
+        new_model = model.with_patch(UNetLora(lora.name, unet_targets, strength_model, norms))
+        if control:
+            new_model = lora_control.as_control_model(new_model)
     new_te = text_encoder
     if text_encoder is not None and te_total and strength_text_encoder != 0:
         patch = TextEncoderLora(lora.name, tuple(te_targets), strength_text_encoder)

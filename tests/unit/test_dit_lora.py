@@ -160,15 +160,35 @@ def test_kohya_sd3_file_is_refused_by_name(folders):
         lora_mod.apply_lora(model, text_encoder, lora_mod.lora_from_state_dict(state, "sd3-kohya.safetensors"))
 
 
-def test_a_flux_control_lora_is_refused_by_name(folders):
-    """BFL's Canny/Depth dev LoRAs widen x_embedder to latents + control latents: named, not half-applied."""
+def test_a_flux_control_lora_makes_dev_the_control_variant_and_widens_only_per_run(folders):
+    """BFL's Canny/Depth dev LoRAs widen x_embedder to latents + control latents: the merge gives the widened
+    weight (original columns, zeros, plus the update) for the run and puts the 64-wide tensor back."""
     model, text_encoder, _ = _load(folders, "flux")
     inner = int(model.unet.x_embedder.weight.shape[0])
-    state = {"transformer.x_embedder.lora_A.weight": torch.zeros(4, 128),
+    original = model.unet.x_embedder.weight.detach().clone()
+    storage = model.unet.x_embedder.weight.data_ptr()
+    state = {"transformer.x_embedder.lora_A.weight": torch.ones(1, 128),
+             "transformer.x_embedder.lora_B.weight": torch.ones(inner, 1)}
+    new_model, _ = lora_mod.apply_lora(model, text_encoder, lora_mod.lora_from_state_dict(state, "canny-lora.safetensors"))
+    assert (model.variant, new_model.variant) == ("dev", "control")
+    (patch,) = new_model.patches
+    saved = lora_mod._merge(model.unet, [(patch.targets, 0.5)])
+    widened = model.unet.x_embedder.weight.detach().clone()
+    lora_mod._restore(saved)
+    assert widened.shape == (inner, 128)
+    assert torch.allclose(widened[:, :64], original + 0.5) and torch.allclose(widened[:, 64:], torch.full((inner, 64), 0.5))
+    assert model.unet.x_embedder.weight.data_ptr() == storage  # the cached tensor itself is back
+    assert torch.equal(model.unet.x_embedder.weight, original)
+
+
+def test_a_widening_lora_of_another_width_is_refused_by_name(folders):
+    model, text_encoder, _ = _load(folders, "flux")
+    inner = int(model.unet.x_embedder.weight.shape[0])
+    state = {"transformer.x_embedder.lora_A.weight": torch.zeros(4, 96),
              "transformer.x_embedder.lora_B.weight": torch.zeros(inner, 4)}
-    with pytest.raises(ValueError, match=r"'canny-lora.safetensors' widens the transformer's input from 64 to 128 "
-                                         r"channels.*FLUX.1 Canny dev or Depth dev.*Diffusers Flux Control Image"):
-        lora_mod.apply_lora(model, text_encoder, lora_mod.lora_from_state_dict(state, "canny-lora.safetensors"))
+    with pytest.raises(ValueError, match=r"'odd-lora.safetensors' widens the transformer's input from 64 to 96 "
+                                         r"channels.*FLUX.1 Canny dev / Depth dev"):
+        lora_mod.apply_lora(model, text_encoder, lora_mod.lora_from_state_dict(state, "odd-lora.safetensors"))
 
 
 def test_other_model_patches_still_refused_on_dit(folders):

@@ -147,7 +147,12 @@ class FluxFamily(FlowFamily):
         return int(getattr(config, "out_channels", None) or config.in_channels) // 4
 
     def input_channels(self, model: ModelBundle) -> int:
-        return int(model.denoiser.config.in_channels) // 4
+        """The packed input channels per latent pixel; FLUX.1 dev carrying a control LoRA takes twice its
+        own, as its input layer is widened for each run (lora_control.py)."""
+        own = int(model.denoiser.config.in_channels) // 4
+        if self.variant == CONTROL and own == self.expected_channels(model):
+            return 2 * own
+        return own
 
     def check_latent(self, model: ModelBundle, latent: dict, samples: torch.Tensor, model_label: str) -> None:
         """The extra input channels the hooks on the latent add must be what the transformer takes more."""
