@@ -19,6 +19,7 @@ run without a control image is refused by name.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import torch
@@ -72,8 +73,6 @@ def input_widening(lora_in: int, model) -> Optional[str]:
 
 def as_control_model(model):
     """The DS_MODEL value that carries a control LoRA: the Canny/Depth dev variant of the same modules."""
-    from dataclasses import replace
-
     return replace(model, variant=CONTROL)
 
 
