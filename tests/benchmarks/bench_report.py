@@ -75,6 +75,14 @@ def _denoiser(model: dict) -> str:
     return f"{label} {params[name] / 1e6:.0f} M parameters{layers}"
 
 
+def _processes(data: dict) -> str:
+    """How the ways shared processes: one server for all, or a fresh server per way and repetition."""
+    if data.get("processes") == "alternate":
+        return (f"each way in a ComfyUI server of its own, started afresh for every repetition (median start "
+                f"{data['startup_s']:.1f} s, previews off; a 1-step warm-up prompt loads the model)")
+    return f"one ComfyUI process (started in {data['startup_s']:.1f} s, previews off) runs all three ways"
+
+
 def render(data: dict) -> str:
     s, machine, versions = data["settings"], data["machine"], data["versions"]
     prompts, warmup = data["prompts"], data["warmup"]
@@ -90,9 +98,8 @@ def render(data: dict) -> str:
         f"transformers {versions['transformers']}, ComfyUI {versions['comfyui']}.",
         f"Work: {data['model'].get('label', s['model'])} architecture, random weights ({_denoiser(data['model'])}"
         f"), {s['size']}x{s['size']}, Euler (normal "
-        f"schedule), cfg 7, batch 1, {s['dtype']} on {s['device']}; one ComfyUI process (started in "
-        f"{data['startup_s']:.1f} s, previews off) runs all three ways; {s['reps']} repetitions x "
-        f"{low} and {high} steps per way, interleaved. Figures: median (min-max) over repetitions.",
+        f"schedule), cfg 7, batch 1, {s['dtype']} on {s['device']}; {_processes(data)}; {s['reps']} "
+        f"repetitions x {low} and {high} steps per way, interleaved. Figures: median (min-max) over repetitions.",
         "",
         "| way | s/step (slope) | fixed s/run (intercept) | IQR s/step | IQR fixed | CPU s/step | CPU fixed s "
         f"| {low} steps s | {high} steps s | load s (warm-up) |",
@@ -147,9 +154,18 @@ def render(data: dict) -> str:
     reloads = {way: sum(1 for p in prompts if p["way"] == way and "1" in p["node_s"]) for way in ("pack", "native")}
     lines.append(f"Loader node re-ran in timed prompts (should be 0: the model stays loaded): "
                  f"pack {reloads['pack']}, native {reloads['native']} of {len(prompts) // 3} each.")
-    rss = "; ".join(f"{way} +{(warmup[way]['rss_after'] - warmup[way]['rss_before']) / GIB:.2f}" for way in WAYS)
-    lines.append(f"Process RSS growth at each way's warm-up (GiB): {rss}; process peak RSS "
-                 f"{data.get('peak_rss', 0) / GIB:.2f} GiB.")
+    rss = "; ".join(f"{way} +{(warmup[way]['rss_after'] - warmup[way]['rss_before']) / GIB:.2f}"
+                    for way in WAYS if way in warmup)
+    if data.get("peak_rss_by_way"):
+        peaks = data["peak_rss_by_way"]
+        each = "; ".join(f"{way} {peaks[way] / GIB:.2f}" for way in WAYS if way in peaks)
+        ratio = f" (pack / diffusers {peaks['pack'] / peaks['diffusers']:.3f}, pack / native " \
+                f"{peaks['pack'] / peaks['native']:.3f})" if len(peaks) == 3 and all(peaks.values()) else ""
+        lines.append(f"Process RSS growth at each way's first warm-up (GiB): {rss}; peak RSS of each way's "
+                     f"servers (VmHWM, GiB): {each}{ratio}.")
+    else:
+        lines.append(f"Process RSS growth at each way's warm-up (GiB): {rss}; process peak RSS "
+                     f"{data.get('peak_rss', 0) / GIB:.2f} GiB.")
     if data.get("extras"):
         lines += ["", "| adapters (pack / native, 1 repetition) | pack s/step | pack fixed s | native s/step "
                   "| native fixed s |", "|---|---:|---:|---:|---:|"]

@@ -34,16 +34,26 @@ in the cache; nothing is asserted.
 SD3.5 medium (DS_BENCH_MODEL=sd35m, dit_bench_model.py): the same three
 ways on a full-size random SD3.5-medium without T5: StableDiffusion3Pipeline,
 the pack's graph and CheckpointLoaderSimple + KSampler, both on
-EmptySD3LatentImage. On a CPU with less than 48 GiB it is skipped unless
-DS_BENCH_DIT_LAYERS cuts the transformer to a few blocks (a rehearsal).
+EmptySD3LatentImage. DS_BENCH_DIT_LAYERS cuts the transformer to a few
+blocks (a rehearsal of the harness, not figures).
+
+Alternating processes (DS_BENCH_PROCESSES=alternate; chosen by itself where
+three float32 copies would not fit: SDXL needs about 40 GiB in one process,
+SD3.5 medium about 37): each way runs in a ComfyUI server of its own, started
+afresh for every repetition (the way order rotating as above), which loads
+its model in a warm-up prompt of one step and then times the two step
+counts. Only one copy of the weights is resident at a time (about 13-19 GiB),
+and each way's peak RSS is its own server's. Drift between the servers of
+one repetition is not cancelled as well as inside one process, which the
+spread over repetitions shows.
 
 Settings (env): DS_BENCH_MODEL sd15 (default), sdxl, sd35m or all. DS_BENCH_STEPS
 "low,high" (CPU 2,4; CUDA 10,30), DS_BENCH_REPS (CPU 3, CUDA 5), DS_BENCH_SIZE
 (SD1.5 256 on a CPU, 512 on CUDA; SDXL 512 / 1024); float32 on a CPU, float16
 on CUDA. DS_BENCH_EXTRAS (none by default; all or lora,cn1,cn2) adds the
 pack's and ComfyUI's LoRA / ControlNet graphs (SD1.5), one repetition each,
-in the same server after the main table. SDXL on a CPU needs three float32
-copies in one process (about 40 GiB); with less RAM it is skipped.
+in the same server after the main table (one-process mode only).
+DS_BENCH_PROCESSES one, alternate or auto (the default).
 """
 from __future__ import annotations
 
@@ -67,9 +77,15 @@ WAYS = ("diffusers", "pack", "native")
 # Per model: (size, (low, high) steps, repetitions) on CUDA and on a CPU.
 MODEL_DEFAULTS = {
     "sd15": {"cuda": (512, (10, 30), 5), "cpu": (256, (2, 4), 3), "extras": True},
-    "sdxl": {"cuda": (1024, (10, 30), 5), "cpu": (512, (2, 3), 2), "extras": False},
+    "sdxl": {"cuda": (1024, (10, 30), 5), "cpu": (512, (1, 3), 2), "extras": False},
     "sd35m": {"cuda": (1024, (10, 30), 3), "cpu": (256, (1, 2), 2), "extras": False},
 }
+# GiB that all three ways' float32 copies need in one process on a CPU (measured peaks, rounded up);
+# with less RAM than this plus a margin, each way gets a process of its own.
+ONE_PROCESS_GIB = {"sd15": 20, "sdxl": 40, "sd35m": 37}
+ONE_PROCESS_MARGIN_GIB = 8
+# GiB one way's server peaks at on a CPU (float32 weights, loading and working memory), for the alternate mode.
+PER_WAY_GIB = {"sd15": 7, "sdxl": 20, "sd35m": 18}
 EXTRAS = {"lora": ("LoRA (rank 16)", {"lora": True}), "cn1": ("1 ControlNet", {"controlnets": 1}),
           "cn2": ("2 ControlNets", {"controlnets": 2})}
 
@@ -111,6 +127,21 @@ def _settings(model: str) -> dict:
         "extras": _extras_selected(os.environ.get("DS_BENCH_EXTRAS", "none")) if defaults["extras"] else [],
         "torch": torch.__version__,
     }
+
+
+def processes_mode(model: str, device: str, ram_gib: float, requested: str = "auto") -> str:
+    """"one" (all ways in one server) or "alternate" (a server per way and repetition).
+
+    Explicit requests win; otherwise a CPU run whose three float32 copies would
+    not fit in this machine's RAM alternates, since one copy at a time does."""
+    requested = (requested or "auto").strip().lower()
+    if requested in ("one", "alternate"):
+        return requested
+    if requested != "auto":
+        raise ValueError(f"DS_BENCH_PROCESSES must be one, alternate or auto, got {requested!r}")
+    if device == "cpu" and ram_gib < ONE_PROCESS_GIB[model] + ONE_PROCESS_MARGIN_GIB:
+        return "alternate"
+    return "one"
 
 
 def _ensure_model(model: str = "sd15") -> dict:
@@ -156,7 +187,7 @@ def _prepare_base(workdir: Path, names: dict) -> Path:
 class Bench:
     """One server, three ways; times each prompt from the websocket messages."""
 
-    def __init__(self, running, settings: dict, names: dict):
+    def __init__(self, running, settings: dict, names: dict, counter: int = 0):
         import psutil
 
         from harness.client import ComfyClient
@@ -165,7 +196,7 @@ class Bench:
         self.process = psutil.Process(running.process.pid)
         self.settings = settings
         self.names = names
-        self.counter = 0
+        self.counter = counter
 
     def graph(self, way: str, steps: int, seed: int, **extra) -> dict:
         import bench_graphs
@@ -240,6 +271,62 @@ def _measure(bench: Bench, settings: dict) -> dict:
     return {"warmup": warmup, "prompts": prompts}
 
 
+def _start(base: Path, log: Path, settings: dict):
+    """A ComfyUI server for the benchmark (previews off, LRU cache), checked to have imported the pack."""
+    from harness import server
+
+    start = time.perf_counter()
+    running = server.start_server(
+        base, log, timeout=300, cpu=settings["device"] == "cpu",
+        extra_args=["--preview-method", "none", "--cache-lru", "64",
+                    "--whitelist-custom-nodes", server.PACK_NAME, BENCH_NODE],
+    )
+    startup_s = time.perf_counter() - start
+    problems = server.pack_import_problems(running.log_text())
+    if problems:
+        running.stop()
+        raise AssertionError("the pack did not import:\n" + "\n".join(problems))
+    return running, startup_s
+
+
+def _keep_log(running, name: str) -> None:
+    if os.environ.get("DS_BENCH_OUT"):  # the device script brings the server's log back
+        Path(os.environ["DS_BENCH_OUT"]).mkdir(parents=True, exist_ok=True)
+        (Path(os.environ["DS_BENCH_OUT"]) / f"server_{name}.log").write_text(running.log_text()[-2_000_000:])
+
+
+def _measure_alternating(base: Path, workdir: Path, settings: dict, names: dict) -> dict:
+    """Each way in a server of its own, started afresh per repetition: one model copy resident at a time."""
+    import bench_report
+
+    low, high = settings["steps"]
+    warmup, prompts, peaks, startups = {}, [], {}, []
+    for rep in range(settings["reps"]):
+        order = WAYS[rep % 3:] + WAYS[:rep % 3]
+        step_order = (low, high) if rep % 2 == 0 else (high, low)
+        for way in order:
+            running, startup_s = _start(base, workdir / f"server_{rep}_{way}.log", settings)
+            startups.append(startup_s)
+            try:
+                bench = Bench(running, settings, names, counter=100 * len(startups))
+                first = bench.run(way, 1, 1)  # loads the model (and the first allocations)
+                warmup.setdefault(way, first)
+                print(f"[bench] rep {rep} {way}: server {startup_s:.1f} s, warm-up {first['run_s']:.2f} s", flush=True)
+                for steps in step_order:
+                    record = bench.run(way, steps, 1000 + rep)
+                    record["rep"] = rep
+                    prompts.append(record)
+                    print(f"[bench] rep {rep} {way} {steps} steps: {record['run_s']:.3f} s, "
+                          f"cpu {record['cpu_s']:.2f} s", flush=True)
+                peaks[way] = max(peaks.get(way, 0), bench_report.vm_hwm(running.process.pid))
+            finally:
+                running.stop()
+                _keep_log(running, f"{settings['model']}_{rep}_{way}")
+    return {"warmup": warmup, "prompts": prompts, "peak_rss_by_way": peaks, "processes": "alternate",
+            "startup_s": sorted(startups)[len(startups) // 2], "extras": [],
+            "peak_rss": max(peaks.values(), default=0)}
+
+
 def _measure_extras(bench: Bench, settings: dict) -> list:
     low, high = settings["steps"]
     records = []
@@ -294,18 +381,18 @@ def test_side_by_side(tmp_path, model):
     sys.path.insert(0, str(HERE))
     import bench_report
     import sd15_worker as w
-    from harness import server
 
     settings = _settings(model)
     machine_start = _machine()
-    if model == "sdxl" and settings["device"] == "cpu" and machine_start["ram_gib"] < 48:
-        pytest.skip(f"SDXL side by side on a CPU holds three float32 copies in one process (about 40 GiB); "
+    mode = processes_mode(model, settings["device"], machine_start["ram_gib"],
+                          os.environ.get("DS_BENCH_PROCESSES", "auto"))
+    settings["processes"] = mode
+    if mode == "alternate" and machine_start["ram_gib"] < PER_WAY_GIB[model] and not os.environ.get("DS_BENCH_DIT_LAYERS"):
+        pytest.skip(f"{model} on a CPU needs about {PER_WAY_GIB[model]} GiB even with one way per process; "
                     f"this machine has {machine_start['ram_gib']:.1f} GiB")
-    if (model == "sd35m" and settings["device"] == "cpu" and machine_start["ram_gib"] < 48
-            and not os.environ.get("DS_BENCH_DIT_LAYERS")):
-        pytest.skip(f"SD3.5-medium side by side on a CPU holds three float32 copies in one process (about "
-                    f"37 GiB without T5); this machine has {machine_start['ram_gib']:.1f} GiB. "
-                    "DS_BENCH_DIT_LAYERS=2 rehearses the harness with 2 of its 24 blocks")
+    if mode == "alternate" and settings["extras"]:
+        print("[bench] DS_BENCH_EXTRAS runs in one-process mode only; left out", flush=True)
+        settings["extras"] = []
     spec = w.MODELS[model]
     model_info = _ensure_model(model)
     model_info["label"] = spec["label"]
@@ -313,27 +400,21 @@ def test_side_by_side(tmp_path, model):
     print(f"\n[bench] model {'reused' if model_info['reused'] else 'built'} in {CACHE}; settings {settings}", flush=True)
 
     base = _prepare_base(tmp_path, names)
-    start = time.perf_counter()
-    running = server.start_server(
-        base, tmp_path / "server.log", timeout=300, cpu=settings["device"] == "cpu",
-        extra_args=["--preview-method", "none", "--cache-lru", "64",
-                    "--whitelist-custom-nodes", server.PACK_NAME, BENCH_NODE],
-    )
-    startup_s = time.perf_counter() - start
-    try:
-        problems = server.pack_import_problems(running.log_text())
-        assert not problems, "the pack did not import:\n" + "\n".join(problems)
-        bench = Bench(running, settings, names)
-        data = _measure(bench, settings)
-        data["extras"] = _measure_extras(bench, settings) if settings["extras"] else []
-        data["peak_rss"] = bench_report.vm_hwm(running.process.pid)
-    finally:
-        running.stop()
-        if os.environ.get("DS_BENCH_OUT"):  # the device script brings the server's log back
-            Path(os.environ["DS_BENCH_OUT"]).mkdir(parents=True, exist_ok=True)
-            (Path(os.environ["DS_BENCH_OUT"]) / f"server_{model}.log").write_text(running.log_text()[-2_000_000:])
+    if mode == "alternate":
+        data = _measure_alternating(base, tmp_path, settings, names)
+    else:
+        running, startup_s = _start(base, tmp_path / "server.log", settings)
+        try:
+            bench = Bench(running, settings, names)
+            data = _measure(bench, settings)
+            data["extras"] = _measure_extras(bench, settings) if settings["extras"] else []
+            data["peak_rss"] = bench_report.vm_hwm(running.process.pid)
+            data["startup_s"] = startup_s
+        finally:
+            running.stop()
+            _keep_log(running, model)
     data.update(settings=settings, model=model_info, machine=_machine(), machine_start=machine_start,
-                versions=_versions(), startup_s=startup_s)
+                versions=_versions())
     report = bench_report.render(data)
     print("\n" + report, flush=True)
     CACHE.mkdir(parents=True, exist_ok=True)
