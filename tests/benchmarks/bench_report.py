@@ -184,6 +184,8 @@ def pooled(runs: list) -> dict:
         offset = data["settings"]["reps"]
         data["prompts"] += [dict(p, rep=p["rep"] + offset) for p in run["prompts"]]
         data["settings"]["reps"] += run["settings"]["reps"]
+        for way, peak in run.get("peak_rss_by_way", {}).items():  # alternating servers: each way's highest
+            data["peak_rss_by_way"][way] = max(peak, data["peak_rss_by_way"].get(way, 0))
     return data
 
 

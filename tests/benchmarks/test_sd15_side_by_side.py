@@ -80,12 +80,6 @@ MODEL_DEFAULTS = {
     "sdxl": {"cuda": (1024, (10, 30), 5), "cpu": (512, (1, 3), 2), "extras": False},
     "sd35m": {"cuda": (1024, (10, 30), 3), "cpu": (256, (1, 2), 2), "extras": False},
 }
-# GiB that all three ways' float32 copies need in one process on a CPU (measured peaks, rounded up);
-# with less RAM than this plus a margin, each way gets a process of its own.
-ONE_PROCESS_GIB = {"sd15": 20, "sdxl": 40, "sd35m": 37}
-ONE_PROCESS_MARGIN_GIB = 8
-# GiB one way's server peaks at on a CPU (float32 weights, loading and working memory), for the alternate mode.
-PER_WAY_GIB = {"sd15": 7, "sdxl": 20, "sd35m": 18}
 EXTRAS = {"lora": ("LoRA (rank 16)", {"lora": True}), "cn1": ("1 ControlNet", {"controlnets": 1}),
           "cn2": ("2 ControlNets", {"controlnets": 2})}
 
@@ -127,21 +121,6 @@ def _settings(model: str) -> dict:
         "extras": _extras_selected(os.environ.get("DS_BENCH_EXTRAS", "none")) if defaults["extras"] else [],
         "torch": torch.__version__,
     }
-
-
-def processes_mode(model: str, device: str, ram_gib: float, requested: str = "auto") -> str:
-    """"one" (all ways in one server) or "alternate" (a server per way and repetition).
-
-    Explicit requests win; otherwise a CPU run whose three float32 copies would
-    not fit in this machine's RAM alternates, since one copy at a time does."""
-    requested = (requested or "auto").strip().lower()
-    if requested in ("one", "alternate"):
-        return requested
-    if requested != "auto":
-        raise ValueError(f"DS_BENCH_PROCESSES must be one, alternate or auto, got {requested!r}")
-    if device == "cpu" and ram_gib < ONE_PROCESS_GIB[model] + ONE_PROCESS_MARGIN_GIB:
-        return "alternate"
-    return "one"
 
 
 def _ensure_model(model: str = "sd15") -> dict:
@@ -379,17 +358,18 @@ def test_side_by_side(tmp_path, model):
     if not os.environ.get("COMFYUI_PATH"):
         pytest.skip("COMFYUI_PATH is not set: run with `make bench`")
     sys.path.insert(0, str(HERE))
+    import bench_processes
     import bench_report
     import sd15_worker as w
 
     settings = _settings(model)
     machine_start = _machine()
-    mode = processes_mode(model, settings["device"], machine_start["ram_gib"],
-                          os.environ.get("DS_BENCH_PROCESSES", "auto"))
+    mode = bench_processes.mode(model, settings["device"], machine_start["ram_gib"],
+                                os.environ.get("DS_BENCH_PROCESSES", "auto"))
     settings["processes"] = mode
-    if mode == "alternate" and machine_start["ram_gib"] < PER_WAY_GIB[model] and not os.environ.get("DS_BENCH_DIT_LAYERS"):
-        pytest.skip(f"{model} on a CPU needs about {PER_WAY_GIB[model]} GiB even with one way per process; "
-                    f"this machine has {machine_start['ram_gib']:.1f} GiB")
+    too_small = bench_processes.too_small(model, settings["device"], machine_start["ram_gib"], mode)
+    if too_small and not os.environ.get("DS_BENCH_DIT_LAYERS"):
+        pytest.skip(too_small)
     if mode == "alternate" and settings["extras"]:
         print("[bench] DS_BENCH_EXTRAS runs in one-process mode only; left out", flush=True)
         settings["extras"] = []
