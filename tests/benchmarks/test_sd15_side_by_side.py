@@ -1,4 +1,5 @@
-"""SD1.5 (and SDXL) side by side in ONE ComfyUI process: diffusers, this pack, ComfyUI native.
+"""SD1.5, SDXL and SD3.5 medium side by side: diffusers, this pack, ComfyUI native, in ONE ComfyUI process
+(or, where RAM cannot hold three copies, in alternating servers: see below).
 
 Why one process and interleaving: on a shared machine the speed of the same
 process moves by 10-20 % from one minute to the next, more than the
