@@ -16,6 +16,11 @@ def empty_latent(names: dict, size: int) -> dict:
     return {"class_type": class_type, "inputs": {"width": size, "height": size, "batch_size": 1}}
 
 
+def _hint_vae(names: dict) -> dict:
+    """SD3 ControlNets take their hint as VAE latents: both apply nodes get the checkpoint's VAE (loader output 2)."""
+    return {"vae": ["1", 2]} if names.get("latent") == "sd3" else {}
+
+
 def _chain_controlnets(graph: dict, class_type: str, count: int, positive: list, negative: list, **extra) -> tuple:
     """`count` ControlNet apply nodes in a row (nodes 12, 13, ...) on loader 10 and image 11."""
     for index in range(count):
@@ -65,7 +70,7 @@ def pack_graph(names: dict, size: int, steps: int, seed: int, prompt: str = "", 
         }
         graph["11"] = {"class_type": "LoadImage", "inputs": {"image": "example.png"}}
         positive, negative = _chain_controlnets(graph, "DSApplyControlNet", controlnets, positive, negative,
-                                                guess_mode=False)
+                                                guess_mode=False, **_hint_vae(names))
     graph.update(
         {
             "5": {
@@ -119,7 +124,8 @@ def native_graph(names: dict, size: int, steps: int, seed: int, prompt: str = ""
     if controlnets:
         graph["10"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": names["controlnet"]}}
         graph["11"] = {"class_type": "LoadImage", "inputs": {"image": "example.png"}}
-        positive, negative = _chain_controlnets(graph, "ControlNetApplyAdvanced", controlnets, positive, negative)
+        positive, negative = _chain_controlnets(graph, "ControlNetApplyAdvanced", controlnets, positive, negative,
+                                                **_hint_vae(names))
     graph.update(
         {
             "5": {

@@ -174,6 +174,10 @@ def render(data: dict) -> str:
             row = [f"{f[w]['wall'][0]['slope']:.3f} | {f[w]['wall'][0]['intercept']:.2f}" if w in f else "- | -"
                    for w in ("pack", "native")]
             lines.append(f"| {label} | {row[0]} | {row[1]} |")
+        if data.get("peak_rss_extras"):
+            lines.append("")
+            lines.append("Peak RSS of the adapter servers (GiB): " + "; ".join(
+                f"{name} {value / GIB:.2f}" for name, value in data["peak_rss_extras"].items()) + ".")
     return "\n".join(lines) + "\n"
 
 

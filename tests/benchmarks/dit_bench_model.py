@@ -6,7 +6,12 @@ projections, the 16-channel VAE) with seeded random weights, created directly
 in float16 (no float32 copy ever exists), and saved twice: as a ComfyUI-layout
 all-in-one checkpoint (`tests/dit_export.save_all_in_one`, what DSLoadModel
 and ComfyUI's CheckpointLoaderSimple read) and as a diffusers folder (what
-StableDiffusion3Pipeline reads). Without T5: SD3 allows it (the pipelines put
+StableDiffusion3Pipeline reads), plus an SD3 ControlNet of the same width
+(`SD3ControlNetModel.from_transformer`: the transformer's first 6 joint
+blocks, its embedders, qk-norm and dual attention, and seeded random
+`controlnet_blocks` / `pos_embed_input` where diffusers starts them at zero,
+so the hint changes the picture), saved as a diffusers-named single file
+(what DSLoadControlNet and ComfyUI's ControlNetLoader read). Without T5: SD3 allows it (the pipelines put
 zeros in its place, ComfyUI's SD3 text encoder leaves it out), and T5-XXL
 alone would be 9.5 GB in float16.
 
@@ -26,8 +31,10 @@ from pathlib import Path
 
 CHECKPOINT = "ds_bench_sd35m_random.safetensors"
 FOLDER = "ds_bench_sd35m_random"
+CONTROLNET = "ds_bench_sd35m_random_controlnet.safetensors"
+CONTROLNET_LAYERS = 6
 DONE = "complete_sd35m.json"
-FORMAT = 1
+FORMAT = 2  # 2: the ControlNet
 
 
 def layers_wanted(default: int) -> int:
@@ -85,6 +92,23 @@ def build(configs_root: Path) -> dict:
     return modules
 
 
+def build_controlnet(transformer):
+    """An SD3 ControlNet over `transformer` (float16), its zero-started parts drawn at random (seeded)."""
+    import torch
+    from diffusers import SD3ControlNetModel
+
+    # The transformer's last block only reads the context (context_pre_only); a ControlNet's blocks all
+    # write it, so a cut transformer lends at most its other blocks.
+    layers = max(1, min(CONTROLNET_LAYERS, int(transformer.config.num_layers) - 1))
+    controlnet = SD3ControlNetModel.from_transformer(transformer, num_layers=layers, num_extra_conditioning_channels=0)
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, param in controlnet.named_parameters():
+            if name.startswith(("controlnet_blocks.", "pos_embed_input.")):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+    return controlnet.to(torch.float16).eval()
+
+
 def generate(cache: Path, configs_root: Path, peak_rss) -> dict:
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
@@ -116,6 +140,12 @@ def generate(cache: Path, configs_root: Path, peak_rss) -> dict:
     )
     pipe.save_pretrained(str(cache / FOLDER), safe_serialization=True)
     timings["save_diffusers_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    controlnet = build_controlnet(modules["transformer"])
+    dit_export.save_controlnet_file(controlnet, cache / CONTROLNET)
+    params["controlnet"] = sum(p.numel() for p in controlnet.parameters())
+    del controlnet
+    timings["controlnet_s"] = time.perf_counter() - start
     result = {
         "format": FORMAT,
         "layers": int(modules["transformer"].config.num_layers),

@@ -57,7 +57,8 @@ import dit_bench_model  # noqa: E402  (beside this file)
 # Per model: the files the benchmark reads and the marker of a finished build.
 MODELS = {
     "sd35m": {"label": "SD3.5 medium", "checkpoint": dit_bench_model.CHECKPOINT, "folder": dit_bench_model.FOLDER,
-              "done": dit_bench_model.DONE, "format": dit_bench_model.FORMAT, "latent": "sd3"},
+              "done": dit_bench_model.DONE, "format": dit_bench_model.FORMAT, "latent": "sd3",
+              "controlnet": dit_bench_model.CONTROLNET},
     "sd15": {"label": "SD1.5", "checkpoint": CHECKPOINT, "folder": DIFFUSERS_FOLDER, "done": DONE, "format": FORMAT,
              "lora": LORA, "controlnet": CONTROLNET},
     "sdxl": {"label": "SDXL", "checkpoint": SDXL_CHECKPOINT, "folder": SDXL_DIFFUSERS_FOLDER, "done": SDXL_DONE,

@@ -52,8 +52,9 @@ Settings (env): DS_BENCH_MODEL sd15 (default), sdxl, sd35m or all. DS_BENCH_STEP
 "low,high" (CPU 2,4; CUDA 10,30), DS_BENCH_REPS (CPU 3, CUDA 5), DS_BENCH_SIZE
 (SD1.5 256 on a CPU, 512 on CUDA; SDXL 512 / 1024); float32 on a CPU, float16
 on CUDA. DS_BENCH_EXTRAS (none by default; all or lora,cn1,cn2) adds the
-pack's and ComfyUI's LoRA / ControlNet graphs (SD1.5), one repetition each,
-in the same server after the main table (one-process mode only).
+pack's and ComfyUI's LoRA / ControlNet graphs (SD1.5; ControlNets for SD3.5
+medium), one repetition each, in the same server after the main table (with
+alternating servers: a server per adapter and way).
 DS_BENCH_PROCESSES one, alternate or auto (the default).
 """
 from __future__ import annotations
@@ -77,9 +78,9 @@ WAYS = ("diffusers", "pack", "native")
 
 # Per model: (size, (low, high) steps, repetitions) on CUDA and on a CPU.
 MODEL_DEFAULTS = {
-    "sd15": {"cuda": (512, (10, 30), 5), "cpu": (256, (2, 4), 3), "extras": True},
-    "sdxl": {"cuda": (1024, (10, 30), 5), "cpu": (512, (1, 3), 2), "extras": False},
-    "sd35m": {"cuda": (1024, (10, 30), 3), "cpu": (256, (1, 2), 2), "extras": False},
+    "sd15": {"cuda": (512, (10, 30), 5), "cpu": (256, (2, 4), 3), "extras": ("lora", "cn1", "cn2")},
+    "sdxl": {"cuda": (1024, (10, 30), 5), "cpu": (512, (1, 3), 2), "extras": ()},
+    "sd35m": {"cuda": (1024, (10, 30), 3), "cpu": (256, (1, 2), 2), "extras": ("cn1", "cn2")},
 }
 EXTRAS = {"lora": ("LoRA (rank 16)", {"lora": True}), "cn1": ("1 ControlNet", {"controlnets": 1}),
           "cn2": ("2 ControlNets", {"controlnets": 2})}
@@ -119,7 +120,8 @@ def _settings(model: str) -> dict:
         "size": int(os.environ.get("DS_BENCH_SIZE", size)),
         "steps": sorted(steps),
         "reps": int(os.environ.get("DS_BENCH_REPS", reps)),
-        "extras": _extras_selected(os.environ.get("DS_BENCH_EXTRAS", "none")) if defaults["extras"] else [],
+        "extras": [key for key in _extras_selected(os.environ.get("DS_BENCH_EXTRAS", "none"))
+                   if key in defaults["extras"]],
         "torch": torch.__version__,
     }
 
@@ -321,6 +323,31 @@ def _measure_extras(bench: Bench, settings: dict) -> list:
     return records
 
 
+def _measure_extras_alternating(base: Path, workdir: Path, settings: dict, names: dict) -> tuple:
+    """The adapter graphs with a server per adapter and way: a 1-step warm-up loads both, then the two step counts."""
+    import bench_report
+
+    low, high = settings["steps"]
+    records, peaks = [], {}
+    for key in settings["extras"]:
+        label, kwargs = EXTRAS[key]
+        for way in ("pack", "native"):
+            running, _startup = _start(base, workdir / f"server_{key}_{way}.log", settings)
+            try:
+                bench = Bench(running, settings, names, counter=10_000 + len(records))
+                bench.run(way, 1, 1, **kwargs)  # loads the model and the adapter
+                for steps in (low, high):
+                    record = bench.run(way, steps, 2000, **kwargs)
+                    record.update(rep=0, extra=label)
+                    records.append(record)
+                    print(f"[bench] {label} {way} {steps} steps: {record['run_s']:.3f} s", flush=True)
+                peaks[f"{label} {way}"] = bench_report.vm_hwm(running.process.pid)
+            finally:
+                running.stop()
+                _keep_log(running, f"{settings['model']}_{key}_{way}")
+    return records, peaks
+
+
 def _machine() -> dict:
     import platform
 
@@ -371,9 +398,6 @@ def test_side_by_side(tmp_path, model):
     too_small = bench_processes.too_small(model, settings["device"], machine_start["ram_gib"], mode)
     if too_small and not os.environ.get("DS_BENCH_DIT_LAYERS"):
         pytest.skip(too_small)
-    if mode == "alternate" and settings["extras"]:
-        print("[bench] DS_BENCH_EXTRAS runs in one-process mode only; left out", flush=True)
-        settings["extras"] = []
     spec = w.MODELS[model]
     model_info = _ensure_model(model)
     model_info["label"] = spec["label"]
@@ -383,6 +407,8 @@ def test_side_by_side(tmp_path, model):
     base = _prepare_base(tmp_path, names)
     if mode == "alternate":
         data = _measure_alternating(base, tmp_path, settings, names)
+        data["extras"], extra_peaks = _measure_extras_alternating(base, tmp_path, settings, names)
+        data["peak_rss_extras"] = extra_peaks
     else:
         running, startup_s = _start(base, tmp_path / "server.log", settings)
         try:
