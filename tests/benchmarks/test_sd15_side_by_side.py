@@ -232,6 +232,11 @@ class Bench:
         return record
 
 
+def _rotation(rep: int, low: int, high: int) -> tuple:
+    """The way order (rotating with the repetition) and step order (alternating) of repetition `rep`."""
+    return WAYS[rep % 3:] + WAYS[:rep % 3], ((low, high) if rep % 2 == 0 else (high, low))
+
+
 def _measure(bench: Bench, settings: dict) -> dict:
     low, high = settings["steps"]
     warmup = {}
@@ -240,8 +245,7 @@ def _measure(bench: Bench, settings: dict) -> dict:
         print(f"[bench] warm-up {way}: {warmup[way]['run_s']:.2f} s", flush=True)
     prompts = []
     for rep in range(settings["reps"]):
-        order = WAYS[rep % 3:] + WAYS[:rep % 3]
-        step_order = (low, high) if rep % 2 == 0 else (high, low)
+        order, step_order = _rotation(rep, low, high)
         for way in order:
             for steps in step_order:
                 record = bench.run(way, steps, 1000 + rep)
@@ -284,8 +288,7 @@ def _measure_alternating(base: Path, workdir: Path, settings: dict, names: dict)
     low, high = settings["steps"]
     warmup, prompts, peaks, startups = {}, [], {}, []
     for rep in range(settings["reps"]):
-        order = WAYS[rep % 3:] + WAYS[:rep % 3]
-        step_order = (low, high) if rep % 2 == 0 else (high, low)
+        order, step_order = _rotation(rep, low, high)
         for way in order:
             running, startup_s = _start(base, workdir / f"server_{rep}_{way}.log", settings)
             startups.append(startup_s)
@@ -309,39 +312,36 @@ def _measure_alternating(base: Path, workdir: Path, settings: dict, names: dict)
             "peak_rss": max(peaks.values(), default=0)}
 
 
-def _measure_extras(bench: Bench, settings: dict) -> list:
-    low, high = settings["steps"]
+def _time_extra(bench: Bench, way: str, key: str, settings: dict, warmup_steps: int) -> list:
+    """One way's adapter graph: a warm-up prompt that loads the adapter, then both step counts timed."""
+    label, kwargs = EXTRAS[key]
+    bench.run(way, warmup_steps, 1, **kwargs)
     records = []
-    for key in settings["extras"]:
-        label, kwargs = EXTRAS[key]
-        for way in ("pack", "native"):
-            bench.run(way, low, 1, **kwargs)  # loads the adapter
-            for steps in (low, high):
-                record = bench.run(way, steps, 2000, **kwargs)
-                record.update(rep=0, extra=label)
-                records.append(record)
+    for steps in settings["steps"]:
+        record = bench.run(way, steps, 2000, **kwargs)
+        record.update(rep=0, extra=label)
+        records.append(record)
+        print(f"[bench] {label} {way} {steps} steps: {record['run_s']:.3f} s", flush=True)
     return records
+
+
+def _measure_extras(bench: Bench, settings: dict) -> list:
+    return [record for key in settings["extras"] for way in ("pack", "native")
+            for record in _time_extra(bench, way, key, settings, settings["steps"][0])]
 
 
 def _measure_extras_alternating(base: Path, workdir: Path, settings: dict, names: dict) -> tuple:
     """The adapter graphs with a server per adapter and way: a 1-step warm-up loads both, then the two step counts."""
     import bench_report
 
-    low, high = settings["steps"]
     records, peaks = [], {}
     for key in settings["extras"]:
-        label, kwargs = EXTRAS[key]
         for way in ("pack", "native"):
             running, _startup = _start(base, workdir / f"server_{key}_{way}.log", settings)
             try:
                 bench = Bench(running, settings, names, counter=10_000 + len(records))
-                bench.run(way, 1, 1, **kwargs)  # loads the model and the adapter
-                for steps in (low, high):
-                    record = bench.run(way, steps, 2000, **kwargs)
-                    record.update(rep=0, extra=label)
-                    records.append(record)
-                    print(f"[bench] {label} {way} {steps} steps: {record['run_s']:.3f} s", flush=True)
-                peaks[f"{label} {way}"] = bench_report.vm_hwm(running.process.pid)
+                records += _time_extra(bench, way, key, settings, 1)  # the 1-step warm-up loads model and adapter
+                peaks[f"{EXTRAS[key][0]} {way}"] = bench_report.vm_hwm(running.process.pid)
             finally:
                 running.stop()
                 _keep_log(running, f"{settings['model']}_{key}_{way}")
