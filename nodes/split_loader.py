@@ -92,8 +92,9 @@ class DSLoadSplitModel(io.ComfyNode):
                     "vae_name", options=VAES.names(),
                     tooltip="The VAE file (models/vae): ae.safetensors for FLUX.1, the SD3 VAE for SD3.",
                 ),
-                weights_dtype.dtype_input("float32 is exact but uses twice the memory; fp8 files are "
-                                          "dequantized to this precision."),
+                weights_dtype.dtype_input("float32 is exact but uses twice the memory. Plain fp8 weights "
+                                          "stay float8 (one byte each) and compute in this precision; "
+                                          "scaled fp8 files are dequantized to it."),
             ],
             outputs=[
                 DSModel.Output(

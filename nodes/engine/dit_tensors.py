@@ -52,8 +52,13 @@ def dequantize(tensor: torch.Tensor, scale, dtype: torch.dtype) -> torch.Tensor:
     return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
 
-def read_component(path: str, prefix: str, dtype: torch.dtype, *, exclude: tuple = ()) -> dict:
+def read_component(path: str, prefix: str, dtype: torch.dtype, *, exclude: tuple = (),
+                   keep_float8: bool = False) -> dict:
     """The tensors under `prefix`, the prefix removed, dequantized and cast to `dtype`.
+
+    keep_float8: plain float8 tensors (no scale) are returned as stored, for
+    a module that keeps them so (float8_storage); scaled ones are still
+    dequantized, their scale being no part of the module.
 
     exclude: prefixes (relative to `prefix`) whose tensors are not read, e.g.
     another component's keys when `prefix` is "".
@@ -75,7 +80,9 @@ def read_component(path: str, prefix: str, dtype: torch.dtype, *, exclude: tuple
         with safe_open(path, framework="pt", device="cpu") as fh:
             for key in weights[start:start + _KEYS_PER_OPENING]:
                 short = key[len(prefix):]
-                out[short] = dequantize(fh.get_tensor(key), _scale_of(short, scales), dtype)
+                tensor, scale = fh.get_tensor(key), _scale_of(short, scales)
+                kept = keep_float8 and scale is None and tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+                out[short] = tensor if kept else dequantize(tensor, scale, dtype)
     return out
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from . import float8_storage
 from .components import ModelBundle
 from .hooks import SamplingHook
 
@@ -92,13 +93,29 @@ _lock = threading.Lock()
 
 
 def stored_copy(unet: torch.nn.Module, weight_storage: str, compute_dtype: torch.dtype) -> torch.nn.Module:
-    """The UNet with its weights stored as `weight_storage`, one copy per (source, choice)."""
+    """The UNet with its weights stored as `weight_storage`, one copy per (source, choice).
+
+    A source already stored so (a float8 file kept as float8 on load, or a
+    stored copy) is its own copy. A model loaded from a float8 file is stored
+    another way from its file's values (float8_storage.release on the copy);
+    a stored copy is not re-stored, since that would quantize rounded weights
+    again."""
+    already = storage_of(unet)
+    if already == weight_storage:
+        return unet
+    if already != STORAGE_DEFAULT and not float8_storage.is_kept(unet):
+        raise ValueError(
+            f"weight_storage: '{weight_storage}' cannot re-store a model already stored as '{already}' by another "
+            "Diffusers Model Options node. Connect this node to the loader's MODEL instead."
+        )
     key = (weight_storage, compute_dtype)
     with _lock:
         per_source = _copies.setdefault(unet, {})
         if key in per_source:
             return per_source[key]
         copied = _copy_without_registration(unet)
+        if float8_storage.is_kept(copied):
+            float8_storage.release(copied, compute_dtype)
         if weight_storage in FLOAT8:
             _float8(copied, FLOAT8[weight_storage], compute_dtype)
         elif weight_storage == STORAGE_INT8:
@@ -145,7 +162,9 @@ def _copy_without_registration(module: torch.nn.Module) -> torch.nn.Module:
     module; copying it would give the copy a handle that manages the source.
     The copy gets none and is registered afresh the first time it runs.
     """
-    memo = {id(value): None for name, value in module.__dict__.items() if name.startswith("_ds_")}
+    # Only handles: a dtype or a string is shared by every module that holds one, and would become None.
+    memo = {id(value): None for name, value in module.__dict__.items()
+            if name.startswith("_ds_") and not isinstance(value, (str, bool, torch.dtype))}
     return copy.deepcopy(module, memo)
 
 
@@ -399,6 +418,9 @@ def _is_t5(encoder) -> bool:
 
 
 def _floating_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype an encoder computes in: its mark if its float8 weights are kept, else its first weight's."""
+    if "_ds_compute_dtype" in module.__dict__:
+        return module.__dict__["_ds_compute_dtype"]
     for p in module.parameters():
         if p.is_floating_point():
             return p.dtype

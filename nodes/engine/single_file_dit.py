@@ -50,6 +50,7 @@ from .dit_detect import (
 )
 from .dit_gguf import detect_gguf, is_gguf, load_gguf_transformer
 from .dit_tensors import read_component
+from .float8_storage import keep_float8
 from .families import ModelLoadError
 from .single_file import _assign, check_suffix, fit_text_keys, label, read_header
 
@@ -112,7 +113,7 @@ def _load_transformer(path: str, info: TransformerInfo, dtype: torch.dtype, name
     from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
     exclude = () if info.prefix else _OTHER_COMPONENTS
-    state = read_component(path, info.prefix, dtype, exclude=exclude)
+    state = read_component(path, info.prefix, dtype, exclude=exclude, keep_float8=True)
     try:
         state = transformer_to_diffusers(info, state)
     except KeyError as exc:
@@ -123,7 +124,7 @@ def _load_transformer(path: str, info: TransformerInfo, dtype: torch.dtype, name
         ) from None
     config = dit_configs.transformer_config(info, state, name)
     cls = FluxTransformer2DModel if info.family == FLUX else SD3Transformer2DModel
-    return _assign(lambda: cls(**config), state, f"{info.label} transformer", name)
+    return keep_float8(_assign(lambda: cls(**config), state, f"{info.label} transformer", name), dtype)
 
 
 def _load_vae(path: str, prefix: str, family: str, dtype: torch.dtype, diffusers_layout: bool = False):
@@ -164,7 +165,7 @@ def _load_t5(path: str, prefix: str, family: str, component: str, dtype: torch.d
     from transformers import T5Config, T5EncoderModel
 
     name = label(path)
-    state = t5_state(read_component(path, prefix, dtype))
+    state = t5_state(read_component(path, prefix, dtype, keep_float8=True))
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     config = T5Config(**dit_configs.t5_config(family, component, shapes, name))
     model = _assign(lambda: T5EncoderModel(config), state, "T5 text encoder", name)
@@ -174,7 +175,9 @@ def _load_t5(path: str, prefix: str, family: str, component: str, dtype: torch.d
         for module_name, module in model.named_modules():
             if module_name.split(".")[-1] in (T5EncoderModel._keep_in_fp32_modules or []):
                 module.to(torch.float32)
-    return model
+    # The feed-forward casts its activations to `wo.weight`'s dtype before calling `wo`: its float8
+    # weights are upcast together when the feed-forward starts.
+    return keep_float8(model, dtype, groups=("DenseReluDense",))
 
 
 # ------------------------------------------------------------ checks

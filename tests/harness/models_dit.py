@@ -6,7 +6,8 @@ into the models folder: the single-file-ready tiny models of
 `tests/dit_tiny.py` with 16 latent channels (the real families' latent
 space, so the workflows' EmptySD3LatentImage fits), in ComfyUI's all-in-one
 layout written by `tests/dit_export.py`. The FLUX.1 file is really fp8, as
-its name says, so the demo runs the dequantizing path real files take.
+its name says, so the demo runs the path real files take (its float8
+weights kept as float8, engine/float8_storage.py).
 """
 from __future__ import annotations
 

@@ -104,6 +104,32 @@ class _TensorSubclass(torch.Tensor):
     pass
 
 
+def test_float8_weights_kept_from_a_file_still_switch_and_stream(cast_calls):
+    """engine/float8_storage casts with torch hooks, not a replaced forward: ComfyUI can still stream the layers."""
+    import comfy.ops
+
+    from diffusers_studio.nodes import comfy_bridge
+    from diffusers_studio.nodes.engine.float8_storage import keep_float8
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(*[torch.nn.Linear(64, 64) for _ in range(12)])
+    for layer in net:
+        layer.weight.data = layer.weight.data.to(torch.float8_e4m3fn)
+    keep_float8(net, torch.float32)
+    x = torch.randn(2, 64)
+    with torch.no_grad():
+        before = net(x)
+    patcher = comfy_bridge.patcher_for(net)
+    assert all(isinstance(layer, comfy.ops.CastWeightBiasOp) for layer in net)
+    patcher.partially_load(CPU, extra_memory=2048)
+    assert len(_streamed(net)) > 5
+    with torch.no_grad():
+        assert torch.equal(net(x), before)
+    assert cast_calls
+    assert all(layer.weight.dtype == torch.float8_e4m3fn for layer in net)
+    patcher.detach()
+
+
 def test_a_partial_load_streams_through_comfy_ops_and_unloading_restores_plain_layers(modules, caplog, cast_calls):
     from diffusers_studio.nodes import comfy_bridge
 
