@@ -16,6 +16,35 @@ def empty_latent(names: dict, size: int) -> dict:
     return {"class_type": class_type, "inputs": {"width": size, "height": size, "batch_size": 1}}
 
 
+def _cfg(names: dict) -> float:
+    """FLUX.1 is distilled: CFG 1 (no negative pass) in all three ways."""
+    return names.get("cfg") or CFG
+
+
+def _pack_loader(names: dict) -> dict:
+    """DSLoadSplitModel for split files (FLUX.1: transformer, CLIP-L + T5, VAE), else DSLoadModel."""
+    if names.get("transformer"):
+        return {"class_type": "DSLoadSplitModel", "inputs": {
+            "transformer_name": names["transformer"], "text_encoder_1": names["clip_l"],
+            "text_encoder_2": names["t5"], "text_encoder_3": "none", "vae_name": names["vae"], "dtype": "auto"}}
+    return {"class_type": "DSLoadModel", "inputs": {"model_name": names["checkpoint"], "dtype": "auto"}}
+
+
+def _native_loaders(names: dict) -> tuple:
+    """ComfyUI's loader nodes and their (model, clip, vae) outputs: UNETLoader + DualCLIPLoader + VAELoader for
+    split files (fp8 files keep their float8 storage: weight_dtype default), else CheckpointLoaderSimple."""
+    if names.get("transformer"):
+        nodes = {
+            "1": {"class_type": "UNETLoader", "inputs": {"unet_name": names["transformer"], "weight_dtype": "default"}},
+            "8": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": names["clip_l"], "clip_name2": names["t5"],
+                                                             "type": "flux"}},
+            "9": {"class_type": "VAELoader", "inputs": {"vae_name": names["vae"]}},
+        }
+        return nodes, ["1", 0], ["8", 0], ["9", 0]
+    nodes = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": names["checkpoint"]}}}
+    return nodes, ["1", 0], ["1", 1], ["1", 2]
+
+
 def _hint_vae(names: dict) -> dict:
     """SD3 ControlNets take their hint as VAE latents: both apply nodes get the checkpoint's VAE (loader output 2)."""
     return {"vae": ["1", 2]} if names.get("latent") == "sd3" else {}
@@ -40,9 +69,7 @@ def pack_graph(names: dict, size: int, steps: int, seed: int, prompt: str = "", 
 
     prompt = prompt or w.PROMPT
     model, text = ["1", 0], ["1", 1]
-    graph = {
-        "1": {"class_type": "DSLoadModel", "inputs": {"model_name": names["checkpoint"], "dtype": "auto"}},
-    }
+    graph = {"1": _pack_loader(names)}
     if lora:
         graph["20"] = {
             "class_type": "DSLoadLoRA",
@@ -82,7 +109,7 @@ def pack_graph(names: dict, size: int, steps: int, seed: int, prompt: str = "", 
                     "latent_image": ["4", 0],
                     "seed": seed,
                     "steps": steps,
-                    "cfg": CFG,
+                    "cfg": _cfg(names),
                     "sampler_name": "Euler",
                     "schedule": "normal",
                     "denoise": 1.0,
@@ -105,8 +132,7 @@ def native_graph(names: dict, size: int, steps: int, seed: int, prompt: str = ""
     import sd15_worker as w
 
     prompt = prompt or w.PROMPT
-    model, clip = ["1", 0], ["1", 1]
-    graph = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": names["checkpoint"]}}}
+    graph, model, clip, vae = _native_loaders(names)
     if lora:
         graph["20"] = {
             "class_type": "LoraLoader",
@@ -134,7 +160,7 @@ def native_graph(names: dict, size: int, steps: int, seed: int, prompt: str = ""
                     "model": model,
                     "seed": seed,
                     "steps": steps,
-                    "cfg": CFG,
+                    "cfg": _cfg(names),
                     "sampler_name": "euler",
                     "scheduler": "normal",
                     "positive": positive,
@@ -143,7 +169,7 @@ def native_graph(names: dict, size: int, steps: int, seed: int, prompt: str = ""
                     "denoise": 1.0,
                 },
             },
-            "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+            "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": vae}},
             "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "bench_native"}},
         }
     )
@@ -167,7 +193,7 @@ def diffusers_graph(names: dict, size: int, steps: int, seed: int, prompt: str =
                 "width": size,
                 "height": size,
                 "steps": steps,
-                "cfg": CFG,
+                "cfg": _cfg(names),
                 "seed": seed,
             },
         },

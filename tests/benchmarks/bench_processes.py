@@ -8,12 +8,13 @@ Python: tests/unit/test_bench_processes.py covers the choice.
 """
 from __future__ import annotations
 
-# GiB that all three ways' float32 copies need in one process on a CPU (measured peaks, rounded up).
-ONE_PROCESS_GIB = {"sd15": 15, "sdxl": 40, "sd35m": 37}
+# GiB that all three ways' float32 copies need in one process on a CPU (measured peaks, rounded up;
+# FLUX.1: float8 weights computed in float32, three times one way's peak).
+ONE_PROCESS_GIB = {"sd15": 15, "sdxl": 40, "sd35m": 37, "flux": 56}
 # Room left beside them for the OS, the test runner and the page cache.
 MARGIN_GIB = 8
 # GiB one way's server peaks at on a CPU (float32 weights, loading and working memory).
-PER_WAY_GIB = {"sd15": 7, "sdxl": 20, "sd35m": 18}
+PER_WAY_GIB = {"sd15": 7, "sdxl": 20, "sd35m": 18, "flux": 20}
 MODES = ("one", "alternate")
 
 

@@ -42,15 +42,16 @@ def layers_wanted(default: int) -> int:
     return int(value) if value else default
 
 
-def is_complete(cache: Path) -> bool:
-    marker = Path(cache) / DONE
+def is_complete(cache: Path, done: str = DONE, format_: int = FORMAT) -> bool:
+    """Whether marker `done` records a build of this format and of the depth DS_BENCH_DIT_LAYERS asks for."""
+    marker = Path(cache) / done
     if not marker.is_file():
         return False
     try:
         data = json.loads(marker.read_text())
     except ValueError:
         return False
-    return data.get("format") == FORMAT and data.get("layers") == layers_wanted(data.get("layers"))
+    return data.get("format") == format_ and data.get("layers") == layers_wanted(data.get("layers"))
 
 
 def _config(configs_root: Path, family: str, name: str) -> dict:
@@ -146,13 +147,13 @@ def generate(cache: Path, configs_root: Path, peak_rss) -> dict:
     params["controlnet"] = sum(p.numel() for p in controlnet.parameters())
     del controlnet
     timings["controlnet_s"] = time.perf_counter() - start
-    result = {
-        "format": FORMAT,
-        "layers": int(modules["transformer"].config.num_layers),
-        "params": params,
-        "timings": timings,
-        "peak_rss_bytes": peak_rss(),
-        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    (cache / DONE).write_text(json.dumps(result, indent=1))
+    return write_marker(cache / DONE, FORMAT, int(modules["transformer"].config.num_layers), params, timings,
+                        peak_rss())
+
+
+def write_marker(marker: Path, format_: int, layers: int, params: dict, timings: dict, peak_rss_bytes: int) -> dict:
+    """The finished build's record (what is_complete reads), written last so a broken build is rebuilt."""
+    result = {"format": format_, "layers": layers, "params": params, "timings": timings,
+              "peak_rss_bytes": peak_rss_bytes, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    marker.write_text(json.dumps(result, indent=1))
     return result

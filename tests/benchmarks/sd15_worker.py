@@ -8,7 +8,7 @@ ComfyUI server process's.
     python sd15_worker.py generate CACHE_DIR [MODEL]
     python sd15_worker.py diffusers CACHE_DIR SIZE STEPS CFG SEED1 SEED2 DTYPE DEVICE [MODEL]
 
-MODEL is sd15 (the default), sdxl or sd35m (dit_bench_model.py). Both print one JSON line (prefixed
+MODEL is sd15 (the default), sdxl, sd35m (dit_bench_model.py) or flux (flux_bench_model.py). Both print one JSON line (prefixed
 `RESULT `) on stdout.
 
 The model is a full-size SD1.5 architecture (the configs the pack bundles under
@@ -53,12 +53,17 @@ SDXL_DONE = "complete_sdxl.json"
 SDXL_FORMAT = 1
 
 import dit_bench_model  # noqa: E402  (beside this file)
+import flux_bench_model  # noqa: E402
 
 # Per model: the files the benchmark reads and the marker of a finished build.
 MODELS = {
     "sd35m": {"label": "SD3.5 medium", "checkpoint": dit_bench_model.CHECKPOINT, "folder": dit_bench_model.FOLDER,
               "done": dit_bench_model.DONE, "format": dit_bench_model.FORMAT, "latent": "sd3",
               "controlnet": dit_bench_model.CONTROLNET},
+    "flux": {"label": "FLUX.1 schnell (float8)", "transformer": flux_bench_model.TRANSFORMER,
+             "t5": flux_bench_model.T5, "clip_l": flux_bench_model.CLIP_L, "vae": flux_bench_model.VAE,
+             "folder": flux_bench_model.FOLDER, "done": flux_bench_model.DONE, "format": flux_bench_model.FORMAT,
+             "latent": "sd3", "cfg": 1.0},
     "sd15": {"label": "SD1.5", "checkpoint": CHECKPOINT, "folder": DIFFUSERS_FOLDER, "done": DONE, "format": FORMAT,
              "lora": LORA, "controlnet": CONTROLNET},
     "sdxl": {"label": "SDXL", "checkpoint": SDXL_CHECKPOINT, "folder": SDXL_DIFFUSERS_FOLDER, "done": SDXL_DONE,
@@ -88,6 +93,8 @@ def _peak_rss_bytes() -> int:
 def is_complete(cache: Path, model: str = "sd15") -> bool:
     if model == "sd35m":
         return dit_bench_model.is_complete(cache)
+    if model == "flux":
+        return flux_bench_model.is_complete(cache)
     spec = MODELS[model]
     marker = Path(cache) / spec["done"]
     if not marker.is_file():
@@ -317,8 +324,9 @@ def main(argv: list[str]) -> None:
         if is_complete(cache, model):  # built before: reuse (the device script calls this unconditionally)
             _emit(json.loads((cache / MODELS[model]["done"]).read_text()))
             return
-        if model == "sd35m":
-            _emit(dit_bench_model.generate(cache, CONFIGS_ROOT, _peak_rss_bytes))
+        if model in ("sd35m", "flux"):
+            builder = dit_bench_model if model == "sd35m" else flux_bench_model
+            _emit(builder.generate(cache, CONFIGS_ROOT, _peak_rss_bytes))
         else:
             _emit(generate_sdxl(cache) if model == "sdxl" else generate(cache))
     elif mode == "diffusers":

@@ -38,6 +38,13 @@ the pack's graph and CheckpointLoaderSimple + KSampler, both on
 EmptySD3LatentImage. DS_BENCH_DIT_LAYERS cuts the transformer to a few
 blocks (a rehearsal of the harness, not figures).
 
+FLUX.1 (DS_BENCH_MODEL=flux, flux_bench_model.py): a full-size FLUX.1
+schnell whose transformer and T5 are stored in float8, as split files:
+FluxPipeline with diffusers' layerwise casting (ds_bench_diffusers/flux_fp8.py),
+the pack's DSLoadSplitModel (float8 kept as stored) and ComfyUI's UNETLoader +
+DualCLIPLoader + VAELoader, CFG 1 (schnell is distilled), T5 at 256 tokens in
+all three, computed in float32 on a CPU.
+
 Alternating processes (DS_BENCH_PROCESSES=alternate; chosen by itself where
 three float32 copies would not fit: SDXL needs about 40 GiB in one process,
 SD3.5 medium about 37): each way runs in a ComfyUI server of its own, started
@@ -48,7 +55,7 @@ and each way's peak RSS is its own server's. Drift between the servers of
 one repetition is not cancelled as well as inside one process, which the
 spread over repetitions shows.
 
-Settings (env): DS_BENCH_MODEL sd15 (default), sdxl, sd35m or all. DS_BENCH_STEPS
+Settings (env): DS_BENCH_MODEL sd15 (default), sdxl, sd35m, flux or all. DS_BENCH_STEPS
 "low,high" (CPU 2,4; CUDA 10,30), DS_BENCH_REPS (CPU 3, CUDA 5), DS_BENCH_SIZE
 (SD1.5 256 on a CPU, 512 on CUDA; SDXL 512 / 1024); float32 on a CPU, float16
 on CUDA. DS_BENCH_EXTRAS (none by default; all or lora,cn1,cn2) adds the
@@ -81,6 +88,7 @@ MODEL_DEFAULTS = {
     "sd15": {"cuda": (512, (10, 30), 5), "cpu": (256, (2, 4), 3), "extras": ("lora", "cn1", "cn2")},
     "sdxl": {"cuda": (1024, (10, 30), 5), "cpu": (512, (1, 3), 2), "extras": ()},
     "sd35m": {"cuda": (1024, (10, 30), 3), "cpu": (256, (1, 2), 2), "extras": ("cn1", "cn2")},
+    "flux": {"cuda": (1024, (4, 12), 3), "cpu": (256, (1, 2), 2), "extras": ()},
 }
 EXTRAS = {"lora": ("LoRA (rank 16)", {"lora": True}), "cn1": ("1 ControlNet", {"controlnets": 1}),
           "cn2": ("2 ControlNets", {"controlnets": 2})}
@@ -152,8 +160,10 @@ def _prepare_base(workdir: Path, names: dict) -> Path:
     from harness import server
 
     base = server.prepare_base_dir(workdir / "base")
-    links = [("checkpoints", names["checkpoint"]), ("diffusers", names["folder"]),
-             ("loras", names.get("lora")), ("controlnet", names.get("controlnet"))]
+    links = [("checkpoints", names.get("checkpoint")), ("diffusers", names["folder"]),
+             ("loras", names.get("lora")), ("controlnet", names.get("controlnet")),
+             ("diffusion_models", names.get("transformer")), ("text_encoders", names.get("t5")),
+             ("text_encoders", names.get("clip_l")), ("vae", names.get("vae"))]
     for folder, name in links:
         if name and (CACHE / name).exists():
             (base / "models" / folder).mkdir(parents=True, exist_ok=True)
@@ -401,7 +411,8 @@ def test_side_by_side(tmp_path, model):
     spec = w.MODELS[model]
     model_info = _ensure_model(model)
     model_info["label"] = spec["label"]
-    names = {key: spec.get(key) for key in ("checkpoint", "folder", "lora", "controlnet", "latent")}
+    names = {key: spec.get(key) for key in ("checkpoint", "folder", "lora", "controlnet", "latent", "transformer",
+                                            "t5", "clip_l", "vae", "cfg")}
     print(f"\n[bench] model {'reused' if model_info['reused'] else 'built'} in {CACHE}; settings {settings}", flush=True)
 
     base = _prepare_base(tmp_path, names)

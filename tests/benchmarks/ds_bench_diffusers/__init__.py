@@ -4,7 +4,7 @@ Why: the side-by-side benchmark times three ways of making the same image in
 ONE ComfyUI process (so that a shared machine's drift hits all three alike):
 the pack's DS nodes, ComfyUI's native nodes, and this node, which calls
 diffusers' StableDiffusionPipeline / StableDiffusionXLPipeline /
-StableDiffusion3Pipeline directly, as a
+StableDiffusion3Pipeline / FluxPipeline (flux_fp8.py) directly, as a
 plain diffusers user would. Its IMAGE goes to the same SaveImage node as the
 other two ways. Never shipped: the benchmark links this folder into a test
 server's custom_nodes/ only.
@@ -31,7 +31,10 @@ _PIPELINES: dict = {}
 _ABSENT = {"sd35m": dict(text_encoder_3=None, tokenizer_3=None, image_encoder=None, feature_extractor=None)}
 _PIPELINE_CLASSES = {
     "sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "sd35m": "StableDiffusion3Pipeline",
+    "flux": "FluxPipeline",
 }
+# FLUX.1 schnell's T5 length (ComfyUI pads T5 to 256 tokens too).
+_CALL_EXTRAS = {"flux": dict(max_sequence_length=256)}
 
 
 def _pipeline(name: str, kind: str, dtype: str):
@@ -46,10 +49,15 @@ def _pipeline(name: str, kind: str, dtype: str):
     if path is None:
         raise ValueError(f"model_folder {name!r} is not a folder under models/diffusers/")
     start = time.perf_counter()
-    cls = getattr(diffusers, _PIPELINE_CLASSES[kind])
-    pipe = cls.from_pretrained(path, torch_dtype=getattr(torch, dtype), local_files_only=True,
-                               **_ABSENT.get(kind, {}))
-    if kind != "sd35m":  # SD3's FlowMatchEulerDiscreteScheduler is its Euler already
+    if kind == "flux":  # fp8 files kept in float8 with diffusers' layerwise casting (flux_fp8.py)
+        from .flux_fp8 import load_pipeline
+
+        pipe = load_pipeline(path, getattr(torch, dtype))
+    else:
+        cls = getattr(diffusers, _PIPELINE_CLASSES[kind])
+        pipe = cls.from_pretrained(path, torch_dtype=getattr(torch, dtype), local_files_only=True,
+                                   **_ABSENT.get(kind, {}))
+    if kind not in ("sd35m", "flux"):  # the flow models' FlowMatchEulerDiscreteScheduler is their Euler already
         pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe = pipe.to("cuda" if torch.cuda.is_available() else "cpu")
     pipe.set_progress_bar_config(disable=True)
@@ -105,6 +113,7 @@ class DSBenchDiffusersPipeline:
             generator=torch.Generator("cpu").manual_seed(seed),
             output_type="pt",
             callback_on_step_end=on_step_end,
+            **_CALL_EXTRAS.get(kind, {}),
         ).images
         image = images.permute(0, 2, 3, 1).float().cpu()  # ComfyUI's IMAGE: B, H, W, C in [0, 1]
         end = time.perf_counter()
