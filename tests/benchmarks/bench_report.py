@@ -98,7 +98,7 @@ def render(data: dict) -> str:
         f"transformers {versions['transformers']}, ComfyUI {versions['comfyui']}.",
         f"Work: {data['model'].get('label', s['model'])} architecture, random weights ({_denoiser(data['model'])}"
         f"), {s['size']}x{s['size']}, Euler (normal "
-        f"schedule), cfg 7, batch 1, {s['dtype']} on {s['device']}; {_processes(data)}; {s['reps']} "
+        f"schedule), cfg {s.get('cfg', 7.0):g}, batch 1, {s['dtype']} on {s['device']}; {_processes(data)}; {s['reps']} "
         f"repetitions x {low} and {high} steps per way, interleaved. Figures: median (min-max) over repetitions.",
         "",
         "| way | s/step (slope) | fixed s/run (intercept) | IQR s/step | IQR fixed | CPU s/step | CPU fixed s "

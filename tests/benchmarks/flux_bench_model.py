@@ -19,6 +19,9 @@ benchmark models):
   the text encoders in Hugging Face names (what DualCLIPLoader,
   DSLoadSplitModel and transformers read);
 * `ds_bench_flux_ae.safetensors`: the VAE in diffusers names;
+* `ds_bench_flux_random_lora.safetensors`: a rank-16 LoRA on the double
+  blocks' attention in diffusers/peft names (the `lora` extra: DSLoadLoRA
+  against LoraLoader);
 * `ds_bench_flux_random/`: the diffusers folder of FluxPipeline, whose
   weight files are links to the files above.
 
@@ -42,9 +45,11 @@ TRANSFORMER = "ds_bench_flux_random_fp8.safetensors"
 T5 = "ds_bench_flux_t5xxl_fp8.safetensors"
 CLIP_L = "ds_bench_flux_clip_l.safetensors"
 VAE = "ds_bench_flux_ae.safetensors"
+LORA = "ds_bench_flux_random_lora.safetensors"
+LORA_RANK = 16
 FOLDER = "ds_bench_flux_random"
 DONE = "complete_flux.json"
-FORMAT = 2  # 2: all 38 single blocks (1 had 19)
+FORMAT = 3  # 2: all 38 single blocks (1 had 19); 3: the LoRA
 STD = 0.02
 
 
@@ -98,6 +103,32 @@ def t5_shapes(configs_root: Path, layers: int) -> tuple:
         t5 = T5EncoderModel(T5Config(**config))
     shapes = {k: tuple(v.shape) for k, v in t5.state_dict().items() if k != "encoder.embed_tokens.weight"}
     return config, shapes
+
+
+def lora_tensors(config: dict, seed: int = 5) -> dict:
+    """A rank-16 LoRA in diffusers/peft names on the double blocks' attention (q, k, v, out of both streams).
+
+    Only the double blocks: a LoRA on the single blocks touches their fused
+    linear1 (q, k, v and the MLP, 4.3 B weights), and ComfyUI keeps a backup
+    copy of every weight a LoRA patches, which would not fit beside the model
+    here. lora_B is drawn at random too (peft starts it at zero), so the LoRA
+    changes the picture."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    with torch.device("meta"):
+        transformer = FluxTransformer2DModel.from_config(config)
+    layers = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+              "attn.add_v_proj", "attn.to_add_out")
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, module in transformer.named_modules():
+        if name.startswith("transformer_blocks.") and name.split(".", 2)[2] in layers:
+            down = torch.randn(LORA_RANK, module.in_features, generator=generator) / module.in_features ** 0.5
+            up = torch.randn(module.out_features, LORA_RANK, generator=generator) * STD
+            out[f"transformer.{name}.lora_A.weight"] = down.to(torch.float16)
+            out[f"transformer.{name}.lora_B.weight"] = up.to(torch.float16)
+    return out
 
 
 def _save(tensors: dict, path: Path) -> None:
@@ -180,6 +211,9 @@ def generate(cache: Path, configs_root: Path, peak_rss) -> dict:
     t5_config, shapes = t5_shapes(configs_root, layers_wanted(0))
     params["t5"], timings["t5_s"] = _write_random(shapes, 3, cache / T5)
     start = time.perf_counter()
+    lora = lora_tensors(transformer_config)
+    params["lora"] = sum(t.numel() for t in lora.values())
+    _save(lora, cache / LORA)
     clip, vae = _small_modules(configs_root)
     _save({k: v.contiguous() for k, v in clip.state_dict().items()}, cache / CLIP_L)
     _save({k: v.contiguous() for k, v in vae.state_dict().items()}, cache / VAE)

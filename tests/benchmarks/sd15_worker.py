@@ -62,6 +62,7 @@ MODELS = {
               "controlnet": dit_bench_model.CONTROLNET},
     "flux": {"label": "FLUX.1 schnell (float8)", "transformer": flux_bench_model.TRANSFORMER,
              "t5": flux_bench_model.T5, "clip_l": flux_bench_model.CLIP_L, "vae": flux_bench_model.VAE,
+             "lora": flux_bench_model.LORA,
              "folder": flux_bench_model.FOLDER, "done": flux_bench_model.DONE, "format": flux_bench_model.FORMAT,
              "latent": "sd3", "cfg": 1.0},
     "sd15": {"label": "SD1.5", "checkpoint": CHECKPOINT, "folder": DIFFUSERS_FOLDER, "done": DONE, "format": FORMAT,

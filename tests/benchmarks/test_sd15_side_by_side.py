@@ -60,7 +60,7 @@ Settings (env): DS_BENCH_MODEL sd15 (default), sdxl, sd35m, flux or all. DS_BENC
 (SD1.5 256 on a CPU, 512 on CUDA; SDXL 512 / 1024); float32 on a CPU, float16
 on CUDA. DS_BENCH_EXTRAS (none by default; all or lora,cn1,cn2) adds the
 pack's and ComfyUI's LoRA / ControlNet graphs (SD1.5; ControlNets for SD3.5
-medium), one repetition each, in the same server after the main table (with
+medium; the LoRA for FLUX.1), one repetition each, in the same server after the main table (with
 alternating servers: a server per adapter and way).
 DS_BENCH_PROCESSES one, alternate or auto (the default).
 """
@@ -88,7 +88,7 @@ MODEL_DEFAULTS = {
     "sd15": {"cuda": (512, (10, 30), 5), "cpu": (256, (2, 4), 3), "extras": ("lora", "cn1", "cn2")},
     "sdxl": {"cuda": (1024, (10, 30), 5), "cpu": (512, (1, 3), 2), "extras": ()},
     "sd35m": {"cuda": (1024, (10, 30), 3), "cpu": (256, (1, 2), 2), "extras": ("cn1", "cn2")},
-    "flux": {"cuda": (1024, (4, 12), 3), "cpu": (256, (1, 2), 2), "extras": ()},
+    "flux": {"cuda": (1024, (4, 12), 3), "cpu": (256, (1, 2), 2), "extras": ("lora",)},
 }
 EXTRAS = {"lora": ("LoRA (rank 16)", {"lora": True}), "cn1": ("1 ControlNet", {"controlnets": 1}),
           "cn2": ("2 ControlNets", {"controlnets": 2})}
@@ -396,6 +396,7 @@ def test_side_by_side(tmp_path, model):
     if not os.environ.get("COMFYUI_PATH"):
         pytest.skip("COMFYUI_PATH is not set: run with `make bench`")
     sys.path.insert(0, str(HERE))
+    import bench_graphs
     import bench_processes
     import bench_report
     import sd15_worker as w
@@ -413,6 +414,7 @@ def test_side_by_side(tmp_path, model):
     model_info["label"] = spec["label"]
     names = {key: spec.get(key) for key in ("checkpoint", "folder", "lora", "controlnet", "latent", "transformer",
                                             "t5", "clip_l", "vae", "cfg")}
+    settings["cfg"] = names["cfg"] or bench_graphs.CFG
     print(f"\n[bench] model {'reused' if model_info['reused'] else 'built'} in {CACHE}; settings {settings}", flush=True)
 
     base = _prepare_base(tmp_path, names)
