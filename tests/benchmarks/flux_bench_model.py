@@ -123,7 +123,8 @@ def lora_tensors(config: dict, seed: int = 5) -> dict:
     generator = torch.Generator().manual_seed(seed)
     out = {}
     for name, module in transformer.named_modules():
-        if name.startswith("transformer_blocks.") and name.split(".", 2)[2] in layers:
+        parts = name.split(".", 2)
+        if parts[0] == "transformer_blocks" and len(parts) == 3 and parts[2] in layers:
             down = torch.randn(LORA_RANK, module.in_features, generator=generator) / module.in_features ** 0.5
             up = torch.randn(module.out_features, LORA_RANK, generator=generator) * STD
             out[f"transformer.{name}.lora_A.weight"] = down.to(torch.float16)
