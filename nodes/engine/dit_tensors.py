@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from .float8_storage import FLOAT8_DTYPES
+
 # Tensors that describe the quantization, not weights of the model.
 _SCALE_SUFFIXES = (".scale_weight", ".weight_scale", ".scale_input", ".input_scale")
 _MARKERS = ("scaled_fp8", "comfy_quant")
@@ -41,7 +43,7 @@ def _scale_of(key: str, scales: dict):
 
 def dequantize(tensor: torch.Tensor, scale, dtype: torch.dtype) -> torch.Tensor:
     """A stored tensor in the compute dtype: float8 values times their scale, others cast."""
-    if tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+    if tensor.dtype in FLOAT8_DTYPES:
         value = tensor.to(torch.float32)
         if scale is not None:
             scale = scale.to(torch.float32)
@@ -81,7 +83,7 @@ def read_component(path: str, prefix: str, dtype: torch.dtype, *, exclude: tuple
             for key in weights[start:start + _KEYS_PER_OPENING]:
                 short = key[len(prefix):]
                 tensor, scale = fh.get_tensor(key), _scale_of(short, scales)
-                kept = keep_float8 and scale is None and tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+                kept = keep_float8 and scale is None and tensor.dtype in FLOAT8_DTYPES
                 out[short] = tensor if kept else dequantize(tensor, scale, dtype)
     return out
 

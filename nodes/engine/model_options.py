@@ -39,12 +39,13 @@ from .hooks import SamplingHook
 log = logging.getLogger(__name__)
 
 STORAGE_DEFAULT = "default"
-STORAGE_FP8_E4M3 = "float8_e4m3fn"
-STORAGE_FP8_E5M2 = "float8_e5m2"
+# float8 storages are named after their dtype, in one table (float8_storage marks kept files with it).
+STORAGE_FP8_E4M3 = float8_storage.STORAGE_NAMES[torch.float8_e4m3fn]
+STORAGE_FP8_E5M2 = float8_storage.STORAGE_NAMES[torch.float8_e5m2]
 STORAGE_INT8 = "int8 (torchao)"
 STORAGE_NF4 = "nf4 (bitsandbytes)"
 WEIGHT_STORAGES = [STORAGE_DEFAULT, STORAGE_FP8_E4M3, STORAGE_FP8_E5M2, STORAGE_INT8, STORAGE_NF4]
-FLOAT8 = {STORAGE_FP8_E4M3: torch.float8_e4m3fn, STORAGE_FP8_E5M2: torch.float8_e5m2}
+FLOAT8 = {name: dtype for dtype, name in float8_storage.STORAGE_NAMES.items()}
 
 # The optional package each storage needs (imported only when it is chosen).
 _PACKAGES = {STORAGE_INT8: "torchao", STORAGE_NF4: "bitsandbytes"}
