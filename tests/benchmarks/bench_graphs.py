@@ -63,8 +63,40 @@ def _chain_controlnets(graph: dict, class_type: str, count: int, positive: list,
     return positive, negative
 
 
+REGION_SUFFIX = ", a red vintage car on the left"  # the region's prompt: the base text plus this
+
+
+def _left_half_mask(graph: dict, size: int) -> list:
+    """Node 33: a mask of the left half of the picture (ComfyUI's SolidMask + MaskComposite, in both graphs)."""
+    graph["31"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": size, "height": size}}
+    graph["32"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": size // 2, "height": size}}
+    graph["33"] = {"class_type": "MaskComposite", "inputs": {"destination": ["31", 0], "source": ["32", 0],
+                                                             "x": 0, "y": 0, "operation": "add"}}
+    return ["33", 0]
+
+
+def _example_image(graph: dict, size: int) -> list:
+    """Node 41: the example picture scaled to the benchmark's size, so an inpaint latent is the empty one's size."""
+    graph["40"] = {"class_type": "LoadImage", "inputs": {"image": "example.png"}}
+    graph["41"] = {"class_type": "ImageScale", "inputs": {"image": ["40", 0], "upscale_method": "bilinear",
+                                                          "width": size, "height": size, "crop": "disabled"}}
+    return ["41", 0]
+
+
+def _pack_ip_adapter(graph: dict, names: dict, model: list, size: int) -> list:
+    """DSLoadIPAdapter + DSApplyIPAdapter (weight 0.8, every step) on the example picture: the patched model."""
+    graph["50"] = {"class_type": "DSLoadIPAdapter", "inputs": {
+        "ipadapter_file": names["ip_adapter"], "clip_vision": names["clip_vision"], "dtype": "auto"}}
+    graph["52"] = {"class_type": "DSApplyIPAdapter", "inputs": {
+        "model": model, "ip_adapter": ["50", 0], "image": _example_image(graph, size), "weight": 0.8,
+        "start_percent": 0.0, "end_percent": 1.0, "weight_mode": "standard"}}
+    return ["52", 0]
+
+
 def pack_graph(names: dict, size: int, steps: int, seed: int, prompt: str = "", lora: bool = False,
-               controlnets: int = 0) -> dict:
+               controlnets: int = 0, regional: bool = False, inpaint: bool = False,
+               ip_adapter: bool = False) -> dict:
+    """The pack's graph; the flags add one adapter each (the benchmark's extras), all in one DSSampler pass."""
     import sd15_worker as w
 
     prompt = prompt or w.PROMPT
@@ -82,6 +114,8 @@ def pack_graph(names: dict, size: int, steps: int, seed: int, prompt: str = "", 
             },
         }
         model, text = ["20", 0], ["20", 1]
+    if ip_adapter:
+        model = _pack_ip_adapter(graph, names, model, size)
     graph.update(
         {
             "2": {"class_type": "DSTextEncode", "inputs": {"text_encoder": text, "text": prompt, "clip_skip": 1}},
@@ -89,7 +123,20 @@ def pack_graph(names: dict, size: int, steps: int, seed: int, prompt: str = "", 
             "4": empty_latent(names, size),
         }
     )
-    positive, negative = ["2", 0], ["3", 0]
+    positive, negative, latent = ["2", 0], ["3", 0], ["4", 0]
+    if regional:
+        graph["30"] = {"class_type": "DSTextEncode",
+                       "inputs": {"text_encoder": text, "text": prompt + REGION_SUFFIX, "clip_skip": 1}}
+        graph["34"] = {"class_type": "DSRegionalPrompt", "inputs": {
+            "conditioning": positive, "mask": _left_half_mask(graph, size), "region_conditioning": ["30", 0],
+            "strength": 1.0}}
+        positive = ["34", 0]
+    if inpaint:
+        graph["42"] = {"class_type": "DSInpaint", "inputs": {
+            "image": _example_image(graph, size), "mask": _left_half_mask(graph, size), "vae": ["1", 2],
+            "model": model, "grow": 0, "blur": 4.0, "fill": "original", "fill_seed": 0, "blend_unmasked": True,
+            "latent_sampling": "sample"}}
+        latent = ["42", 0]
     if controlnets:
         graph["10"] = {
             "class_type": "DSLoadControlNet",
@@ -106,7 +153,7 @@ def pack_graph(names: dict, size: int, steps: int, seed: int, prompt: str = "", 
                     "model": model,
                     "positive": positive,
                     "negative": negative,
-                    "latent_image": ["4", 0],
+                    "latent_image": latent,
                     "seed": seed,
                     "steps": steps,
                     "cfg": _cfg(names),
@@ -128,7 +175,9 @@ def pack_graph(names: dict, size: int, steps: int, seed: int, prompt: str = "", 
 
 
 def native_graph(names: dict, size: int, steps: int, seed: int, prompt: str = "", lora: bool = False,
-                 controlnets: int = 0) -> dict:
+                 controlnets: int = 0, regional: bool = False, inpaint: bool = False) -> dict:
+    """ComfyUI's own nodes for the same picture; regional: ConditioningSetMask + ConditioningCombine,
+    inpaint: VAEEncode + SetLatentNoiseMask (ComfyUI's masked sampling of an ordinary model)."""
     import sd15_worker as w
 
     prompt = prompt or w.PROMPT
@@ -146,7 +195,20 @@ def native_graph(names: dict, size: int, steps: int, seed: int, prompt: str = ""
             "4": empty_latent(names, size),
         }
     )
-    positive, negative = ["2", 0], ["3", 0]
+    positive, negative, latent = ["2", 0], ["3", 0], ["4", 0]
+    if regional:
+        graph["30"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": prompt + REGION_SUFFIX}}
+        graph["34"] = {"class_type": "ConditioningSetMask", "inputs": {
+            "conditioning": ["30", 0], "mask": _left_half_mask(graph, size), "strength": 1.0,
+            "set_cond_area": "default"}}
+        graph["35"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": positive,
+                                                                       "conditioning_2": ["34", 0]}}
+        positive = ["35", 0]
+    if inpaint:
+        graph["42"] = {"class_type": "VAEEncode", "inputs": {"pixels": _example_image(graph, size), "vae": vae}}
+        graph["43"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["42", 0],
+                                                                      "mask": _left_half_mask(graph, size)}}
+        latent = ["43", 0]
     if controlnets:
         graph["10"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": names["controlnet"]}}
         graph["11"] = {"class_type": "LoadImage", "inputs": {"image": "example.png"}}
@@ -165,7 +227,7 @@ def native_graph(names: dict, size: int, steps: int, seed: int, prompt: str = ""
                     "scheduler": "normal",
                     "positive": positive,
                     "negative": negative,
-                    "latent_image": ["4", 0],
+                    "latent_image": latent,
                     "denoise": 1.0,
                 },
             },

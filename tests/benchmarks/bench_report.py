@@ -78,17 +78,15 @@ def _denoiser(model: dict) -> str:
 def _processes(data: dict) -> str:
     """How the ways shared processes: one server for all, or a fresh server per way and repetition."""
     if data.get("processes") == "alternate":
-        return (f"each way in a ComfyUI server of its own, started afresh for every repetition (median start "
-                f"{data['startup_s']:.1f} s, previews off; a 1-step warm-up prompt loads the model)")
+        start = f"median start {data['startup_s']:.1f} s, " if data.get("startup_s") else ""
+        return (f"each way in a ComfyUI server of its own, started afresh for every repetition ({start}"
+                f"previews off; a 1-step warm-up prompt loads the model)")
     return f"one ComfyUI process (started in {data['startup_s']:.1f} s, previews off) runs all three ways"
 
 
 def render(data: dict) -> str:
     s, machine, versions = data["settings"], data["machine"], data["versions"]
-    prompts, warmup = data["prompts"], data["warmup"]
     low, high = s["steps"]
-    fit = fits(prompts, s["steps"])
-    cuda = s["device"] == "cuda"
     lines = [
         f"Machine: {machine.get('gpu', 'no GPU')}; {machine['cpu']}, {machine['cores']} cores, "
         f"{machine['ram_gib']:.1f} GiB RAM; {machine['date']}. Load average at the start "
@@ -100,6 +98,52 @@ def render(data: dict) -> str:
         f"), {s['size']}x{s['size']}, Euler (normal "
         f"schedule), cfg {s.get('cfg', 7.0):g}, batch 1, {s['dtype']} on {s['device']}; {_processes(data)}; {s['reps']} "
         f"repetitions x {low} and {high} steps per way, interleaved. Figures: median (min-max) over repetitions.",
+    ]
+    if data["prompts"]:
+        lines += _main_tables(data)
+    if data.get("extras"):
+        lines += _extras_table(data)
+    return "\n".join(lines) + "\n"
+
+
+def _extras_table(data: dict) -> list:
+    """Per adapter and way: its slope against the plain graph's in the same server (records without a plain
+    variant, from before the baseline existed, show the adapter alone)."""
+    steps = data["settings"]["steps"]
+    lines = ["", "Adapters: each against the plain graph in the same server, interleaved; per repetition the "
+             "added s/step is the adapter graph's slope minus the plain one's; median (min-max) over repetitions.",
+             "", "| adapter | way | reps | plain s/step | adapter s/step | added s/step | adapter / plain "
+             "| adapter fixed s |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for label in dict.fromkeys(r["extra"] for r in data["extras"]):
+        for way in ("pack", "native"):
+            mine = [r for r in data["extras"] if r["extra"] == label and r["way"] == way]
+            adapter = fits([r for r in mine if r.get("variant", "adapter") == "adapter"], steps, extra=label)
+            plain = fits([r for r in mine if r.get("variant") == "plain"], steps, extra=label)
+            if way not in adapter:
+                continue
+            a = adapter[way]["wall"]
+            p = plain[way]["wall"] if way in plain else []
+            added = st.summary(x["slope"] - y["slope"] for x, y in zip(a, p)) if p else None
+            ratio = st.ratio_summary(a, p, "slope") if p else None
+            lines.append(
+                f"| {label} | {way} | {len(a)} | {st.fmt_spread(st.summary(r['slope'] for r in p), 3) if p else '-'} "
+                f"| {st.fmt_spread(st.summary(r['slope'] for r in a), 3)} "
+                f"| {st.fmt_spread(added, 3) if added else '-'} | {st.fmt_spread(ratio) if ratio else '-'} "
+                f"| {st.summary(r['intercept'] for r in a)['median']:.2f} |")
+    if data.get("peak_rss_extras"):
+        lines += ["", "Peak RSS of the adapter servers (GiB): " + "; ".join(
+            f"{name} {value / GIB:.2f}" for name, value in data["peak_rss_extras"].items()) + "."]
+    return lines
+
+
+def _main_tables(data: dict) -> list:
+    """The three ways' slopes, intercepts and ratios, where the time of a prompt goes, and memory."""
+    s = data["settings"]
+    prompts, warmup = data["prompts"], data["warmup"]
+    low, high = s["steps"]
+    fit = fits(prompts, s["steps"])
+    cuda = s["device"] == "cuda"
+    lines = [
         "",
         "| way | s/step (slope) | fixed s/run (intercept) | IQR s/step | IQR fixed | CPU s/step | CPU fixed s "
         f"| {low} steps s | {high} steps s | load s (warm-up) |",
@@ -166,19 +210,7 @@ def render(data: dict) -> str:
     else:
         lines.append(f"Process RSS growth at each way's warm-up (GiB): {rss}; process peak RSS "
                      f"{data.get('peak_rss', 0) / GIB:.2f} GiB.")
-    if data.get("extras"):
-        lines += ["", "| adapters (pack / native, 1 repetition) | pack s/step | pack fixed s | native s/step "
-                  "| native fixed s |", "|---|---:|---:|---:|---:|"]
-        for label in dict.fromkeys(r["extra"] for r in data["extras"]):
-            f = fits(data["extras"], s["steps"], extra=label)
-            row = [f"{f[w]['wall'][0]['slope']:.3f} | {f[w]['wall'][0]['intercept']:.2f}" if w in f else "- | -"
-                   for w in ("pack", "native")]
-            lines.append(f"| {label} | {row[0]} | {row[1]} |")
-        if data.get("peak_rss_extras"):
-            lines.append("")
-            lines.append("Peak RSS of the adapter servers (GiB): " + "; ".join(
-                f"{name} {value / GIB:.2f}" for name, value in data["peak_rss_extras"].items()) + ".")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def pooled(runs: list) -> dict:
@@ -189,7 +221,11 @@ def pooled(runs: list) -> dict:
         data["prompts"] += [dict(p, rep=p["rep"] + offset) for p in run["prompts"]]
         data["settings"]["reps"] += run["settings"]["reps"]
         for way, peak in run.get("peak_rss_by_way", {}).items():  # alternating servers: each way's highest
-            data["peak_rss_by_way"][way] = max(peak, data["peak_rss_by_way"].get(way, 0))
+            data.setdefault("peak_rss_by_way", {})[way] = max(peak, data["peak_rss_by_way"].get(way, 0))
+        offset = 1 + max((r["rep"] for r in data.get("extras", [])), default=-1)
+        data["extras"] = data.get("extras", []) + [dict(r, rep=r["rep"] + offset) for r in run.get("extras", [])]
+        for name, peak in run.get("peak_rss_extras", {}).items():
+            data.setdefault("peak_rss_extras", {})[name] = max(peak, data["peak_rss_extras"].get(name, 0))
     return data
 
 

@@ -59,12 +59,8 @@ def _config(configs_root: Path, family: str, name: str) -> dict:
     return {k: v for k, v in data.items() if not k.startswith("_")}
 
 
-def build(configs_root: Path) -> dict:
-    """transformer, vae, text_encoder (CLIP-L), text_encoder_2 (CLIP-G), float16, seeded."""
-    import torch
-    from diffusers import AutoencoderKL, SD3Transformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-
+def transformer_config(configs_root: Path) -> dict:
+    """SD3.5 medium's transformer config, cut to DS_BENCH_DIT_LAYERS blocks where that is set."""
     config = _config(configs_root, "sd35_medium", "transformer.json")
     layers = layers_wanted(int(config["num_layers"]))
     if layers != int(config["num_layers"]):
@@ -72,6 +68,16 @@ def build(configs_root: Path) -> dict:
         # ComfyUI reads the depth back from the width: a cut model is narrowed with it.
         config.update(num_layers=layers, num_attention_heads=layers, caption_projection_dim=64 * layers)
         config["dual_attention_layers"] = [i for i in config.get("dual_attention_layers", ()) if i < layers]
+    return config
+
+
+def build(configs_root: Path) -> dict:
+    """transformer, vae, text_encoder (CLIP-L), text_encoder_2 (CLIP-G), float16, seeded."""
+    import torch
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    config = transformer_config(configs_root)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float16)
     try:

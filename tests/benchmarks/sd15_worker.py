@@ -54,12 +54,14 @@ SDXL_FORMAT = 1
 
 import dit_bench_model  # noqa: E402  (beside this file)
 import flux_bench_model  # noqa: E402
+import sd35m_ip_adapter  # noqa: E402
 
 # Per model: the files the benchmark reads and the marker of a finished build.
 MODELS = {
     "sd35m": {"label": "SD3.5 medium", "checkpoint": dit_bench_model.CHECKPOINT, "folder": dit_bench_model.FOLDER,
               "done": dit_bench_model.DONE, "format": dit_bench_model.FORMAT, "latent": "sd3",
-              "controlnet": dit_bench_model.CONTROLNET},
+              "controlnet": dit_bench_model.CONTROLNET, "ip_adapter": sd35m_ip_adapter.ADAPTER,
+              "clip_vision": sd35m_ip_adapter.ENCODER},
     "flux": {"label": "FLUX.1 schnell (float8)", "transformer": flux_bench_model.TRANSFORMER,
              "t5": flux_bench_model.T5, "clip_l": flux_bench_model.CLIP_L, "vae": flux_bench_model.VAE,
              "lora": flux_bench_model.LORA,
@@ -93,7 +95,7 @@ def _peak_rss_bytes() -> int:
 
 def is_complete(cache: Path, model: str = "sd15") -> bool:
     if model == "sd35m":
-        return dit_bench_model.is_complete(cache)
+        return dit_bench_model.is_complete(cache) and sd35m_ip_adapter.is_complete(cache)
     if model == "flux":
         return flux_bench_model.is_complete(cache)
     spec = MODELS[model]
@@ -325,9 +327,13 @@ def main(argv: list[str]) -> None:
         if is_complete(cache, model):  # built before: reuse (the device script calls this unconditionally)
             _emit(json.loads((cache / MODELS[model]["done"]).read_text()))
             return
-        if model in ("sd35m", "flux"):
-            builder = dit_bench_model if model == "sd35m" else flux_bench_model
-            _emit(builder.generate(cache, CONFIGS_ROOT, _peak_rss_bytes))
+        if model == "sd35m":  # the IP-Adapter is an add-on with its own marker: adding it keeps the model
+            if not dit_bench_model.is_complete(cache):
+                dit_bench_model.generate(cache, CONFIGS_ROOT, _peak_rss_bytes)
+            sd35m_ip_adapter.ensure(cache, CONFIGS_ROOT)
+            _emit(json.loads((cache / MODELS[model]["done"]).read_text()))
+        elif model == "flux":
+            _emit(flux_bench_model.generate(cache, CONFIGS_ROOT, _peak_rss_bytes))
         else:
             _emit(generate_sdxl(cache) if model == "sdxl" else generate(cache))
     elif mode == "diffusers":

@@ -58,10 +58,14 @@ spread over repetitions shows.
 Settings (env): DS_BENCH_MODEL sd15 (default), sdxl, sd35m, flux or all. DS_BENCH_STEPS
 "low,high" (CPU 2,4; CUDA 10,30), DS_BENCH_REPS (CPU 3, CUDA 5), DS_BENCH_SIZE
 (SD1.5 256 on a CPU, 512 on CUDA; SDXL 512 / 1024); float32 on a CPU, float16
-on CUDA. DS_BENCH_EXTRAS (none by default; all or lora,cn1,cn2) adds the
-pack's and ComfyUI's LoRA / ControlNet graphs (SD1.5; ControlNets for SD3.5
-medium; the LoRA for FLUX.1), one repetition each, in the same server after the main table (with
-alternating servers: a server per adapter and way).
+on CUDA. DS_BENCH_EXTRAS (none by default; all or a list of lora, cn1, cn2, regional,
+inpaint, ipa) adds the pack's and ComfyUI's adapter graphs (each model takes
+those it has files for: MODEL_DEFAULTS), in the same server after the main
+table (with alternating servers: a server per adapter and way). Each adapter
+is timed against the plain graph in the same server, the two interleaved,
+DS_BENCH_EXTRA_REPS times (default 1): the adapter's per-step cost is the
+difference of the two slopes per repetition, so a server's drift cancels.
+DS_BENCH_REPS=0 skips the main table (the adapters alone).
 DS_BENCH_PROCESSES one, alternate or auto (the default).
 """
 from __future__ import annotations
@@ -85,13 +89,23 @@ WAYS = ("diffusers", "pack", "native")
 
 # Per model: (size, (low, high) steps, repetitions) on CUDA and on a CPU.
 MODEL_DEFAULTS = {
-    "sd15": {"cuda": (512, (10, 30), 5), "cpu": (256, (2, 4), 3), "extras": ("lora", "cn1", "cn2")},
+    "sd15": {"cuda": (512, (10, 30), 5), "cpu": (256, (2, 4), 3),
+             "extras": ("lora", "cn1", "cn2", "regional", "inpaint")},
     "sdxl": {"cuda": (1024, (10, 30), 5), "cpu": (512, (1, 3), 2), "extras": ()},
-    "sd35m": {"cuda": (1024, (10, 30), 3), "cpu": (256, (1, 2), 2), "extras": ("cn1", "cn2")},
-    "flux": {"cuda": (1024, (4, 12), 3), "cpu": (256, (1, 2), 2), "extras": ("lora",)},
+    "sd35m": {"cuda": (1024, (10, 30), 3), "cpu": (256, (1, 2), 2),
+              "extras": ("cn1", "cn2", "regional", "inpaint", "ipa")},
+    "flux": {"cuda": (1024, (4, 12), 3), "cpu": (256, (1, 2), 2), "extras": ("lora", "regional", "inpaint")},
 }
-EXTRAS = {"lora": ("LoRA (rank 16)", {"lora": True}), "cn1": ("1 ControlNet", {"controlnets": 1}),
-          "cn2": ("2 ControlNets", {"controlnets": 2})}
+# Per adapter: its label in the report, the graph flags that add it, and the ways that have it (ComfyUI has no
+# native IP-Adapter node).
+EXTRAS = {
+    "lora": ("LoRA (rank 16)", {"lora": True}, ("pack", "native")),
+    "cn1": ("1 ControlNet", {"controlnets": 1}, ("pack", "native")),
+    "cn2": ("2 ControlNets", {"controlnets": 2}, ("pack", "native")),
+    "regional": ("1 regional prompt (left half)", {"regional": True}, ("pack", "native")),
+    "inpaint": ("inpaint, masked (left half)", {"inpaint": True}, ("pack", "native")),
+    "ipa": ("IP-Adapter (weight 0.8)", {"ip_adapter": True}, ("pack",)),
+}
 
 
 def _models_selected() -> list:
@@ -130,6 +144,7 @@ def _settings(model: str) -> dict:
         "reps": int(os.environ.get("DS_BENCH_REPS", reps)),
         "extras": [key for key in _extras_selected(os.environ.get("DS_BENCH_EXTRAS", "none"))
                    if key in defaults["extras"]],
+        "extra_reps": max(1, int(os.environ.get("DS_BENCH_EXTRA_REPS", 1))),
         "torch": torch.__version__,
     }
 
@@ -163,6 +178,7 @@ def _prepare_base(workdir: Path, names: dict) -> Path:
     links = [("checkpoints", names.get("checkpoint")), ("diffusers", names["folder"]),
              ("loras", names.get("lora")), ("controlnet", names.get("controlnet")),
              ("diffusion_models", names.get("transformer")), ("text_encoders", names.get("t5")),
+             ("ipadapter", names.get("ip_adapter")), ("clip_vision", names.get("clip_vision")),
              ("text_encoders", names.get("clip_l")), ("vae", names.get("vae"))]
     for folder, name in links:
         if name and (CACHE / name).exists():
@@ -318,39 +334,44 @@ def _measure_alternating(base: Path, workdir: Path, settings: dict, names: dict)
                 running.stop()
                 _keep_log(running, f"{settings['model']}_{rep}_{way}")
     return {"warmup": warmup, "prompts": prompts, "peak_rss_by_way": peaks, "processes": "alternate",
-            "startup_s": sorted(startups)[len(startups) // 2], "extras": [],
+            "startup_s": sorted(startups)[len(startups) // 2] if startups else None, "extras": [],
             "peak_rss": max(peaks.values(), default=0)}
 
 
 def _time_extra(bench: Bench, way: str, key: str, settings: dict, warmup_steps: int) -> list:
-    """One way's adapter graph: a warm-up prompt that loads the adapter, then both step counts timed."""
-    label, kwargs = EXTRAS[key]
+    """One way's adapter graph against its plain graph in the same server: a warm-up prompt each (loading the
+    model, then the adapter), then per repetition both graphs at both step counts, the orders alternating."""
+    label, kwargs, _ways = EXTRAS[key]
+    bench.run(way, warmup_steps, 1)
     bench.run(way, warmup_steps, 1, **kwargs)
     records = []
-    for steps in settings["steps"]:
-        record = bench.run(way, steps, 2000, **kwargs)
-        record.update(rep=0, extra=label)
-        records.append(record)
-        print(f"[bench] {label} {way} {steps} steps: {record['run_s']:.3f} s", flush=True)
+    for rep in range(settings["extra_reps"]):
+        variants = (("plain", {}), ("adapter", kwargs))
+        for variant, flags in variants if rep % 2 == 0 else variants[::-1]:
+            for steps in settings["steps"] if rep % 2 == 0 else settings["steps"][::-1]:
+                record = bench.run(way, steps, 2000 + rep, **flags)
+                record.update(rep=rep, extra=label, variant=variant)
+                records.append(record)
+                print(f"[bench] {label} {way} rep {rep} {variant} {steps} steps: {record['run_s']:.3f} s", flush=True)
     return records
 
 
 def _measure_extras(bench: Bench, settings: dict) -> list:
-    return [record for key in settings["extras"] for way in ("pack", "native")
+    return [record for key in settings["extras"] for way in EXTRAS[key][2]
             for record in _time_extra(bench, way, key, settings, settings["steps"][0])]
 
 
 def _measure_extras_alternating(base: Path, workdir: Path, settings: dict, names: dict) -> tuple:
-    """The adapter graphs with a server per adapter and way: a 1-step warm-up loads both, then the two step counts."""
+    """The adapter graphs with a server per adapter and way: 1-step warm-ups load both, then the timed prompts."""
     import bench_report
 
     records, peaks = [], {}
     for key in settings["extras"]:
-        for way in ("pack", "native"):
+        for way in EXTRAS[key][2]:
             running, _startup = _start(base, workdir / f"server_{key}_{way}.log", settings)
             try:
                 bench = Bench(running, settings, names, counter=10_000 + len(records))
-                records += _time_extra(bench, way, key, settings, 1)  # the 1-step warm-up loads model and adapter
+                records += _time_extra(bench, way, key, settings, 1)
                 peaks[f"{EXTRAS[key][0]} {way}"] = bench_report.vm_hwm(running.process.pid)
             finally:
                 running.stop()
@@ -413,7 +434,7 @@ def test_side_by_side(tmp_path, model):
     model_info = _ensure_model(model)
     model_info["label"] = spec["label"]
     names = {key: spec.get(key) for key in ("checkpoint", "folder", "lora", "controlnet", "latent", "transformer",
-                                            "t5", "clip_l", "vae", "cfg")}
+                                            "t5", "clip_l", "vae", "cfg", "ip_adapter", "clip_vision")}
     settings["cfg"] = names["cfg"] or bench_graphs.CFG
     print(f"\n[bench] model {'reused' if model_info['reused'] else 'built'} in {CACHE}; settings {settings}", flush=True)
 
@@ -426,7 +447,7 @@ def test_side_by_side(tmp_path, model):
         running, startup_s = _start(base, tmp_path / "server.log", settings)
         try:
             bench = Bench(running, settings, names)
-            data = _measure(bench, settings)
+            data = _measure(bench, settings) if settings["reps"] else {"warmup": {}, "prompts": []}
             data["extras"] = _measure_extras(bench, settings) if settings["extras"] else []
             data["peak_rss"] = bench_report.vm_hwm(running.process.pid)
             data["startup_s"] = startup_s

@@ -196,17 +196,22 @@ _SD3_BLOCK_KEYS = (
 )
 
 
-def sd3_adapter_state_dict(transformer, embed: int = SIGLIP_SHAPE["hidden_size"], seed: int = 0) -> dict:
-    """A tiny SD3 IP-Adapter for `transformer` in InstantX's layout, as StableDiffusion3Pipeline.load_ip_adapter
-    reads it: a 4-block time resampler (64 wide, 4 queries) and one processor per attention layer."""
+def sd3_adapter_state_dict(transformer, embed: int = SIGLIP_SHAPE["hidden_size"], seed: int = 0, *,
+                           hidden_dim: int = 64, heads: int = 1, num_queries: int = 4,
+                           timestep_in_dim: int = 32) -> dict:
+    """An SD3 IP-Adapter for `transformer` in InstantX's layout, as StableDiffusion3Pipeline.load_ip_adapter
+    reads it: a 4-block time resampler and one processor per attention layer. The defaults make the tiny
+    one (64 wide, 4 queries); InstantX's SD3.5-Large release is 1280 wide, 20 heads, 64 queries, 320 timestep
+    channels (the benchmark's full-size adapter). `transformer` may live on the meta device: only its config
+    and its attention layers' count are read."""
     from diffusers.models.attention_processor import SD3IPAdapterJointAttnProcessor2_0
     from diffusers.models.embeddings import IPAdapterTimeImageProjection
 
     torch.manual_seed(seed)
     head_dim = int(transformer.config.attention_head_dim)
     inner = head_dim * int(transformer.config.num_attention_heads)
-    projection = IPAdapterTimeImageProjection(embed_dim=embed, output_dim=inner, hidden_dim=64, heads=1,
-                                              num_queries=4, timestep_in_dim=32)
+    projection = IPAdapterTimeImageProjection(embed_dim=embed, output_dim=inner, hidden_dim=hidden_dim, heads=heads,
+                                              num_queries=num_queries, timestep_in_dim=timestep_in_dim)
     state = {}
     for key, value in projection.state_dict().items():
         parts = key.split(".", 2)
@@ -222,7 +227,7 @@ def sd3_adapter_state_dict(transformer, embed: int = SIGLIP_SHAPE["hidden_size"]
         state[f"image_proj.{key}"] = value
     for index in range(len(transformer.attn_processors)):
         layer = SD3IPAdapterJointAttnProcessor2_0(hidden_size=inner, ip_hidden_states_dim=inner, head_dim=head_dim,
-                                                  timesteps_emb_dim=64)
+                                                  timesteps_emb_dim=hidden_dim)
         with torch.no_grad():  # visible effects: the adapter's keys/values and its RMS norms away from 1
             for name, param in layer.named_parameters():
                 if name.startswith(("to_k_ip", "to_v_ip")):
