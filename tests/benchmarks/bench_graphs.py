@@ -63,6 +63,8 @@ def _chain_controlnets(graph: dict, class_type: str, count: int, positive: list,
     return positive, negative
 
 
+FILL_GUIDANCE = 30.0  # what BFL's Fill examples use
+FILL_T5_TOKENS = 256  # ComfyUI's T5 length for Flux; the pack's dev default would be diffusers' 512
 REGION_SUFFIX = ", a red vintage car on the left"  # the region's prompt: the base text plus this
 
 
@@ -95,12 +97,15 @@ def _pack_ip_adapter(graph: dict, names: dict, model: list, size: int) -> list:
 
 def pack_graph(names: dict, size: int, steps: int, seed: int, prompt: str = "", lora: bool = False,
                controlnets: int = 0, regional: bool = False, inpaint: bool = False,
-               ip_adapter: bool = False) -> dict:
-    """The pack's graph; the flags add one adapter each (the benchmark's extras), all in one DSSampler pass."""
+               ip_adapter: bool = False, fill: bool = False) -> dict:
+    """The pack's graph; the flags add one adapter each (the benchmark's extras), all in one DSSampler pass.
+    fill: the FLUX.1 Fill model on the left half, guidance 30, T5 at ComfyUI's 256 tokens (dev's default is 512)."""
     import sd15_worker as w
 
     prompt = prompt or w.PROMPT
     model, text = ["1", 0], ["1", 1]
+    if fill:
+        names = dict(names, transformer=names["fill"])
     graph = {"1": _pack_loader(names)}
     if lora:
         graph["20"] = {
@@ -124,6 +129,11 @@ def pack_graph(names: dict, size: int, steps: int, seed: int, prompt: str = "", 
         }
     )
     positive, negative, latent = ["2", 0], ["3", 0], ["4", 0]
+    if fill:
+        for node in ("2", "3"):
+            graph[node]["inputs"]["max_sequence_length"] = FILL_T5_TOKENS
+        graph["44"] = {"class_type": "DSFluxGuidance", "inputs": {"conditioning": positive, "guidance": FILL_GUIDANCE}}
+        positive = ["44", 0]
     if regional:
         graph["30"] = {"class_type": "DSTextEncode",
                        "inputs": {"text_encoder": text, "text": prompt + REGION_SUFFIX, "clip_skip": 1}}
@@ -131,7 +141,7 @@ def pack_graph(names: dict, size: int, steps: int, seed: int, prompt: str = "", 
             "conditioning": positive, "mask": _left_half_mask(graph, size), "region_conditioning": ["30", 0],
             "strength": 1.0}}
         positive = ["34", 0]
-    if inpaint:
+    if inpaint or fill:
         graph["42"] = {"class_type": "DSInpaint", "inputs": {
             "image": _example_image(graph, size), "mask": _left_half_mask(graph, size), "vae": ["1", 2],
             "model": model, "grow": 0, "blur": 4.0, "fill": "original", "fill_seed": 0, "blend_unmasked": True,
@@ -175,12 +185,15 @@ def pack_graph(names: dict, size: int, steps: int, seed: int, prompt: str = "", 
 
 
 def native_graph(names: dict, size: int, steps: int, seed: int, prompt: str = "", lora: bool = False,
-                 controlnets: int = 0, regional: bool = False, inpaint: bool = False) -> dict:
+                 controlnets: int = 0, regional: bool = False, inpaint: bool = False, fill: bool = False) -> dict:
     """ComfyUI's own nodes for the same picture; regional: ConditioningSetMask + ConditioningCombine,
-    inpaint: VAEEncode + SetLatentNoiseMask (ComfyUI's masked sampling of an ordinary model)."""
+    inpaint: VAEEncode + SetLatentNoiseMask (ComfyUI's masked sampling of an ordinary model), fill: the
+    FLUX.1 Fill model with FluxGuidance and InpaintModelConditioning."""
     import sd15_worker as w
 
     prompt = prompt or w.PROMPT
+    if fill:
+        names = dict(names, transformer=names["fill"])
     graph, model, clip, vae = _native_loaders(names)
     if lora:
         graph["20"] = {
@@ -204,6 +217,12 @@ def native_graph(names: dict, size: int, steps: int, seed: int, prompt: str = ""
         graph["35"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": positive,
                                                                        "conditioning_2": ["34", 0]}}
         positive = ["35", 0]
+    if fill:
+        graph["44"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": positive, "guidance": FILL_GUIDANCE}}
+        graph["45"] = {"class_type": "InpaintModelConditioning", "inputs": {
+            "positive": ["44", 0], "negative": negative, "vae": vae, "pixels": _example_image(graph, size),
+            "mask": _left_half_mask(graph, size), "noise_mask": True}}
+        positive, negative, latent = ["45", 0], ["45", 1], ["45", 2]
     if inpaint:
         graph["42"] = {"class_type": "VAEEncode", "inputs": {"pixels": _example_image(graph, size), "vae": vae}}
         graph["43"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["42", 0],

@@ -23,7 +23,11 @@ benchmark models):
   blocks' attention in diffusers/peft names (the `lora` extra: DSLoadLoRA
   against LoraLoader);
 * `ds_bench_flux_random/`: the diffusers folder of FluxPipeline, whose
-  weight files are links to the files above.
+  weight files are links to the files above;
+* `ds_bench_flux_fill_random_fp8.safetensors`, only when the `fill` extra asks
+  for it (12 GB more, with a marker of its own): a FLUX.1-Fill-dev
+  transformer (384 input channels, the guidance embedder) in float8, for
+  DSLoadSplitModel + DSInpaint against UNETLoader + InpaintModelConditioning.
 
 schnell (no guidance embedder, T5 at 256 tokens in diffusers and in
 ComfyUI alike) rather than dev (512 tokens in diffusers, 256 in ComfyUI): the
@@ -50,6 +54,9 @@ LORA_RANK = 16
 FOLDER = "ds_bench_flux_random"
 DONE = "complete_flux.json"
 FORMAT = 3  # 2: all 38 single blocks (1 had 19); 3: the LoRA
+FILL = "ds_bench_flux_fill_random_fp8.safetensors"
+FILL_DONE = "complete_flux_fill.json"
+FILL_FORMAT = 1
 STD = 0.02
 
 
@@ -73,8 +80,9 @@ def _random_float8(shapes: dict, seed: int) -> dict:
     return out
 
 
-def transformer_shapes(configs_root: Path, layers: int) -> tuple:
-    """(config, {BFL name: shape}) of the FLUX.1-schnell transformer, from a model on the meta device.
+def transformer_shapes(configs_root: Path, layers: int, variant: str = "flux_schnell") -> tuple:
+    """(config, {BFL name: shape}) of a FLUX.1 transformer (`variant`: its config folder), from a model on the
+    meta device.
 
     layers: 0 for the full model, else n double and n single blocks."""
     import torch
@@ -82,7 +90,7 @@ def transformer_shapes(configs_root: Path, layers: int) -> tuple:
 
     import dit_export
 
-    config = _config(configs_root, "flux_schnell", "transformer.json")
+    config = _config(configs_root, variant, "transformer.json")
     if layers:  # a cut rehearsal: n double and n single blocks
         config.update(num_layers=min(layers, config["num_layers"]),
                       num_single_layers=min(layers, config["num_single_layers"]))
@@ -223,3 +231,14 @@ def generate(cache: Path, configs_root: Path, peak_rss) -> dict:
     timings["small_and_folder_s"] = time.perf_counter() - start
     return dit_bench_model.write_marker(cache / DONE, FORMAT, int(transformer_config["num_layers"]), params, timings,
                                         peak_rss())
+
+
+def ensure_fill(cache: Path, configs_root: Path, peak_rss) -> dict:
+    """The FLUX.1-Fill-dev transformer in float8 (same seeds' scheme, its own marker), built once."""
+    cache = Path(cache)
+    if dit_bench_model.is_complete(cache, FILL_DONE, FILL_FORMAT):
+        return json.loads((cache / FILL_DONE).read_text())
+    config, shapes = transformer_shapes(configs_root, layers_wanted(0), "flux_fill")
+    count, seconds = _write_random(shapes, 7, cache / FILL)
+    return dit_bench_model.write_marker(cache / FILL_DONE, FILL_FORMAT, int(config["num_layers"]),
+                                        {"fill_transformer": count}, {"fill_s": seconds}, peak_rss())

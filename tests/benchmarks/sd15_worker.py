@@ -6,6 +6,7 @@ run's peak resident memory (`ru_maxrss`) is its own, comparable with the
 ComfyUI server process's.
 
     python sd15_worker.py generate CACHE_DIR [MODEL]
+    python sd15_worker.py fill CACHE_DIR   (the FLUX.1 Fill transformer, for the `fill` extra)
     python sd15_worker.py diffusers CACHE_DIR SIZE STEPS CFG SEED1 SEED2 DTYPE DEVICE [MODEL]
 
 MODEL is sd15 (the default), sdxl, sd35m (dit_bench_model.py) or flux (flux_bench_model.py). Both print one JSON line (prefixed
@@ -64,7 +65,7 @@ MODELS = {
               "clip_vision": sd35m_ip_adapter.ENCODER},
     "flux": {"label": "FLUX.1 schnell (float8)", "transformer": flux_bench_model.TRANSFORMER,
              "t5": flux_bench_model.T5, "clip_l": flux_bench_model.CLIP_L, "vae": flux_bench_model.VAE,
-             "lora": flux_bench_model.LORA,
+             "lora": flux_bench_model.LORA, "fill": flux_bench_model.FILL,
              "folder": flux_bench_model.FOLDER, "done": flux_bench_model.DONE, "format": flux_bench_model.FORMAT,
              "latent": "sd3", "cfg": 1.0},
     "sd15": {"label": "SD1.5", "checkpoint": CHECKPOINT, "folder": DIFFUSERS_FOLDER, "done": DONE, "format": FORMAT,
@@ -336,12 +337,14 @@ def main(argv: list[str]) -> None:
             _emit(flux_bench_model.generate(cache, CONFIGS_ROOT, _peak_rss_bytes))
         else:
             _emit(generate_sdxl(cache) if model == "sdxl" else generate(cache))
+    elif mode == "fill":  # the FLUX.1 Fill transformer, only for the `fill` extra
+        _emit(flux_bench_model.ensure_fill(cache, CONFIGS_ROOT, _peak_rss_bytes))
     elif mode == "diffusers":
         size, steps, cfg, seed1, seed2, dtype, device = argv[3:10]
         model = argv[10] if len(argv) > 10 else "sd15"
         _emit(run_diffusers(cache, int(size), int(steps), float(cfg), [int(seed1), int(seed2)], dtype, device, model))
     else:
-        raise SystemExit(f"unknown mode {mode!r}: generate or diffusers")
+        raise SystemExit(f"unknown mode {mode!r}: generate, fill or diffusers")
 
 
 if __name__ == "__main__":

@@ -59,12 +59,14 @@ Settings (env): DS_BENCH_MODEL sd15 (default), sdxl, sd35m, flux or all. DS_BENC
 "low,high" (CPU 2,4; CUDA 10,30), DS_BENCH_REPS (CPU 3, CUDA 5), DS_BENCH_SIZE
 (SD1.5 256 on a CPU, 512 on CUDA; SDXL 512 / 1024); float32 on a CPU, float16
 on CUDA. DS_BENCH_EXTRAS (none by default; all or a list of lora, cn1, cn2, regional,
-inpaint, ipa) adds the pack's and ComfyUI's adapter graphs (each model takes
+inpaint, ipa, fill) adds the pack's and ComfyUI's adapter graphs (each model takes
 those it has files for: MODEL_DEFAULTS), in the same server after the main
 table (with alternating servers: a server per adapter and way). Each adapter
 is timed against the plain graph in the same server, the two interleaved,
 DS_BENCH_EXTRA_REPS times (default 1): the adapter's per-step cost is the
 difference of the two slopes per repetition, so a server's drift cancels.
+FLUX.1 Fill replaces the model, so its servers run the Fill graph alone (its
+row compares the ways; the plain model is the main table's).
 DS_BENCH_REPS=0 skips the main table (the adapters alone).
 DS_BENCH_PROCESSES one, alternate or auto (the default).
 """
@@ -94,10 +96,13 @@ MODEL_DEFAULTS = {
     "sdxl": {"cuda": (1024, (10, 30), 5), "cpu": (512, (1, 3), 2), "extras": ()},
     "sd35m": {"cuda": (1024, (10, 30), 3), "cpu": (256, (1, 2), 2),
               "extras": ("cn1", "cn2", "regional", "inpaint", "ipa")},
-    "flux": {"cuda": (1024, (4, 12), 3), "cpu": (256, (1, 2), 2), "extras": ("lora", "regional", "inpaint")},
+    "flux": {"cuda": (1024, (4, 12), 3), "cpu": (256, (1, 2), 2),
+             "extras": ("lora", "regional", "inpaint", "fill")},
 }
 # Per adapter: its label in the report, the graph flags that add it, and the ways that have it (ComfyUI has no
-# native IP-Adapter node).
+# native IP-Adapter node). The Fill model replaces the model, so it has no plain graph in its server (NO_PLAIN):
+# its row compares the ways, against the main table's plain model.
+NO_PLAIN = {"fill"}
 EXTRAS = {
     "lora": ("LoRA (rank 16)", {"lora": True}, ("pack", "native")),
     "cn1": ("1 ControlNet", {"controlnets": 1}, ("pack", "native")),
@@ -105,6 +110,7 @@ EXTRAS = {
     "regional": ("1 regional prompt (left half)", {"regional": True}, ("pack", "native")),
     "inpaint": ("inpaint, masked (left half)", {"inpaint": True}, ("pack", "native")),
     "ipa": ("IP-Adapter (weight 0.8)", {"ip_adapter": True}, ("pack",)),
+    "fill": ("FLUX.1 Fill (left half)", {"fill": True}, ("pack", "native")),
 }
 
 
@@ -149,9 +155,20 @@ def _settings(model: str) -> dict:
     }
 
 
-def _ensure_model(model: str = "sd15") -> dict:
+def _worker(*args: str) -> dict:
+    """Runs sd15_worker.py with `args` in a process of its own and returns its RESULT record."""
     import subprocess
 
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DIFFUSERS_OFFLINE="1")
+    done = subprocess.run([sys.executable, str(WORKER), *args], capture_output=True, text=True, env=env,
+                          timeout=3600)
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise AssertionError(f"{args[0]} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
+
+
+def _ensure_model(model: str = "sd15") -> dict:
     import sd15_worker
 
     spec = sd15_worker.MODELS[model]
@@ -160,15 +177,9 @@ def _ensure_model(model: str = "sd15") -> dict:
         info["reused"] = True
         return info
     print(f"\n[bench] building the random full-size {spec['label']} model into {CACHE} (once)", flush=True)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DIFFUSERS_OFFLINE="1")
-    done = subprocess.run([sys.executable, str(WORKER), "generate", str(CACHE), model],
-                          capture_output=True, text=True, env=env, timeout=3600)
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            info = json.loads(line[len("RESULT "):])
-            info["reused"] = False
-            return info
-    raise AssertionError(f"model build failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
+    info = _worker("generate", str(CACHE), model)
+    info["reused"] = False
+    return info
 
 
 def _prepare_base(workdir: Path, names: dict) -> Path:
@@ -177,7 +188,8 @@ def _prepare_base(workdir: Path, names: dict) -> Path:
     base = server.prepare_base_dir(workdir / "base")
     links = [("checkpoints", names.get("checkpoint")), ("diffusers", names["folder"]),
              ("loras", names.get("lora")), ("controlnet", names.get("controlnet")),
-             ("diffusion_models", names.get("transformer")), ("text_encoders", names.get("t5")),
+             ("diffusion_models", names.get("transformer")), ("diffusion_models", names.get("fill")),
+             ("text_encoders", names.get("t5")),
              ("ipadapter", names.get("ip_adapter")), ("clip_vision", names.get("clip_vision")),
              ("text_encoders", names.get("clip_l")), ("vae", names.get("vae"))]
     for folder, name in links:
@@ -342,11 +354,11 @@ def _time_extra(bench: Bench, way: str, key: str, settings: dict, warmup_steps: 
     """One way's adapter graph against its plain graph in the same server: a warm-up prompt each (loading the
     model, then the adapter), then per repetition both graphs at both step counts, the orders alternating."""
     label, kwargs, _ways = EXTRAS[key]
-    bench.run(way, warmup_steps, 1)
-    bench.run(way, warmup_steps, 1, **kwargs)
+    variants = (("adapter", kwargs),) if key in NO_PLAIN else (("plain", {}), ("adapter", kwargs))
+    for _variant, flags in variants:
+        bench.run(way, warmup_steps, 1, **flags)
     records = []
     for rep in range(settings["extra_reps"]):
-        variants = (("plain", {}), ("adapter", kwargs))
         for variant, flags in variants if rep % 2 == 0 else variants[::-1]:
             for steps in settings["steps"] if rep % 2 == 0 else settings["steps"][::-1]:
                 record = bench.run(way, steps, 2000 + rep, **flags)
@@ -432,9 +444,11 @@ def test_side_by_side(tmp_path, model):
         pytest.skip(too_small)
     spec = w.MODELS[model]
     model_info = _ensure_model(model)
+    if "fill" in settings["extras"]:
+        model_info["fill"] = _worker("fill", str(CACHE))
     model_info["label"] = spec["label"]
     names = {key: spec.get(key) for key in ("checkpoint", "folder", "lora", "controlnet", "latent", "transformer",
-                                            "t5", "clip_l", "vae", "cfg", "ip_adapter", "clip_vision")}
+                                            "t5", "clip_l", "vae", "cfg", "ip_adapter", "clip_vision", "fill")}
     settings["cfg"] = names["cfg"] or bench_graphs.CFG
     print(f"\n[bench] model {'reused' if model_info['reused'] else 'built'} in {CACHE}; settings {settings}", flush=True)
 
