@@ -91,8 +91,7 @@ WAYS = ("diffusers", "pack", "native")
 
 # Per model: (size, (low, high) steps, repetitions) on CUDA and on a CPU.
 MODEL_DEFAULTS = {
-    "sd15": {"cuda": (512, (10, 30), 5), "cpu": (256, (2, 4), 3),
-             "extras": ("lora", "cn1", "cn2", "regional", "inpaint")},
+    "sd15": {"cuda": (512, (10, 30), 5), "cpu": (256, (2, 4), 3), "extras": ("lora", "cn1", "cn2")},
     "sdxl": {"cuda": (1024, (10, 30), 5), "cpu": (512, (1, 3), 2), "extras": ()},
     "sd35m": {"cuda": (1024, (10, 30), 3), "cpu": (256, (1, 2), 2),
               "extras": ("cn1", "cn2", "regional", "inpaint", "ipa")},
