@@ -176,6 +176,26 @@ def test_run_leaves_the_transformer_as_it_was(setup):
                                    pil_inputs.as_image(_picture()))
 
 
+def test_projections_are_computed_once_and_the_hooks_leave_with_the_run(setup):
+    """The adapter's second attention reuses the q/k/v the layer computed (as diffusers' processor does):
+    a run with it calls each projection as often as a run without it, and leaves no hook behind."""
+    model = setup["bundles"][0]
+    projections = [m for name, m in model.unet.named_modules() if name.endswith((".to_q", ".to_k", ".to_v"))]
+    hooks_before = [dict(m._forward_hooks) for m in projections]
+    calls = []
+    counters = [m.register_forward_hook(lambda *_a: calls.append(1)) for m in projections]
+    try:
+        _ours(setup, model)
+        plain = len(calls)
+        calls.clear()
+        _ours(setup, apply_ip_adapter(model, _adapter(setup), images=pil_inputs.as_image(_picture()), weight=0.7))
+        assert len(calls) == plain > 0
+    finally:
+        for handle in counters:
+            handle.remove()
+    assert [dict(m._forward_hooks) for m in projections] == hooks_before
+
+
 def test_cancel_restores_the_transformer(setup):
     model = setup["bundles"][0]
     before = dict(model.unet.attn_processors)
@@ -192,6 +212,7 @@ def test_cancel_restores_the_transformer(setup):
         sample(patched, encode_prompt(text, "a cat"), None, {"samples": torch.zeros(1, 16, 8, 8)}, seed=1,
                steps=STEPS, cfg=1.0, sampler_name="Euler", should_stop=stop)
     assert all(model.unet.attn_processors[name] is proc for name, proc in before.items())
+    assert not any(m._forward_hooks for name, m in model.unet.named_modules() if name.endswith(".to_q"))
 
 
 def test_stacked_adapters_add_up(setup):
