@@ -122,7 +122,7 @@ class ProjectionCapture:
 class SD3IPAttention:
     """Adds one adapter's image attention to an attention module's processor (SD3IPAdapterJointAttnProcessor2_0)."""
 
-    def __init__(self, previous, state: SD3RunState, layer, scale: float, capture: ProjectionCapture | None = None):
+    def __init__(self, previous, state: SD3RunState, layer, scale: float, capture: ProjectionCapture):
         self.previous = previous
         self.state = state
         self.layer = layer  # SD3IPAdapterJointAttnProcessor2_0: norm_ip, to_k_ip, to_v_ip, norm_q, norm_k, norm_ip_k
@@ -135,7 +135,7 @@ class SD3IPAttention:
         call = lambda: self.previous(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)  # noqa: E731
         if tokens is None:
             return call()
-        out, kept = self.capture.run(call, hidden_states) if self.capture is not None else (call(), {})
+        out, kept = self.capture.run(call, hidden_states)
         query, key, value = self._projections(attn, hidden_states, kept)
         head_dim = key.shape[-1] // attn.heads
         split = lambda t: t.view(batch, -1, attn.heads, head_dim).transpose(1, 2)  # noqa: E731
